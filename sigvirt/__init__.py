@@ -1,0 +1,3 @@
+"""sigvirt: Azure Shared Image Gallery rebuilt on libvirt/QEMU."""
+
+__version__ = "0.1.0"

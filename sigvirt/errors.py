@@ -1,0 +1,108 @@
+"""Errors with their message and exit code; the CLI translates them once, at its edge."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    GENERIC = 1  # unexpected failure (a bug): traceback with --debug
+    USAGE = 2  # bad command line (typer/click uses 2 as well)
+    INVALID_NAME = 3  # gallery/definition/version name or image reference malformed
+    NOT_FOUND = 4  # the named resource does not exist
+    CONFLICT = 5  # exists already, in use, or busy (another process holds it)
+    HAS_DEPENDENTS = 6  # refused: children or clones depend on it
+    CONFIG = 7  # regions.yaml or another configuration file is wrong
+    REGION_UNAVAILABLE = 8  # libvirt host unreachable, pool inactive
+    IMAGE_REJECTED = 9  # the import gate refused a user image
+    PERMISSION = 10  # sigvirt's sharing rules refuse the caller
+    HOST_ACCESS = 11  # the OS/libvirt refuses the caller (no libvirt socket access, EACCES)
+    NO_SPACE = 12  # pool or disk full
+    GUEST_FAILED = 13  # a guest did not boot or did not answer SSH
+    CAPACITY = 14  # every replica is at its clones-per-replica budget
+    OUT_OF_RANGE = 15  # size outside the definition's recommendation
+    HOST_NOT_READY = 16  # doctor found problems
+    INTERRUPTED = 130
+
+
+class SigvirtError(Exception):
+    """Base error: a message template filled from keyword arguments, and an exit code."""
+
+    template: ClassVar[str] = "{detail}"
+    exit_code: ClassVar[ExitCode] = ExitCode.GENERIC
+    hint: str | None = None
+
+    def __init__(self, detail: str = "", *, hint: str | None = None, **fields: Any) -> None:
+        self.fields = {"detail": detail, **fields}
+        self.hint = hint
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return self.template.format(**self.fields)
+
+
+class InvalidName(SigvirtError):
+    exit_code = ExitCode.INVALID_NAME
+
+
+class NotFound(SigvirtError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class Conflict(SigvirtError):
+    exit_code = ExitCode.CONFLICT
+
+
+class HasDependents(SigvirtError):
+    exit_code = ExitCode.HAS_DEPENDENTS
+
+
+class ConfigError(SigvirtError):
+    exit_code = ExitCode.CONFIG
+
+
+class RegionUnavailable(SigvirtError):
+    exit_code = ExitCode.REGION_UNAVAILABLE
+
+
+class ImageRejected(SigvirtError):
+    exit_code = ExitCode.IMAGE_REJECTED
+
+
+class PermissionRefused(SigvirtError):
+    exit_code = ExitCode.PERMISSION
+
+
+class HostAccessDenied(SigvirtError):
+    exit_code = ExitCode.HOST_ACCESS
+
+
+class NoSpace(SigvirtError):
+    exit_code = ExitCode.NO_SPACE
+
+
+class GuestFailed(SigvirtError):
+    """A guest did not come up; carries the tail of its serial console."""
+
+    exit_code = ExitCode.GUEST_FAILED
+
+    def __init__(self, detail: str = "", *, console_tail: str = "", **kw: Any) -> None:
+        self.console_tail = console_tail
+        super().__init__(detail, **kw)
+
+
+class CapacityExhausted(SigvirtError):
+    exit_code = ExitCode.CAPACITY
+
+
+class OutOfRange(SigvirtError):
+    exit_code = ExitCode.OUT_OF_RANGE
+
+
+class CommandFailed(SigvirtError):
+    """An external program (qemu-img, ...) failed; message names the program and its stderr."""
+
+    exit_code = ExitCode.GENERIC

@@ -1,0 +1,90 @@
+"""The one place subprocesses run: argv lists only, typed results, optional resource limits."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sigvirt.errors import CommandFailed, NoSpace
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """rlimits applied in the child before exec (hostile input must not eat the host)."""
+
+    cpu_seconds: int | None = None
+    address_space_bytes: int | None = None
+
+    def preexec(self) -> Callable[[], None]:
+        def apply() -> None:
+            if self.cpu_seconds is not None:
+                resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+            if self.address_space_bytes is not None:
+                lim = self.address_space_bytes
+                resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+
+        return apply
+
+
+class Runner:
+    """Runs argv lists. Tests pass the same class; nothing here is mocked."""
+
+    def run(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float | None = None,
+        limits: Limits | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Result:
+        args = tuple(os.fspath(a) for a in argv)
+        try:
+            proc = subprocess.run(
+                args,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                preexec_fn=limits.preexec() if limits else None,
+                env=env,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise CommandFailed(f"{args[0]}: command not found") from None
+        except subprocess.TimeoutExpired:
+            raise CommandFailed(f"{Path(args[0]).name} timed out after {timeout:.0f}s") from None
+        result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+        if check and not result.ok:
+            raise command_error(result)
+        return result
+
+
+def command_error(result: Result) -> CommandFailed | NoSpace:
+    """One line naming the program, its exit status and the last line it wrote."""
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else f"exit status {result.returncode}"
+    prog = Path(result.argv[0]).name
+    if "No space left on device" in result.stderr or f"errno {errno.ENOSPC}" in result.stderr:
+        return NoSpace(f"{prog}: no space left on device")
+    if result.returncode < 0:
+        last = f"killed by signal {-result.returncode} ({last})"
+    return CommandFailed(f"{prog} failed: {last}")
