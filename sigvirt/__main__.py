@@ -1,0 +1,3 @@
+from sigvirt.cli import main
+
+main()

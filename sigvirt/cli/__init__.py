@@ -1,0 +1,60 @@
+"""The sigvirt command line: one Typer per noun; errors translated here, once."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+from sigvirt.cli import host, sig
+from sigvirt.errors import ExitCode, SigvirtError
+
+app = typer.Typer(
+    name="sigvirt",
+    help="Azure Shared Image Gallery on libvirt/QEMU: galleries, image versions, replicas, VMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("doctor")(host.doctor)
+app.add_typer(host.image_app, name="image")
+app.add_typer(sig.app, name="sig")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, translate sigvirt errors to one line and their exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    try:
+        # standalone: Typer itself reports usage errors (exit 2) and honours typer.Exit.
+        app(args=args, prog_name="sigvirt")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    except SigvirtError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"sigvirt: error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"sigvirt: hint: {err.hint}", file=sys.stderr)
+        console = getattr(err, "console_tail", "")
+        if console:
+            print("sigvirt: last lines of the guest's serial console:", file=sys.stderr)
+            for line in console.splitlines():
+                print(f"  | {line}", file=sys.stderr)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        print("sigvirt: interrupted", file=sys.stderr)
+        code = ExitCode.INTERRUPTED
+    except Exception as err:  # a bug: one line, or the whole story with --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"sigvirt: internal error: {err!r} (rerun with --debug)", file=sys.stderr)
+        code = ExitCode.GENERIC
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,60 @@
+"""Host-level commands: `doctor` and the guest image recipes (`image build|list`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sigvirt import doctor as doctor_lib
+from sigvirt import images
+from sigvirt.cli.render import Output, OutputOpt, emit, note
+from sigvirt.errors import ExitCode
+from sigvirt.runner import Runner
+
+image_app = typer.Typer(
+    help="Guest image recipes built from Debian packages (images/).", no_args_is_help=True
+)
+
+UriOpt = Annotated[str, typer.Option("--uri", help="libvirt URI to check")]
+
+
+def doctor(
+    uri: UriOpt = "qemu:///system",
+    path: Annotated[
+        list[Path] | None, typer.Option("--path", help="also check free space here (repeatable)")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Check libvirtd, virtlogd, KVM or TCG, /dev/kvm, qemu-img, image cache and free disk."""
+    paths = [Path("/var/lib/sigvirt"), images.DEFAULT_CACHE, *(path or [])]
+    checks = doctor_lib.run_checks(uri, Runner(), paths)
+    emit(checks, output, ["status", "name", "detail", "fix"])
+    failed = [c for c in checks if c.status == "fail"]
+    if failed and output is Output.table:
+        note(f"{len(failed)} check(s) failed; run the commands in the 'fix' column.")
+    if failed:
+        raise typer.Exit(ExitCode.HOST_NOT_READY)
+
+
+@image_app.command("build")
+def image_build(
+    name: Annotated[str, typer.Argument(help="recipe: a directory under images/ (tiny, debian)")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Build a guest image from its recipe (cached by a hash of the recipe) and print its path."""
+    r = images.recipe(name)
+    path = images.ensure_built(r, Runner())
+    emit({"recipe": name, "digest": r.digest(), "path": path}, output)
+
+
+@image_app.command("list")
+def image_list(output: OutputOpt = Output.table) -> None:
+    """List the recipes and whether the current version of each is built."""
+    rows = []
+    for script in sorted(images.recipes_dir().glob("*/build.sh")):
+        r = images.recipe(script.parent.name)
+        path = images.cached_path(r)
+        rows.append({"recipe": r.name, "digest": r.digest(), "built": path.exists(), "path": path})
+    emit(rows, output, title="image recipes")

@@ -1,0 +1,274 @@
+"""Libvirt XML from pure functions: domains, pools, volumes, and sigvirt's provenance metadata.
+
+Nothing here talks to libvirt; tests compare the output with expected files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+# One namespace URI for everything sigvirt writes into libvirt <metadata>.
+XMLNS = "https://sigvirt.dev/xmlns/provenance/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("sigvirt", XMLNS)
+ET.register_namespace("qemu", QEMU_NS)
+
+Accel = Literal["kvm", "tcg"]
+Firmware = Literal["bios", "uefi"]
+
+
+@dataclass(frozen=True)
+class Backing:
+    """One element of a disk's backing chain, spelled out so libvirt never probes formats
+    and never relabels a shared base (relabel='no': the gallery's permissions stay)."""
+
+    path: Path
+    fmt: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the guest's NIC reaches the outside.
+
+    user-forward: QEMU user networking with a port forward bound on the host's 127.0.0.1
+    (no bridge, no NAT network; the only option on sandboxed hosts). network/bridge: a
+    libvirt network or host bridge for real labs; the address comes from DHCP leases or
+    the guest agent.
+    """
+
+    kind: Literal["user-forward", "network", "bridge"] = "user-forward"
+    source: str = ""  # network or bridge name
+    host_port: int = 0  # user-forward only
+    restrict: bool = True  # user-forward: no guest-initiated traffic
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What sigvirt knows about a domain, stored in the domain itself (<metadata>)."""
+
+    kind: str = "vm"  # vm | vmss-instance | guest
+    region: str = ""
+    image: str = ""  # gallery/definition/version
+    replica_pool: str = ""
+    replica_path: str = ""
+    overlay_pool: str = ""
+    overlay: str = ""  # volume name of the linked clone
+    seed: str = ""  # volume name of the NoCloud seed
+    console: str = ""  # volume name of the serial console log
+    admin_user: str = ""
+    ssh_port: int = 0
+    scale_set: str = ""
+    instance: int = -1
+    created: str = ""
+
+    def to_xml(self) -> ET.Element:
+        root = ET.Element(f"{{{XMLNS}}}guest")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value in ("", -1, 0) and f.name not in ("instance",):
+                continue
+            if f.name == "instance" and value < 0:
+                continue
+            ET.SubElement(root, f"{{{XMLNS}}}{f.name.replace('_', '-')}").text = str(value)
+        return root
+
+    @classmethod
+    def from_xml(cls, text: str) -> Provenance:
+        root = ET.fromstring(text)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            el = root.find(f.name.replace("_", "-"))
+            if el is None:
+                el = root.find(f"{{{XMLNS}}}{f.name.replace('_', '-')}")
+            if el is None or el.text is None:
+                continue
+            values[f.name] = int(el.text) if f.type in ("int", int) else el.text
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    memory_mib: int
+    vcpus: int
+    disk: Path  # the linked clone (qcow2 overlay)
+    backing: tuple[Backing, ...] = ()
+    seed: Path | None = None  # NoCloud ISO, attached as a read-only virtio disk
+    console_log: Path | None = None
+    network: Network = field(default_factory=Network)
+    accel: Accel = "tcg"
+    firmware: Firmware = "bios"
+    tb_cache_mib: int = 64  # TCG translation cache; QEMU's default lets a guest take ~800 MiB
+    provenance: Provenance | None = None
+    arch: str = "x86_64"
+    machine: str = "q35"
+
+
+def mac_for(name: str) -> str:
+    """A stable locally-administered MAC per domain name (QEMU's default is the same for all)."""
+    h = hashlib.sha256(name.encode()).digest()
+    return "52:54:00:{:02x}:{:02x}:{:02x}".format(*h[:3])
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _render(root: ET.Element) -> str:
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _disk_backing(parent: ET.Element, chain: tuple[Backing, ...]) -> None:
+    node = parent
+    for b in chain:
+        bs = _sub(node, "backingStore", type="file")
+        _sub(bs, "format", type=b.fmt)
+        src = _sub(bs, "source", file=str(b.path))
+        _sub(src, "seclabel", model="dac", relabel="no")
+        node = bs
+    _sub(node, "backingStore")  # end of chain: libvirt must not look further
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    dom = ET.Element("domain", type="kvm" if spec.accel == "kvm" else "qemu")
+    _sub(dom, "name", spec.name)
+    if spec.provenance is not None:
+        _sub(dom, "metadata").append(spec.provenance.to_xml())
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus))
+    os_attrs = {"firmware": "efi"} if spec.firmware == "uefi" else {}
+    os_el = _sub(dom, "os", **os_attrs)
+    if spec.firmware == "uefi":
+        fw = _sub(os_el, "firmware")
+        # TCG has no SMM-backed secure boot worth the cost; generalized images aren't signed.
+        _sub(fw, "feature", enabled="no", name="secure-boot")
+    _sub(os_el, "type", "hvm", arch=spec.arch, machine=spec.machine)
+    _sub(os_el, "boot", dev="hd")
+    feats = _sub(dom, "features")
+    _sub(feats, "acpi")
+    _sub(feats, "apic")
+    if spec.accel == "tcg":
+        tcg = _sub(feats, "tcg")
+        _sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
+    if spec.accel == "kvm":
+        _sub(dom, "cpu", mode="host-passthrough")
+    _sub(dom, "clock", offset="utc")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+    dev = _sub(dom, "devices")
+
+    disk = _sub(dev, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
+    _sub(disk, "source", file=str(spec.disk))
+    _disk_backing(disk, spec.backing)
+    _sub(disk, "target", dev="vda", bus="virtio")
+
+    if spec.seed is not None:
+        # virtio, not an IDE/SATA CD-ROM: every cloud kernel has virtio_blk, not all have ahci.
+        seed = _sub(dev, "disk", type="file", device="disk")
+        _sub(seed, "driver", name="qemu", type="raw")
+        _sub(seed, "source", file=str(spec.seed))
+        _sub(seed, "target", dev="vdb", bus="virtio")
+        _sub(seed, "readonly")
+
+    net = spec.network
+    if net.kind in ("network", "bridge"):
+        iface = _sub(dev, "interface", type=net.kind)
+        _sub(iface, "mac", address=mac_for(spec.name))
+        _sub(iface, "source", **{net.kind: net.source})
+        _sub(iface, "model", type="virtio")
+
+    if spec.console_log is not None:
+        serial = _sub(dev, "serial", type="file")
+        _sub(serial, "source", path=str(spec.console_log), append="off")
+        _sub(serial, "target", port="0")
+    else:
+        serial = _sub(dev, "serial", type="pty")
+        _sub(serial, "target", port="0")
+    chan = _sub(dev, "channel", type="unix")
+    _sub(chan, "target", type="virtio", name="org.qemu.guest_agent.0")
+    rng = _sub(dev, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    _sub(dev, "memballoon", model="none")
+
+    if net.kind == "user-forward":
+        # libvirt 9.0 has no <portForward> for user networking (passt is rejected), so the
+        # slirp netdev with a loopback-only hostfwd is passed to QEMU directly.
+        cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        netdev = f"user,id=svnet0,hostfwd=tcp:127.0.0.1:{net.host_port}-:22"
+        if net.restrict:
+            netdev = netdev.replace("user,", "user,restrict=on,", 1)
+        device = f"virtio-net-pci,netdev=svnet0,id=svnic0,mac={mac_for(spec.name)}"
+        if spec.machine == "q35":
+            device += ",bus=pcie.0,addr=0x10"
+        for arg in ("-netdev", netdev, "-device", device):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    return _render(dom)
+
+
+def dir_pool_xml(name: str, path: Path) -> str:
+    pool = ET.Element("pool", type="dir")
+    _sub(pool, "name", name)
+    target = _sub(pool, "target")
+    _sub(target, "path", str(path))
+    return _render(pool)
+
+
+def _permissions(target: ET.Element, mode: int, owner: int | None, group: int | None) -> None:
+    perms = _sub(target, "permissions")
+    _sub(perms, "mode", f"{mode:04o}")
+    if owner is not None:
+        _sub(perms, "owner", str(owner))
+    if group is not None:
+        _sub(perms, "group", str(group))
+
+
+def overlay_volume_xml(
+    name: str, capacity: int, backing: Path, backing_fmt: str = "qcow2", mode: int = 0o600
+) -> str:
+    """A qcow2 linked clone: the backing format is stated, so nothing is ever probed."""
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity), unit="bytes")
+    target = _sub(vol, "target")
+    _sub(target, "format", type="qcow2")
+    _permissions(target, mode, None, None)
+    _sub(target, "compat", "1.1")
+    bs = _sub(vol, "backingStore")
+    _sub(bs, "path", str(backing))
+    _sub(bs, "format", type=backing_fmt)
+    return _render(vol)
+
+
+def raw_volume_xml(name: str, capacity: int, mode: int = 0o600) -> str:
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity), unit="bytes")
+    _sub(vol, "allocation", "0", unit="bytes")
+    target = _sub(vol, "target")
+    _sub(target, "format", type="raw")
+    _permissions(target, mode, None, None)
+    return _render(vol)
+
+
+def qcow2_volume_xml(
+    name: str, capacity: int, mode: int = 0o640, owner: int | None = None, group: int | None = None
+) -> str:
+    """An empty standalone qcow2 (the target of an upload: the stream overwrites it whole)."""
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity), unit="bytes")
+    _sub(vol, "allocation", "0", unit="bytes")
+    target = _sub(vol, "target")
+    _sub(target, "format", type="raw")
+    _permissions(target, mode, owner, group)
+    return _render(vol)

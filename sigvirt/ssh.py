@@ -1,0 +1,163 @@
+"""The one SSH helper (paramiko): wait for a guest's sshd, run commands, tunnel through a host."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from sigvirt.errors import CommandFailed
+from sigvirt.runner import Result
+
+# A guest's first answers are often "connection reset" while sshd starts; paramiko logs each.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+@dataclass(frozen=True)
+class Jump:
+    """An SSH host to tunnel through (the libvirt host of a qemu+ssh region)."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    key_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    key_path: Path
+    jump: Jump | None = None
+
+    def ssh_argv(self) -> list[str]:
+        """The `ssh` command a person types to reach this guest."""
+        argv = ["ssh", "-i", str(self.key_path), "-p", str(self.port)]
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        if self.jump is not None:
+            j = self.jump
+            hop = f"{j.user + '@' if j.user else ''}{j.host}:{j.port}"
+            argv += ["-J", hop]
+        return [*argv, f"{self.user}@{self.host}"]
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    # Every clone generates its own host key at first boot and ports are reused, so a
+    # known_hosts entry would be wrong the next time; trust on first use, per connection.
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        return None
+
+
+def _load_key(path: Path) -> paramiko.PKey:
+    return paramiko.PKey.from_path(str(path))
+
+
+def _jump_socket(jump: Jump, host: str, port: int, timeout: float) -> paramiko.Channel:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_Policy())
+    client.connect(
+        jump.host,
+        port=jump.port,
+        username=jump.user,
+        key_filename=str(jump.key_path) if jump.key_path else None,
+        timeout=timeout,
+        banner_timeout=timeout,
+        auth_timeout=timeout,
+    )
+    transport = client.get_transport()
+    assert transport is not None
+    chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    chan._sigvirt_jump_client = client  # type: ignore[attr-defined]  # keep the hop alive
+    return chan
+
+
+@contextlib.contextmanager
+def connect(ep: Endpoint, timeout: float = 10.0) -> Iterator[paramiko.SSHClient]:
+    sock = _jump_socket(ep.jump, ep.host, ep.port, timeout) if ep.jump else None
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_Policy())
+    try:
+        client.connect(
+            ep.host,
+            port=ep.port,
+            username=ep.user,
+            pkey=_load_key(ep.key_path),
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            look_for_keys=False,
+            allow_agent=False,
+        )
+        yield client
+    finally:
+        client.close()
+        if sock is not None:
+            sock.close()
+
+
+def run(ep: Endpoint, command: str, timeout: float = 60.0) -> Result:
+    with connect(ep) as client:
+        _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        rc = stdout.channel.recv_exit_status()
+    return Result(("ssh", ep.host, command), rc, out, err)
+
+
+def wait_ready(
+    ep: Endpoint, timeout: float, still_booting: Callable[[], bool] = lambda: True
+) -> float:
+    """Poll until the guest runs a command over SSH; seconds waited, or raise TimeoutError.
+
+    `still_booting` is asked between attempts, so a guest that died is reported at once
+    instead of after the whole timeout.
+    """
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout:
+        if not still_booting():
+            raise TimeoutError("the guest stopped while booting")
+        try:
+            # A short banner timeout: slirp accepts the TCP connection before sshd listens.
+            with connect(ep, timeout=2.0) as client:
+                _i, out, _e = client.exec_command("true", timeout=10)
+                if out.channel.recv_exit_status() == 0:
+                    return time.monotonic() - start
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as err:
+            last = err
+        time.sleep(0.3)
+    raise TimeoutError(f"no SSH answer within {timeout:.0f}s (last: {last})")
+
+
+def host_run(host: Jump, argv: list[str], timeout: float = 120.0) -> Result:
+    """Run a command on a libvirt host over SSH (metadata chores only; never image bytes)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_Policy())
+    client.connect(
+        host.host,
+        port=host.port,
+        username=host.user,
+        key_filename=str(host.key_path) if host.key_path else None,
+        timeout=timeout,
+    )
+    try:
+        _i, stdout, stderr = client.exec_command(shlex.join(argv), timeout=timeout)
+        out = stdout.read().decode(errors="replace")
+        err = stderr.read().decode(errors="replace")
+        rc = stdout.channel.recv_exit_status()
+    finally:
+        client.close()
+    result = Result(("ssh", host.host, *argv), rc, out, err)
+    if rc != 0:
+        raise CommandFailed(f"{argv[0]} on {host.host} failed: {err.strip() or rc}")
+    return result

@@ -1,0 +1,134 @@
+"""The XML generators against expected files (SIGVIRT_REGEN_XML=1 rewrites them)."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from sigvirt import domxml
+from sigvirt.domxml import Backing, DomainSpec, Network, Provenance
+
+EXPECTED = Path(__file__).parent / "data" / "xml"
+REGEN = os.environ.get("SIGVIRT_REGEN_XML") == "1"
+
+PROV = Provenance(
+    kind="vmss-instance",
+    region="local",
+    image="myGallery/myImageDefinition/1.0.2",
+    replica_pool="sigvirt-local-a",
+    replica_path="/var/lib/sigvirt/pools/local-a/myGallery-myImageDefinition-1.0.2-local-0.qcow2",
+    overlay_pool="sigvirt-local-a",
+    overlay="web-0.qcow2",
+    seed="web-0.cidata.iso",
+    console="web-0.console.log",
+    admin_user="azureuser",
+    ssh_port=22201,
+    scale_set="web",
+    instance=0,
+    created="2026-11-25T22:00:00+00:00",
+)
+
+
+def _spec(**kw: object) -> DomainSpec:
+    base = dict(
+        name="web-0",
+        memory_mib=256,
+        vcpus=1,
+        disk=Path("/var/lib/sigvirt/pools/local-a/web-0.qcow2"),
+        backing=(Backing(Path(PROV.replica_path)),),
+        seed=Path("/var/lib/sigvirt/pools/local-a/web-0.cidata.iso"),
+        console_log=Path("/var/lib/sigvirt/pools/local-a/web-0.console.log"),
+        network=Network(host_port=22201),
+        provenance=PROV,
+    )
+    base.update(kw)
+    return DomainSpec(**base)  # type: ignore[arg-type]
+
+
+CASES = {
+    "domain-tcg-user-forward": _spec(),
+    "domain-kvm-uefi-bridge": _spec(
+        accel="kvm", firmware="uefi", network=Network(kind="bridge", source="br0"), vcpus=2
+    ),
+    "domain-tcg-network-noseed": _spec(
+        network=Network(kind="network", source="default"), seed=None, console_log=None,
+        provenance=None,
+    ),
+    "domain-unrestricted-forward": _spec(network=Network(host_port=22999, restrict=False)),
+}
+
+
+def _check(name: str, text: str) -> None:
+    path = EXPECTED / f"{name}.xml"
+    if REGEN or not path.exists():
+        path.write_text(text)
+        if not REGEN:
+            pytest.fail(f"{path} did not exist; written now, review and commit it")
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_domain_xml_matches_expected_file(case: str) -> None:
+    _check(case, domxml.domain_xml(CASES[case]))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_domain_xml_is_accepted_by_libvirt_test_driver(case: str) -> None:
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(domxml.domain_xml(CASES[case]))
+        assert dom.name() == "web-0"
+        dom.undefine()
+    finally:
+        conn.close()
+
+
+def test_backing_chain_is_explicit_and_never_relabelled() -> None:
+    root = ET.fromstring(domxml.domain_xml(_spec()))
+    bs = root.find("./devices/disk/backingStore")
+    assert bs is not None
+    assert bs.find("format").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert bs.find("source/seclabel").get("relabel") == "no"  # type: ignore[union-attr]
+    end = bs.find("backingStore")
+    assert end is not None and len(end) == 0  # chain terminated: libvirt must not probe
+
+
+def test_tcg_bounds_translation_cache_and_kvm_does_not() -> None:
+    tcg = ET.fromstring(domxml.domain_xml(_spec(tb_cache_mib=48)))
+    assert tcg.get("type") == "qemu"
+    assert tcg.findtext("./features/tcg/tb-cache") == "48"
+    kvm = ET.fromstring(domxml.domain_xml(_spec(accel="kvm")))
+    assert kvm.get("type") == "kvm"
+    assert kvm.find("./features/tcg") is None
+
+
+def test_port_forward_binds_loopback_only() -> None:
+    text = domxml.domain_xml(_spec())
+    assert "hostfwd=tcp:127.0.0.1:22201-:22" in text
+    assert "restrict=on" in text
+
+
+def test_provenance_round_trips_through_metadata() -> None:
+    root = ET.fromstring(domxml.domain_xml(_spec()))
+    meta = root.find(f"./metadata/{{{domxml.XMLNS}}}guest")
+    assert meta is not None
+    assert Provenance.from_xml(ET.tostring(meta, encoding="unicode")) == PROV
+
+
+def test_mac_is_stable_and_distinct_per_name() -> None:
+    assert domxml.mac_for("web-0") == domxml.mac_for("web-0")
+    assert domxml.mac_for("web-0") != domxml.mac_for("web-1")
+    assert domxml.mac_for("x").startswith("52:54:00:")
+
+
+def test_overlay_volume_states_backing_format() -> None:
+    text = domxml.overlay_volume_xml("c.qcow2", 1 << 30, Path("/p/base.qcow2"))
+    _check("volume-overlay", text)
+
+
+def test_dir_pool_xml() -> None:
+    _check("pool-dir", domxml.dir_pool_xml("sigvirt-local-a", Path("/var/lib/sigvirt/pools/a")))
