@@ -1,0 +1,81 @@
+"""What every command shares: option types, the context it runs in, progress display."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TransferSpeedColumn,
+)
+
+from sigvirt import regions
+from sigvirt.context import Context
+from sigvirt.records import Replica
+from sigvirt.replication import ReplicaProgress
+
+GalleryOpt = Annotated[str, typer.Option("--gallery-name", "-r", help="gallery name")]
+DefinitionOpt = Annotated[
+    str, typer.Option("--gallery-image-definition", "-i", help="image definition name")
+]
+VersionOpt = Annotated[
+    str, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
+]
+ResourceGroupOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resource-group", "-g", help="accepted for `az` compatibility; sigvirt has none"
+    ),
+]
+DescriptionOpt = Annotated[str | None, typer.Option("--description", help="free text")]
+
+
+def regions_path() -> Path | None:
+    env = os.environ.get("SIGVIRT_REGIONS")
+    return Path(env) if env else None
+
+
+@contextmanager
+def context() -> Iterator[Context]:
+    """The context of one command: regions.yaml, the gallery store, libvirt on demand."""
+    cfg = regions.load(regions_path())
+    ctx = Context.from_config(cfg)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@contextmanager
+def replica_progress(enabled: bool = True) -> Iterator[ReplicaProgress | None]:
+    """A rich progress bar per replica on a terminal; nothing when piped."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=False,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(replica: Replica, done: int, total: int) -> None:
+        key = f"{replica.region}/{replica.volume}"
+        if key not in tasks:
+            tasks[key] = bars.add_task(f"{replica.region:>10} {replica.volume}", total=total)
+        bars.update(tasks[key], completed=done, total=total)
+
+    with bars:
+        yield update

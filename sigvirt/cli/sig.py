@@ -1,0 +1,421 @@
+"""`sigvirt sig …`: galleries, image definitions and image versions, shaped like `az sig`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from sigvirt import catalog, publish, replication
+from sigvirt.catalog import DefinitionInput
+from sigvirt.cli.common import (
+    DefinitionOpt,
+    DescriptionOpt,
+    GalleryOpt,
+    ResourceGroupOpt,
+    VersionOpt,
+    context,
+    replica_progress,
+)
+from sigvirt.cli.render import Output, OutputOpt, emit
+from sigvirt.names import ImageRef, parse_image_ref
+from sigvirt.records import ImageVersion
+
+app = typer.Typer(help="Shared image galleries (az sig).", no_args_is_help=True)
+definition_app = typer.Typer(
+    help="Image definitions (az sig image-definition).", no_args_is_help=True
+)
+version_app = typer.Typer(help="Image versions (az sig image-version).", no_args_is_help=True)
+app.add_typer(definition_app, name="image-definition")
+app.add_typer(version_app, name="image-version")
+
+GALLERY_COLUMNS = ["name", "location", "description", "owner_group", "created"]
+DEFINITION_COLUMNS = [
+    "name", "publisher", "offer", "sku", "os_type", "os_state", "hyper_v_generation",
+    "architecture", "end_of_life",
+]  # fmt: skip
+VERSION_COLUMNS = [
+    "name", "state", "replication", "regions", "exclude_from_latest", "end_of_life", "published",
+]  # fmt: skip
+
+
+# -- galleries --------------------------------------------------------------------------------
+@app.command("create")
+def gallery_create(
+    gallery: GalleryOpt,
+    description: DescriptionOpt = "",
+    location: Annotated[
+        str, typer.Option("--location", "-l", help="home region (source of new versions)")
+    ] = "local",
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a gallery."""
+    with context() as ctx:
+        location = replication.normalize_region(location, ctx.regions)
+        rec = catalog.create_gallery(ctx.store, gallery, description or "", location)
+    emit(rec, output, GALLERY_COLUMNS)
+
+
+@app.command("list")
+def gallery_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table) -> None:
+    """List galleries."""
+    with context() as ctx:
+        rows = ctx.store.list_galleries()
+    emit(rows, output, GALLERY_COLUMNS, title="galleries")
+
+
+@app.command("show")
+def gallery_show(
+    gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
+) -> None:
+    """Show a gallery."""
+    with context() as ctx:
+        rec = ctx.store.get_gallery(gallery)
+    emit(rec, output)
+
+
+@app.command("update")
+def gallery_update(
+    gallery: GalleryOpt,
+    description: DescriptionOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Change a gallery's description."""
+    with context() as ctx:
+        rec = catalog.update_gallery(ctx.store, gallery, description)
+    emit(rec, output)
+
+
+@app.command("delete")
+def gallery_delete(
+    gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
+) -> None:
+    """Delete an empty gallery (refused while it has image definitions)."""
+    with context() as ctx:
+        ctx.store.delete_gallery(gallery)
+    emit({"deleted": gallery}, output)
+
+
+# -- definitions ------------------------------------------------------------------------------
+@definition_app.command("create")
+def definition_create(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    publisher: Annotated[str, typer.Option("--publisher", help="e.g. myPublisher")],
+    offer: Annotated[str, typer.Option("--offer", help="e.g. myOffer")],
+    sku: Annotated[str, typer.Option("--sku", help="e.g. myLinux1")],
+    os_type: Annotated[str, typer.Option("--os-type", help="Linux or Windows")] = "Linux",
+    os_state: Annotated[
+        str, typer.Option("--os-state", help="Generalized or Specialized")
+    ] = "Generalized",
+    hyper_v_generation: Annotated[
+        str, typer.Option("--hyper-v-generation", help="V1 (BIOS) or V2 (UEFI)")
+    ] = "V1",
+    architecture: Annotated[str, typer.Option("--architecture", help="x64 or Arm64")] = "x64",
+    min_cpu: Annotated[int | None, typer.Option("--minimum-cpu-core")] = None,
+    max_cpu: Annotated[int | None, typer.Option("--maximum-cpu-core")] = None,
+    min_mem: Annotated[int | None, typer.Option("--minimum-memory", help="MiB")] = None,
+    max_mem: Annotated[int | None, typer.Option("--maximum-memory", help="MiB")] = None,
+    end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    eula: Annotated[str, typer.Option("--eula")] = "",
+    release_note_uri: Annotated[str, typer.Option("--release-note-uri")] = "",
+    description: DescriptionOpt = "",
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create an image definition (publisher/offer/sku unique within the gallery)."""
+    spec = DefinitionInput(
+        publisher, offer, sku, os_type, os_state, hyper_v_generation, architecture,
+        min_cpu, max_cpu, min_mem, max_mem, end_of_life, eula, release_note_uri,
+        description or "",
+    )  # fmt: skip
+    with context() as ctx:
+        rec = catalog.create_definition(ctx.store, gallery, definition, spec)
+    emit(rec, output, DEFINITION_COLUMNS)
+
+
+@definition_app.command("list")
+def definition_list(
+    gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
+) -> None:
+    """List a gallery's image definitions."""
+    with context() as ctx:
+        rows = ctx.store.list_definitions(gallery)
+    emit(rows, output, DEFINITION_COLUMNS, title="image definitions")
+
+
+@definition_app.command("show")
+def definition_show(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show an image definition."""
+    with context() as ctx:
+        rec = ctx.store.get_definition(gallery, definition)
+    emit(rec, output)
+
+
+@definition_app.command("update")
+def definition_update(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    min_cpu: Annotated[int | None, typer.Option("--minimum-cpu-core")] = None,
+    max_cpu: Annotated[int | None, typer.Option("--maximum-cpu-core")] = None,
+    min_mem: Annotated[int | None, typer.Option("--minimum-memory", help="MiB")] = None,
+    max_mem: Annotated[int | None, typer.Option("--maximum-memory", help="MiB")] = None,
+    end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    eula: Annotated[str | None, typer.Option("--eula")] = None,
+    release_note_uri: Annotated[str | None, typer.Option("--release-note-uri")] = None,
+    description: DescriptionOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Change a definition's recommendations, end of life, EULA or description."""
+    with context() as ctx:
+        rec = catalog.update_definition(
+            ctx.store, gallery, definition,
+            min_vcpus=min_cpu, max_vcpus=max_cpu, min_memory_mib=min_mem, max_memory_mib=max_mem,
+            end_of_life=end_of_life, eula=eula, release_note_uri=release_note_uri,
+            description=description,
+        )  # fmt: skip
+    emit(rec, output)
+
+
+@definition_app.command("delete")
+def definition_delete(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Delete an image definition (refused while it has versions)."""
+    with context() as ctx:
+        ctx.store.delete_definition(gallery, definition)
+    emit({"deleted": f"{gallery}/{definition}"}, output)
+
+
+# -- versions ---------------------------------------------------------------------------------
+def version_row(rec: ImageVersion, expand: bool = False) -> dict[str, Any]:
+    agg, regions = replication.aggregate(rec)
+    row: dict[str, Any] = {
+        "name": rec.name,
+        "id": rec.ref,
+        "state": rec.state,
+        "replication": agg,
+        "regions": {r.region: f"{r.completed}/{r.wanted}" for r in regions},
+        "exclude_from_latest": rec.exclude_from_latest,
+        "end_of_life": rec.end_of_life,
+        "published": rec.published,
+        "source": rec.source,
+        "source_region": rec.source_region,
+        "sha256": rec.sha256,
+        "virtual_size": rec.virtual_size,
+        "allocated_size": rec.allocated_size,
+    }
+    if rec.warnings:
+        row["warnings"] = list(rec.warnings)
+    if expand:
+        row["replication_status"] = {
+            "aggregated_state": agg,
+            "summary": regions,
+            "replicas": rec.replicas,
+        }
+    return row
+
+
+def _ref(gallery: str, definition: str, version: str) -> ImageRef:
+    return parse_image_ref(f"{gallery}/{definition}/{version}")
+
+
+TargetsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target-regions",
+        help='regions to replicate to, each "name" or "name=count" (repeat the option, '
+        "or give several after one)",
+    ),
+]
+ReplicaCountOpt = Annotated[
+    int | None, typer.Option("--replica-count", help="default replicas per target region")
+]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="return before replication ends")]
+ExpandOpt = Annotated[
+    str | None, typer.Option("--expand", help="ReplicationStatus: include per-replica status")
+]
+
+
+@version_app.command("create")
+def version_create(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", help="qcow2/raw file, pool/volume, vm:NAME, or another version id"
+        ),
+    ] = None,
+    managed_image: Annotated[
+        str | None, typer.Option("--managed-image", help="alias of --source (az compatibility)")
+    ] = None,
+    source_format: Annotated[
+        str | None, typer.Option("--source-format", help="declare qcow2 or raw (checked)")
+    ] = None,
+    target_regions: TargetsOpt = None,
+    replica_count: ReplicaCountOpt = None,
+    location: Annotated[
+        str | None, typer.Option("--location", "-l", help="source region (default: gallery's)")
+    ] = None,
+    exclude_from_latest: Annotated[bool, typer.Option("--exclude-from-latest")] = False,
+    end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    no_wait: NoWaitOpt = False,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Publish a version: gate the source, store it in the source region, replicate it."""
+    src = source or managed_image
+    if not src:
+        raise typer.BadParameter("give --source (or --managed-image)", param_hint="--source")
+    inp = publish.VersionInput(
+        src, source_format, target_regions, replica_count, exclude_from_latest, end_of_life,
+        location,
+    )  # fmt: skip
+    with context() as ctx, replica_progress(output is Output.table) as bars:
+        rec = publish.create_version(
+            ctx,
+            gallery,
+            definition,
+            version,
+            inp,
+            progress=bars,
+            wait=not no_wait,
+        )
+    emit(version_row(rec, expand=output is not Output.table), output)
+
+
+@version_app.command("list")
+def version_list(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """List a definition's versions, oldest first."""
+    with context() as ctx:
+        rows = [version_row(v) for v in ctx.store.list_versions(gallery, definition)]
+    emit(rows, output, VERSION_COLUMNS, title="image versions")
+
+
+@version_app.command("show")
+def version_show(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    expand: ExpandOpt = None,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Show a version; --expand ReplicationStatus adds every replica's state."""
+    with context() as ctx:
+        rec = ctx.store.get_version(gallery, definition, version)
+    expanded = (expand or "").lower() == "replicationstatus"
+    if output is not Output.table:
+        emit(version_row(rec, expand=expanded), output)
+        return
+    emit(version_row(rec), output)
+    if expanded:
+        _agg, summary = replication.aggregate(rec)
+        emit(summary, output, title="replication status")
+        emit(rec.replicas, output, ["region", "pool", "volume", "state", "progress", "reason"])
+
+
+@version_app.command("show-latest")
+def version_show_latest(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="why each version is or isn't latest")
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """The version `latest` resolves to: highest Major.Minor.Patch not excluded from latest."""
+    with context() as ctx:
+        if explain:
+            rows = catalog.explain_latest(ctx.store.list_versions(gallery, definition))
+            emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
+            return
+        rec = catalog.resolve(ctx.store, ImageRef(gallery, definition))
+    emit(version_row(rec), output)
+
+
+@version_app.command("update")
+def version_update(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    target_regions: TargetsOpt = None,
+    replica_count: ReplicaCountOpt = None,
+    exclude_from_latest: Annotated[
+        bool | None, typer.Option("--exclude-from-latest/--include-in-latest")
+    ] = None,
+    end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    no_wait: NoWaitOpt = False,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Change target regions and replica counts (resumes missing replicas), latest, end of life."""
+    with context() as ctx, replica_progress(output is Output.table) as bars:
+        rec = publish.update_version(
+            ctx, _ref(gallery, definition, version),
+            target_regions=target_regions, replica_count=replica_count,
+            exclude_from_latest=exclude_from_latest, end_of_life=end_of_life,
+            progress=bars, wait=not no_wait,
+        )  # fmt: skip
+    emit(version_row(rec), output)
+
+
+@version_app.command("replicate")
+def version_replicate(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no output (background runs)")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Bring every missing or failed replica to completed (what --no-wait runs, and resume)."""
+    with context() as ctx, replica_progress(not quiet) as bars:
+        rec = replication.run(ctx, ctx.store.get_version(gallery, definition, version), bars)
+    if not quiet:
+        emit(version_row(rec, expand=output is not Output.table), output)
+
+
+@version_app.command("wait")
+def version_wait(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds")] = 3600,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Wait until no replica of the version is pending or copying."""
+    with context() as ctx:
+        rec = replication.wait(ctx, ctx.store.get_version(gallery, definition, version), timeout)
+    emit(version_row(rec), output)
+
+
+@version_app.command("delete")
+def version_delete(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Delete a version and its replicas (refused while clones depend on them)."""
+    with context() as ctx:
+        rec = publish.delete_version(ctx, _ref(gallery, definition, version))
+    emit({"deleted": rec.ref, "replicas": len(rec.replicas)}, output)

@@ -1,0 +1,337 @@
+"""The gallery store: one directory per gallery, a JSON file per resource.
+
+    ROOT/G/gallery.json
+    ROOT/G/images/D/definition.json
+    ROOT/G/images/D/versions/1.0.2.json
+
+Every write is atomic (temp file, fsync, rename, fsync of the directory) and made under a
+file lock, so the metadata always parses and concurrent writers serialize. Each resource
+has its own file and directory, so a gallery, a definition and a version can carry
+different Unix groups and ACLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sigvirt import names
+from sigvirt.errors import Conflict, HasDependents, HostAccessDenied, NotFound, SigvirtError
+from sigvirt.records import Definition, Gallery, ImageVersion, from_dict, to_dict
+
+T = TypeVar("T")
+DIR_MODE = 0o2770  # setgid: new files take the gallery's group
+FILE_MODE = 0o660
+
+
+class CorruptRecord(SigvirtError):
+    template = "metadata file {path} is unreadable: {detail}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def _access_error(path: Path, err: OSError) -> SigvirtError:
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return HostAccessDenied(f"permission denied: {path}")
+    if err.errno == errno.ENOSPC:
+        from sigvirt.errors import NoSpace
+
+        return NoSpace(f"no space left on device writing {path}")
+    return SigvirtError(f"{path}: {err.strerror}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, blocking: bool = True) -> Iterator[None]:
+    """An exclusive flock on `path` (created if needed); Conflict if not blocking and held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise _access_error(path, err) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Conflict(f"{path.name}: busy (held by another sigvirt process)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_is_held(path: Path) -> bool:
+    """True while some process holds the flock (e.g. a version being imported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class GalleryStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- paths ------------------------------------------------------------------------------
+    def gallery_dir(self, g: str) -> Path:
+        return self.root / names.gallery_name(g)
+
+    def definition_dir(self, g: str, d: str) -> Path:
+        return self.gallery_dir(g) / "images" / names.definition_name(d)
+
+    def versions_dir(self, g: str, d: str) -> Path:
+        return self.definition_dir(g, d) / "versions"
+
+    def version_path(self, g: str, d: str, v: str) -> Path:
+        return self.versions_dir(g, d) / f"{names.Version.parse(v)}.json"
+
+    def version_op_lock(self, g: str, d: str, v: str) -> Path:
+        """Held for the whole of a long operation on one version (import, replication)."""
+        return self.versions_dir(g, d) / f".{v}.op"
+
+    # -- generic record IO ------------------------------------------------------------------
+    def _read(self, cls: type[T], path: Path, what: str) -> T:
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"{what} not found") from None
+        except NotADirectoryError:
+            raise NotFound(f"{what} not found") from None
+        except OSError as err:
+            raise _access_error(path, err) from None
+        except ValueError as err:
+            raise CorruptRecord(str(err), path=path) from None
+        return from_dict(cls, data)
+
+    def _write(self, path: Path, record: Any) -> None:
+        data = json.dumps(to_dict(record), indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            atomic_write(path, data)
+        except OSError as err:
+            raise _access_error(path, err) from None
+
+    def _mkdir(self, path: Path) -> None:
+        try:
+            path.mkdir(mode=DIR_MODE)
+            os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise _access_error(path, err) from None
+
+    def ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _access_error(self.root, err) from None
+
+    # -- galleries --------------------------------------------------------------------------
+    def get_gallery(self, g: str) -> Gallery:
+        return self._read(Gallery, self.gallery_dir(g) / "gallery.json", f"gallery {g}")
+
+    def list_galleries(self) -> list[Gallery]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.is_dir() and not entry.name.startswith("."):
+                with contextlib.suppress(NotFound, HostAccessDenied):
+                    out.append(self.get_gallery(entry.name))
+        return out
+
+    def create_gallery(self, rec: Gallery) -> Gallery:
+        self.ensure_root()
+        with file_lock(self.root / ".lock"):
+            gdir = self.gallery_dir(rec.name)
+            if (gdir / "gallery.json").exists():
+                raise Conflict(f"gallery {rec.name} already exists")
+            self._mkdir(gdir)
+            self._mkdir(gdir / "images")
+            self._write(gdir / "gallery.json", rec)
+        return rec
+
+    def update_gallery(self, g: str, change: Callable[[Gallery], Gallery]) -> Gallery:
+        with file_lock(self.gallery_dir(g) / ".lock"):
+            rec = change(self.get_gallery(g))
+            self._write(self.gallery_dir(g) / "gallery.json", rec)
+        return rec
+
+    def delete_gallery(self, g: str) -> None:
+        self.get_gallery(g)
+        with file_lock(self.root / ".lock"), file_lock(self.gallery_dir(g) / ".lock"):
+            defs = [d.name for d in self.list_definitions(g)]
+            if defs:
+                raise HasDependents(
+                    f"gallery {g} still has image definitions: {', '.join(defs)}; delete them first"
+                )
+            gdir = self.gallery_dir(g)
+            (gdir / "gallery.json").unlink()
+            _remove_tree(gdir)
+
+    # -- definitions ------------------------------------------------------------------------
+    def get_definition(self, g: str, d: str) -> Definition:
+        path = self.definition_dir(g, d) / "definition.json"
+        try:
+            return self._read(Definition, path, f"image definition {g}/{d}")
+        except NotFound:
+            self.get_gallery(g)  # say which level is missing
+            raise
+
+    def list_definitions(self, g: str) -> list[Definition]:
+        images = self.gallery_dir(g) / "images"
+        if not images.is_dir():
+            self.get_gallery(g)
+            return []
+        out = []
+        for entry in sorted(os.scandir(images), key=lambda e: e.name):
+            if entry.is_dir() and not entry.name.startswith("."):
+                with contextlib.suppress(NotFound, HostAccessDenied):
+                    out.append(self.get_definition(g, entry.name))
+        return out
+
+    def create_definition(self, rec: Definition) -> Definition:
+        self.get_gallery(rec.gallery)
+        with file_lock(self.gallery_dir(rec.gallery) / ".lock"):
+            ddir = self.definition_dir(rec.gallery, rec.name)
+            if (ddir / "definition.json").exists():
+                raise Conflict(f"image definition {rec.gallery}/{rec.name} already exists")
+            triple = (rec.publisher.lower(), rec.offer.lower(), rec.sku.lower())
+            for other in self.list_definitions(rec.gallery):
+                if (other.publisher.lower(), other.offer.lower(), other.sku.lower()) == triple:
+                    raise Conflict(
+                        f"publisher/offer/sku {rec.publisher}/{rec.offer}/{rec.sku} is already "
+                        f"used by image definition {other.name} in gallery {rec.gallery}"
+                    )
+            self._mkdir(ddir)
+            self._mkdir(ddir / "versions")
+            self._write(ddir / "definition.json", rec)
+        return rec
+
+    def update_definition(
+        self, g: str, d: str, change: Callable[[Definition], Definition]
+    ) -> Definition:
+        with file_lock(self.definition_dir(g, d) / ".lock"):
+            rec = change(self.get_definition(g, d))
+            self._write(self.definition_dir(g, d) / "definition.json", rec)
+        return rec
+
+    def delete_definition(self, g: str, d: str) -> None:
+        self.get_definition(g, d)
+        with (
+            file_lock(self.gallery_dir(g) / ".lock"),
+            file_lock(self.definition_dir(g, d) / ".lock"),
+        ):
+            versions = [v.name for v in self.list_versions(g, d)]
+            if versions:
+                raise HasDependents(
+                    f"image definition {g}/{d} still has versions: {', '.join(versions)}; "
+                    "delete them first"
+                )
+            ddir = self.definition_dir(g, d)
+            (ddir / "definition.json").unlink()
+            _remove_tree(ddir)
+
+    # -- versions ---------------------------------------------------------------------------
+    def get_version(self, g: str, d: str, v: str) -> ImageVersion:
+        try:
+            return self._read(
+                ImageVersion, self.version_path(g, d, v), f"image version {g}/{d}/{v}"
+            )
+        except NotFound:
+            self.get_definition(g, d)
+            raise
+
+    def list_versions(self, g: str, d: str) -> list[ImageVersion]:
+        vdir = self.versions_dir(g, d)
+        try:
+            entries = list(os.scandir(vdir))
+        except FileNotFoundError:
+            self.get_definition(g, d)
+            return []
+        except OSError as err:
+            raise _access_error(vdir, err) from None
+        out = []
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                with contextlib.suppress(NotFound, HostAccessDenied):
+                    out.append(self._read(ImageVersion, Path(entry.path), entry.name))
+        out.sort(key=lambda r: names.Version.parse(r.name))
+        return out
+
+    def definition_lock(self, g: str, d: str) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.definition_dir(g, d) / ".lock")
+
+    def create_version(self, rec: ImageVersion) -> None:
+        """Write a new version record; Conflict if one exists. Caller holds definition_lock."""
+        path = self.version_path(rec.gallery, rec.definition, rec.name)
+        if path.exists():
+            raise Conflict(f"image version {rec.ref} already exists")
+        self._write(path, rec)
+
+    def put_version(self, rec: ImageVersion) -> None:
+        """Overwrite a version record. Caller holds definition_lock."""
+        self._write(self.version_path(rec.gallery, rec.definition, rec.name), rec)
+
+    def update_version(
+        self, g: str, d: str, v: str, change: Callable[[ImageVersion], ImageVersion]
+    ) -> ImageVersion:
+        with self.definition_lock(g, d):
+            rec = change(self.get_version(g, d, v))
+            self.put_version(rec)
+        return rec
+
+    def remove_version_record(self, g: str, d: str, v: str) -> None:
+        """Caller holds definition_lock."""
+        path = self.version_path(g, d, v)
+        path.unlink(missing_ok=True)
+        self.version_op_lock(g, d, v).unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a resource directory that holds only sigvirt's own files (locks, temp files)."""
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if child.is_dir() and not child.is_symlink():
+            child.rmdir()
+        else:
+            child.unlink()
+    path.rmdir()
+    fsync_dir(path.parent)
