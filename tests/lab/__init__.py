@@ -1,0 +1,4 @@
+"""Lab fixtures for tests that need more than this machine's libvirtd.
+
+See docs/lab-second-host.md.
+"""
