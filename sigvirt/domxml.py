@@ -64,6 +64,12 @@ class Provenance:
     scale_set: str = ""
     instance: int = -1
     created: str = ""
+    # what a scale set needs to add instances like the existing ones
+    image_request: str = ""  # as the user named it (a definition means latest)
+    ssh_keys: str = ""  # public keys, one per line
+    key_path: str = ""  # private key sigvirt waits for SSH with
+    custom_data: str = ""  # base64
+    flattened: str = ""  # when the disk stopped depending on its replica
 
     def to_xml(self) -> ET.Element:
         root = ET.Element(f"{{{XMLNS}}}guest")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shlex
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -137,6 +138,28 @@ def wait_ready(
             last = err
         time.sleep(0.3)
     raise TimeoutError(f"no SSH answer within {timeout:.0f}s (last: {last})")
+
+
+def wait_banner(ep: Endpoint, timeout: float) -> float:
+    """Seconds until sshd sends its banner (used when we hold no private key to log in)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            sock: socket.socket | paramiko.Channel
+            if ep.jump:
+                sock = _jump_socket(ep.jump, ep.host, ep.port, 5.0)
+            else:
+                sock = socket.create_connection((ep.host, ep.port), timeout=5.0)
+            with contextlib.closing(sock):
+                transport = paramiko.Transport(sock)
+                try:
+                    transport.start_client(timeout=3.0)
+                    return time.monotonic() - start
+                finally:
+                    transport.close()
+        except (paramiko.SSHException, OSError, EOFError):
+            time.sleep(0.5)
+    raise TimeoutError(f"no SSH banner within {timeout:.0f}s")
 
 
 def host_run(host: Jump, argv: list[str], timeout: float = 120.0) -> Result:

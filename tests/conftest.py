@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-sys.path.insert(0, str(Path(__file__).parent))
+from sigvirt import images, perms
+from sigvirt.hypervisor import Hypervisor
+from sigvirt.runner import Runner
 
-from sigvirt import images, perms  # noqa: E402
-from sigvirt.hypervisor import Hypervisor  # noqa: E402
-from sigvirt.runner import Runner  # noqa: E402
-
-pytest_plugins = ["tests.lab.hostb"] if (Path(__file__).parent / "lab" / "hostb.py").exists() else []
+pytest_plugins = ["tests.lab.hostb"]
 
 SYSTEM_URI = "qemu:///system"
 RUN_ID = uuid.uuid4().hex[:6]
@@ -69,7 +66,9 @@ def ssh_key(scratch: Path) -> SshKey:
     pub = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    return SshKey(path, pub.decode() + " sigvirt-test")
+    text = pub.decode() + " sigvirt-test"
+    path.with_suffix(".pub").write_text(text + "\n")
+    return SshKey(path, text)
 
 
 @pytest.fixture(scope="session")

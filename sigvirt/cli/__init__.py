@@ -7,7 +7,7 @@ import traceback
 
 import typer
 
-from sigvirt.cli import host, sig
+from sigvirt.cli import host, region, share, sig, vm
 from sigvirt.errors import ExitCode, SigvirtError
 
 app = typer.Typer(
@@ -20,6 +20,39 @@ app = typer.Typer(
 app.command("doctor")(host.doctor)
 app.add_typer(host.image_app, name="image")
 app.add_typer(sig.app, name="sig")
+sig.app.add_typer(share.app, name="share")
+sig.app.command("check-access")(share.check_access)
+sig.app.command("access-sync")(share.access_sync)
+sig.version_app.command("dependents")(vm.version_dependents)
+app.add_typer(vm.app, name="vm")
+app.add_typer(vm.vmss_app, name="vmss")
+app.add_typer(region.app, name="region")
+
+
+# Options that take several values after one flag, as `az` spells them:
+# `--target-regions local east=2 west=1`. Click wants the flag repeated, so it is.
+VARIADIC = frozenset({"--target-regions"})
+
+
+def spread_variadic(args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        out.append(arg)
+        i += 1
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in VARIADIC:
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(arg)
+                out.append(args[i])
+                first = False
+                i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    args = spread_variadic(args)
     try:
         # standalone: Typer itself reports usage errors (exit 2) and honours typer.Exit.
         app(args=args, prog_name="sigvirt")
