@@ -82,10 +82,14 @@ class Version:
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}.{self.patch}"
 
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.major, self.minor, self.patch)
+
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Version):
             return NotImplemented
-        return (self.major, self.minor, self.patch) < (other.major, other.minor, other.patch)
+        return self.key < other.key
 
 
 @dataclass(frozen=True)
@@ -110,22 +114,19 @@ def parse_image_ref(text: str) -> ImageRef:
     if text.startswith("/"):
         parts = text.strip("/").split("/")
         lower = [p.lower() for p in parts]
+        bad_id = InvalidName(
+            f"image id {text!r} is invalid: expected "
+            "/subscriptions/…/galleries/GALLERY/images/DEFINITION[/versions/VERSION]"
+        )
         try:
             g = lower.index("galleries")
             gallery, images_kw, definition = parts[g + 1], lower[g + 2], parts[g + 3]
         except (ValueError, IndexError):
-            raise InvalidName(
-                f"image id {text!r} is invalid: expected "
-                "/subscriptions/…/galleries/GALLERY/images/DEFINITION[/versions/VERSION]"
-            ) from None
+            raise bad_id from None
         rest = lower[g + 4 :]
-        if images_kw != "images" or (
-            rest not in ([], ["versions"]) and (len(rest) != 2 or rest[0] != "versions")
-        ):
-            raise InvalidName(
-                f"image id {text!r} is invalid: expected …/galleries/G/images/D[/versions/V]"
-            )
-        version = parts[g + 5] if len(rest) == 2 else None
+        if images_kw != "images" or (rest and (len(rest) != 2 or rest[0] != "versions")):
+            raise bad_id
+        version = parts[g + 5] if rest else None
     else:
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):

@@ -38,7 +38,6 @@ from sigvirt.records import (
     Replica,
     now,
 )
-from sigvirt.store import lock_is_held
 
 SourceKind = Literal["file", "volume", "vm", "version"]
 
@@ -84,27 +83,38 @@ class VersionInput:
 
 
 # -- claims -----------------------------------------------------------------------------------
-def _cleanup_stale(ctx: Context, rec: ImageVersion) -> None:
-    """Remove what a killed creator left: partial and unfinished files, then the record."""
+def _cleanup_stale(ctx: Context, rec: ImageVersion, *, keep_op_lock: bool = False) -> None:
+    """Remove what a killed or failed creator left: partial and unfinished files, then the
+    record. Caller holds the version's op lock and the definition lock."""
     for r in rec.replicas:
         if r.state == COMPLETED:
             continue
         with contextlib.suppress(SigvirtError):
             hv = ctx.hv(r.region)
+            # The files were written beside libvirt, not through it: it sees them only
+            # after a refresh.
+            hv.call(f"refresh pool {r.pool}", hv.pool(r.pool).refresh, 0)
             hv.delete_volume(r.pool, replication.partial_name(r.volume))
             hv.delete_volume(r.pool, r.volume)
-    ctx.store.remove_version_record(rec.gallery, rec.definition, rec.name)
+    ctx.store.remove_version_record(
+        rec.gallery, rec.definition, rec.name, keep_op_lock=keep_op_lock
+    )
 
 
 def clean_stale_claims(ctx: Context, gallery: str, definition: str) -> list[str]:
     """Every version of a definition stuck in `creating` with nobody holding it."""
     cleaned = []
     for rec in ctx.store.list_versions(gallery, definition):
-        lock = ctx.store.version_op_lock(gallery, definition, rec.name)
-        if rec.state == CREATING and not lock_is_held(lock):
-            with ctx.store.definition_lock(gallery, definition):
-                _cleanup_stale(ctx, rec)
-            cleaned.append(rec.name)
+        if rec.state != CREATING:
+            continue
+        try:
+            with replication.op_lock(ctx, rec), ctx.store.definition_lock(gallery, definition):
+                current = ctx.store.get_version(gallery, definition, rec.name)
+                if current.state == CREATING:
+                    _cleanup_stale(ctx, current)
+                    cleaned.append(rec.name)
+        except (Conflict, NotFound):
+            continue  # its creator is alive, or it is gone already
     return cleaned
 
 
@@ -122,7 +132,8 @@ def _claim(ctx: Context, rec: ImageVersion) -> Iterator[None]:
             except NotFound:
                 existing = None
             if existing is not None and existing.state == CREATING:
-                _cleanup_stale(ctx, existing)  # we hold its op lock: its creator is gone
+                # We hold its op lock, so its creator is gone; we keep the lock (and its file).
+                _cleanup_stale(ctx, existing, keep_op_lock=True)
             elif existing is not None:
                 raise Conflict(f"image version {rec.ref} already exists")
             ctx.store.create_version(rec)
@@ -197,6 +208,9 @@ def import_into(
         else:
             verified = imagecheck.inspect(path, declared, ctx.qemu_img)
             ctx.qemu_img.convert(path, verified.format, partial, "qcow2")
+            # convert opened the path again: refuse unless it still names the file the gate
+            # passed (a swap to a qcow2 with a backing file would copy that file's bytes).
+            imagecheck.verify(path, verified.facts, ctx.qemu_img)
             warnings = verified.warnings
         final = imagecheck.inspect(partial, "qcow2", ctx.qemu_img)
         sha = transfer.sha256_file(partial)
@@ -232,6 +246,7 @@ def create_version(
         copy_of = catalog.resolve(ctx.store, names.parse_image_ref(src.ref))
         if not copy_of.published_ok:
             raise Conflict(f"--source {src.ref}: version {copy_of.ref} is not published")
+        src = Source("version", copy_of.ref)  # what `latest` means now, copied and recorded
     hv = ctx.hv(source_region)
     pool_cfg = ctx.regions.region(source_region).pools[0]
     rec = ImageVersion(
@@ -352,6 +367,20 @@ def start_background(ctx: Context, rec: ImageVersion) -> None:
 
 
 # -- update / delete --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _version_op(ctx: Context, rec: ImageVersion) -> Iterator[None]:
+    """The version's op lock, or Conflict naming the version while another process has it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(replication.op_lock(ctx, rec))
+        except Conflict:
+            raise Conflict(
+                f"image version {rec.ref} is busy: another sigvirt process is creating, "
+                "replicating or deleting it"
+            ) from None
+        yield
+
+
 def update_version(
     ctx: Context,
     ref: ImageRef,
@@ -385,7 +414,7 @@ def update_version(
     targets = replication.parse_targets(
         target_regions, replica_count, rec.source_region, ctx.regions, rec.target_regions
     )
-    with replication.op_lock(ctx, rec):
+    with _version_op(ctx, rec):
         deps = replication.find_dependents(ctx, list(rec.replicas))
         p = replication.plan(rec, targets, ctx.regions, deps, replication.pool_path_lookup(ctx))
         rec = replication.apply(ctx, rec, p)
@@ -399,7 +428,7 @@ def delete_version(ctx: Context, ref: ImageRef) -> ImageVersion:
     """Delete every replica and the record; refused while any clone depends on a replica."""
     assert ref.version is not None
     rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
-    with replication.op_lock(ctx, rec):
+    with _version_op(ctx, rec):
         rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
         deps = replication.find_dependents(ctx, list(rec.replicas))
         if deps:

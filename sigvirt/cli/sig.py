@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sigvirt import catalog, publish, replication
+from sigvirt import catalog, names
 from sigvirt.catalog import DefinitionInput
 from sigvirt.cli.common import (
     DefinitionOpt,
@@ -16,10 +16,14 @@ from sigvirt.cli.common import (
     VersionOpt,
     context,
     replica_progress,
+    store,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit
-from sigvirt.names import ImageRef, parse_image_ref
-from sigvirt.records import ImageVersion
+from sigvirt.names import ImageRef
+from sigvirt.records import ImageVersion, aggregate
+
+# publish and replication (libvirt, paramiko) are imported by the commands that use them:
+# metadata-only commands start without them.
 
 app = typer.Typer(help="Shared image galleries (az sig).", no_args_is_help=True)
 definition_app = typer.Typer(
@@ -51,6 +55,8 @@ def gallery_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a gallery."""
+    from sigvirt import replication
+
     with context() as ctx:
         location = replication.normalize_region(location, ctx.regions)
         rec = catalog.create_gallery(ctx.store, gallery, description or "", location)
@@ -60,8 +66,7 @@ def gallery_create(
 @app.command("list")
 def gallery_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table) -> None:
     """List galleries."""
-    with context() as ctx:
-        rows = ctx.store.list_galleries()
+    rows = store().list_galleries()
     emit(rows, output, GALLERY_COLUMNS, title="galleries")
 
 
@@ -70,8 +75,7 @@ def gallery_show(
     gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
 ) -> None:
     """Show a gallery."""
-    with context() as ctx:
-        rec = ctx.store.get_gallery(gallery)
+    rec = store().get_gallery(gallery)
     emit(rec, output)
 
 
@@ -83,8 +87,7 @@ def gallery_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a gallery's description."""
-    with context() as ctx:
-        rec = catalog.update_gallery(ctx.store, gallery, description)
+    rec = catalog.update_gallery(store(), gallery, description)
     emit(rec, output)
 
 
@@ -93,8 +96,7 @@ def gallery_delete(
     gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
 ) -> None:
     """Delete an empty gallery (refused while it has image definitions)."""
-    with context() as ctx:
-        ctx.store.delete_gallery(gallery)
+    store().delete_gallery(gallery)
     emit({"deleted": gallery}, output)
 
 
@@ -131,8 +133,7 @@ def definition_create(
         min_cpu, max_cpu, min_mem, max_mem, end_of_life, eula, release_note_uri,
         description or "",
     )  # fmt: skip
-    with context() as ctx:
-        rec = catalog.create_definition(ctx.store, gallery, definition, spec)
+    rec = catalog.create_definition(store(), gallery, definition, spec)
     emit(rec, output, DEFINITION_COLUMNS)
 
 
@@ -141,8 +142,7 @@ def definition_list(
     gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
 ) -> None:
     """List a gallery's image definitions."""
-    with context() as ctx:
-        rows = ctx.store.list_definitions(gallery)
+    rows = store().list_definitions(gallery)
     emit(rows, output, DEFINITION_COLUMNS, title="image definitions")
 
 
@@ -154,8 +154,7 @@ def definition_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show an image definition."""
-    with context() as ctx:
-        rec = ctx.store.get_definition(gallery, definition)
+    rec = store().get_definition(gallery, definition)
     emit(rec, output)
 
 
@@ -175,13 +174,12 @@ def definition_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a definition's recommendations, end of life, EULA or description."""
-    with context() as ctx:
-        rec = catalog.update_definition(
-            ctx.store, gallery, definition,
-            min_vcpus=min_cpu, max_vcpus=max_cpu, min_memory_mib=min_mem, max_memory_mib=max_mem,
-            end_of_life=end_of_life, eula=eula, release_note_uri=release_note_uri,
-            description=description,
-        )  # fmt: skip
+    rec = catalog.update_definition(
+        store(), gallery, definition,
+        min_vcpus=min_cpu, max_vcpus=max_cpu, min_memory_mib=min_mem, max_memory_mib=max_mem,
+        end_of_life=end_of_life, eula=eula, release_note_uri=release_note_uri,
+        description=description,
+    )  # fmt: skip
     emit(rec, output)
 
 
@@ -193,14 +191,13 @@ def definition_delete(
     output: OutputOpt = Output.table,
 ) -> None:
     """Delete an image definition (refused while it has versions)."""
-    with context() as ctx:
-        ctx.store.delete_definition(gallery, definition)
+    store().delete_definition(gallery, definition)
     emit({"deleted": f"{gallery}/{definition}"}, output)
 
 
 # -- versions ---------------------------------------------------------------------------------
 def version_row(rec: ImageVersion, expand: bool = False) -> dict[str, Any]:
-    agg, regions = replication.aggregate(rec)
+    agg, regions = aggregate(rec)
     row: dict[str, Any] = {
         "name": rec.name,
         "id": rec.ref,
@@ -228,7 +225,12 @@ def version_row(rec: ImageVersion, expand: bool = False) -> dict[str, Any]:
 
 
 def _ref(gallery: str, definition: str, version: str) -> ImageRef:
-    return parse_image_ref(f"{gallery}/{definition}/{version}")
+    """One exact version: update and delete never mean `latest`."""
+    return ImageRef(
+        names.gallery_name(gallery),
+        names.definition_name(definition),
+        str(names.Version.parse(version)),
+    )
 
 
 TargetsOpt = Annotated[
@@ -277,6 +279,8 @@ def version_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Publish a version: gate the source, store it in the source region, replicate it."""
+    from sigvirt import publish
+
     src = source or managed_image
     if not src:
         raise typer.BadParameter("give --source (or --managed-image)", param_hint="--source")
@@ -305,8 +309,7 @@ def version_list(
     output: OutputOpt = Output.table,
 ) -> None:
     """List a definition's versions, oldest first."""
-    with context() as ctx:
-        rows = [version_row(v) for v in ctx.store.list_versions(gallery, definition)]
+    rows = [version_row(v) for v in store().list_versions(gallery, definition)]
     emit(rows, output, VERSION_COLUMNS, title="image versions")
 
 
@@ -320,15 +323,14 @@ def version_show(
     output: OutputOpt = Output.table,
 ) -> None:
     """Show a version; --expand ReplicationStatus adds every replica's state."""
-    with context() as ctx:
-        rec = ctx.store.get_version(gallery, definition, version)
+    rec = store().get_version(gallery, definition, version)
     expanded = (expand or "").lower() == "replicationstatus"
     if output is not Output.table:
         emit(version_row(rec, expand=expanded), output)
         return
     emit(version_row(rec), output)
     if expanded:
-        _agg, summary = replication.aggregate(rec)
+        _agg, summary = aggregate(rec)
         emit(summary, output, title="replication status")
         emit(rec.replicas, output, ["region", "pool", "volume", "state", "progress", "reason"])
 
@@ -343,12 +345,12 @@ def version_show_latest(
     output: OutputOpt = Output.table,
 ) -> None:
     """The version `latest` resolves to: highest Major.Minor.Patch not excluded from latest."""
-    with context() as ctx:
-        if explain:
-            rows = catalog.explain_latest(ctx.store.list_versions(gallery, definition))
-            emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
-            return
-        rec = catalog.resolve(ctx.store, ImageRef(gallery, definition))
+    gallery_store = store()
+    if explain:
+        rows = catalog.explain_latest(gallery_store.list_versions(gallery, definition))
+        emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
+        return
+    rec = catalog.resolve(gallery_store, ImageRef(gallery, definition))
     emit(version_row(rec), output)
 
 
@@ -368,6 +370,8 @@ def version_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change target regions and replica counts (resumes missing replicas), latest, end of life."""
+    from sigvirt import publish
+
     with context() as ctx, replica_progress(output is Output.table) as bars:
         rec = publish.update_version(
             ctx, _ref(gallery, definition, version),
@@ -387,6 +391,8 @@ def version_replicate(
     output: OutputOpt = Output.table,
 ) -> None:
     """Bring every missing or failed replica to completed (what --no-wait runs, and resume)."""
+    from sigvirt import replication
+
     with context() as ctx, replica_progress(not quiet) as bars:
         rec = replication.run(ctx, ctx.store.get_version(gallery, definition, version), bars)
     if not quiet:
@@ -402,6 +408,8 @@ def version_wait(
     output: OutputOpt = Output.table,
 ) -> None:
     """Wait until no replica of the version is pending or copying."""
+    from sigvirt import replication
+
     with context() as ctx:
         rec = replication.wait(ctx, ctx.store.get_version(gallery, definition, version), timeout)
     emit(version_row(rec), output)
@@ -416,6 +424,8 @@ def version_delete(
     output: OutputOpt = Output.table,
 ) -> None:
     """Delete a version and its replicas (refused while clones depend on them)."""
+    from sigvirt import publish
+
     with context() as ctx:
         rec = publish.delete_version(ctx, _ref(gallery, definition, version))
     emit({"deleted": rec.ref, "replicas": len(rec.replicas)}, output)

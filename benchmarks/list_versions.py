@@ -1,0 +1,145 @@
+"""`sigvirt sig image-version list` on a definition with 10,000 versions: the goal is < 1 s.
+
+Builds a throwaway gallery root under /var/tmp with N version records written through
+GalleryStore (records only: state succeeded, one completed replica each, no image files),
+then times, best and median of --runs:
+
+  - the CLI end to end as a subprocess (`-o json` and the default table),
+  - the library call `GalleryStore.list_versions` alone, in this process,
+  - baselines over the same files: `ls -1 versions/ | wc -l`, `cat versions/*.json`, and
+    `python -c pass` (the interpreter's own start).
+
+Wall time is what a user waits for; CPU time (user+sys) is shown too because it is steadier on
+a busy host. Run: /opt/sigvirt/venv/bin/python benchmarks/list_versions.py [--versions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sigvirt import catalog
+from sigvirt.records import COMPLETED, SUCCEEDED, ImageVersion, Replica, now
+from sigvirt.store import GalleryStore
+
+GOAL = 1.0  # seconds, for the CLI
+REGIONS = """\
+regions:
+  local:
+    uri: qemu:///system
+    pools:
+      - name: sigvirt-bench-unused
+        path: {root}/pool
+"""
+
+
+def build(root: Path, count: int) -> GalleryStore:
+    store = GalleryStore(root / "galleries")
+    catalog.create_gallery(store, "bench")
+    catalog.create_definition(store, "bench", "big", catalog.DefinitionInput("P", "O", "S"))
+    stamp = now()
+    with store.definition_lock("bench", "big"):
+        for i in range(count):
+            name = f"1.{i // 1000}.{i % 1000}"
+            volume = f"bench-big-{name}-local-0.qcow2"
+            replica = Replica("local", "pool", volume, f"{root}/pool/{volume}", COMPLETED, 100)
+            store.create_version(
+                ImageVersion(
+                    "bench", "big", name, state=SUCCEEDED, source="file:/images/web.qcow2",
+                    target_regions={"local": 1}, sha256="ab" * 32, virtual_size=10 << 30,
+                    allocated_size=1 << 30, replicas=(replica,), created=stamp, published=stamp,
+                )
+            )  # fmt: skip
+    return store
+
+
+def measure(fn: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (this process and its children) seconds of each run."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        start = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - start)
+        after = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        cpus.append(
+            sum(
+                a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
+                for a, b in zip(after, before, strict=True)
+            )
+        )
+    return walls, cpus
+
+
+def shell(command: str, env: dict[str, str]) -> Callable[[], object]:
+    return lambda: subprocess.run(command, shell=True, check=True, env=env)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--versions", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="sigvirt-bench-", dir="/var/tmp"))
+    try:
+        started = time.perf_counter()
+        store = build(root, args.versions)
+        print(f"built {args.versions} version records in {time.perf_counter() - started:.1f} s")
+        (root / "regions.yaml").write_text(REGIONS.format(root=root))
+        env = {
+            **os.environ,
+            "SIGVIRT_REGIONS": str(root / "regions.yaml"),
+            "SIGVIRT_GALLERY_ROOT": str(root / "galleries"),
+        }
+        versions = store.versions_dir("bench", "big")
+        cli = f"{sys.executable} -m sigvirt sig image-version list -r bench -i big"
+        cases: list[tuple[str, Callable[[], object]]] = [
+            ("baseline: ls -1 versions/ | wc -l", shell(f"ls -1 {versions} | wc -l >/dev/null",
+                                                         env)),
+            ("baseline: cat versions/*.json", shell(f"cat {versions}/*.json >/dev/null", env)),
+            ("baseline: python -c pass", shell(f"{sys.executable} -c pass", env)),
+            ("library: store.list_versions", lambda: store.list_versions("bench", "big")),
+            ("cli: image-version list -o json", shell(f"{cli} -o json >/dev/null", env)),
+            ("cli: image-version list (table)", shell(f"{cli} >/dev/null", env)),
+        ]  # fmt: skip
+        assert len(store.list_versions("bench", "big")) == args.versions
+        print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n")
+        print(f"{'':36} {'best':>7} {'median':>7} {'cpu':>7} {'x cat':>7}")
+        cat_best = 0.0
+        verdicts = []
+        for label, fn in cases:
+            walls, cpus = measure(fn, args.runs)
+            best = min(walls)
+            if label.startswith("baseline: cat"):
+                cat_best = best
+            ratio = f"{best / cat_best:7.1f}" if cat_best else f"{'':>7}"
+            print(
+                f"{label:36} {best:7.3f} {statistics.median(walls):7.3f} {min(cpus):7.3f} {ratio}"
+            )
+            if label.startswith("cli:"):
+                verdicts.append(best < GOAL)
+        print(f"\ngoal: the CLI lists {args.versions} versions in under {GOAL:.0f} s (best run): "
+              + ("met" if all(verdicts) else "NOT met"))  # fmt: skip
+        return 0 if all(verdicts) else 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
