@@ -11,6 +11,7 @@ from sigvirt import names
 from sigvirt.errors import InvalidName, NotFound, SigvirtError
 from sigvirt.names import ImageRef, Version
 from sigvirt.records import SUCCEEDED, Definition, Gallery, ImageVersion, now
+from sigvirt.roles import Policy
 from sigvirt.store import GalleryStore
 
 
@@ -41,12 +42,31 @@ def past_end_of_life(eol: str | None, today: datetime | None = None) -> bool:
 
 # -- galleries --------------------------------------------------------------------------------
 def create_gallery(
-    store: GalleryStore, name: str, description: str = "", location: str = "local"
+    store: GalleryStore,
+    name: str,
+    description: str = "",
+    location: str = "local",
+    owner_group: str = "",
 ) -> Gallery:
+    """Create a gallery; with an owner group, its members own it (and the files say so)."""
+    from sigvirt import access
+
     names.gallery_name(name)
-    return store.create_gallery(
-        Gallery(name=name, description=description, location=location, created=now())
+    if owner_group:
+        access.check_group(owner_group)
+    rec = store.create_gallery(
+        Gallery(
+            name=name,
+            description=description,
+            location=location,
+            owner_group=owner_group,
+            created=now(),
+        )
     )
+    store.save_policy(Policy(name, owner_group))
+    # The creator owns every file just made, so the ACLs can be set without privileges.
+    access.sync(store, name)
+    return rec
 
 
 def update_gallery(store: GalleryStore, name: str, description: str | None) -> Gallery:

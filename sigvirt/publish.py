@@ -28,6 +28,7 @@ import libvirt
 from sigvirt import catalog, imagecheck, names, perms, replication, transfer
 from sigvirt.context import Context
 from sigvirt.errors import Conflict, HasDependents, InvalidName, NotFound, SigvirtError
+from sigvirt.hypervisor import Hypervisor
 from sigvirt.names import ImageRef
 from sigvirt.records import (
     COMPLETED,
@@ -236,7 +237,10 @@ def create_version(
     version = str(names.Version.parse(version))
     gal = ctx.store.get_gallery(gallery)
     ctx.store.get_definition(gallery, definition)
+    ctx.store.require(gallery, "contributor", definition, "publish versions of")
     src = parse_source(inp.source)
+    if src.kind == "volume" and _names_definition(ctx, src.ref):
+        src = Source("version", src.ref)  # `G/D`: the latest version of that definition
     source_region = replication.normalize_region(inp.location or gal.location, ctx.regions)
     targets = replication.parse_targets(
         inp.target_regions, inp.replica_count, source_region, ctx.regions
@@ -277,9 +281,50 @@ def create_version(
         p = replication.plan(rec, targets, ctx.regions, {}, replication.pool_path_lookup(ctx))
         rec = replication.apply(ctx, rec, p)
     if wait:
-        return replication.run(ctx, rec, progress)
+        rec = replication.run(ctx, rec, progress)
+        _share_files(ctx, rec)
+        return rec
     start_background(ctx, rec)
     return rec
+
+
+def replicate(
+    ctx: Context, ref: ImageRef, progress: replication.ReplicaProgress | None = None
+) -> ImageVersion:
+    """Resume: every missing or failed replica of a version to completed, then shared."""
+    assert ref.version is not None
+    rec = replication.run(
+        ctx, ctx.store.get_version(ref.gallery, ref.definition, ref.version), progress
+    )
+    _share_files(ctx, rec)
+    return rec
+
+
+def _share_files(ctx: Context, rec: ImageVersion) -> None:
+    """New replicas get the gallery's group and ACLs (through the root helper if needed)."""
+    from sigvirt import access
+
+    access.sync_files(ctx.store, rec.gallery, ctx.runner)
+
+
+def _names_definition(ctx: Context, ref: str) -> bool:
+    g, _, d = ref.partition("/")
+    try:
+        names.gallery_name(g)
+        names.definition_name(d)
+        ctx.store.get_definition(g, d)
+    except SigvirtError:
+        return False
+    return True
+
+
+def _direct(hv: Hypervisor, pool: str) -> Path | None:
+    """The pool's directory when this process may write there itself; None: go through
+    libvirt (a remote host, or a caller who isn't root)."""
+    if not hv.is_local:
+        return None
+    directory = hv.pool_path(pool)
+    return directory if os.access(directory, os.W_OK) else None
 
 
 def _publish_first(
@@ -288,8 +333,9 @@ def _publish_first(
     first = rec.replicas[0]
     hv = ctx.hv(first.region)
     partial_vol = replication.partial_name(first.volume)
-    if hv.is_local:
-        partial = hv.pool_path(first.pool) / partial_vol
+    direct = _direct(hv, first.pool)
+    if direct is not None:
+        partial = direct / partial_vol
         partial.unlink(missing_ok=True)
         if src.kind == "version":
             imported = _copy_version(ctx, src, partial)
@@ -394,6 +440,7 @@ def update_version(
 ) -> ImageVersion:
     assert ref.version is not None
     rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
+    ctx.store.require(ref.gallery, "contributor", f"{ref.definition}/{rec.name}", "update")
     if rec.state != SUCCEEDED:
         raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions change")
     eol = catalog.parse_date(end_of_life) if end_of_life is not None else None
@@ -419,7 +466,10 @@ def update_version(
         p = replication.plan(rec, targets, ctx.regions, deps, replication.pool_path_lookup(ctx))
         rec = replication.apply(ctx, rec, p)
         if wait:
-            return replication.run(ctx, rec, progress, lock_held=True)
+            rec = replication.run(ctx, rec, progress, lock_held=True)
+    if wait:
+        _share_files(ctx, rec)
+        return rec
     start_background(ctx, rec)
     return rec
 
@@ -428,6 +478,7 @@ def delete_version(ctx: Context, ref: ImageRef) -> ImageVersion:
     """Delete every replica and the record; refused while any clone depends on a replica."""
     assert ref.version is not None
     rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
+    ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{rec.name}", "delete")
     with _version_op(ctx, rec):
         rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
         deps = replication.find_dependents(ctx, list(rec.replicas))

@@ -11,6 +11,8 @@ from sigvirt.runner import Limits, Result, Runner
 
 # qemu-img parsing a hostile header must not take the host down with it.
 HOSTILE_LIMITS = Limits(cpu_seconds=30, address_space_bytes=1 << 30)
+# What qemu-img writes stays private (0600) until sigvirt sets the replica's permissions.
+PRIVATE = Limits(umask=0o077)
 
 
 class QemuImg:
@@ -43,7 +45,7 @@ class QemuImg:
         dst_fmt: str = "qcow2",
         *,
         options: str = "compat=1.1",
-        limits: Limits | None = None,
+        limits: Limits | None = PRIVATE,
     ) -> None:
         """Write a standalone copy (no backing file) of src into dst."""
         args: list[str | os.PathLike[str]] = ["convert", "-f", src_fmt, "-O", dst_fmt]

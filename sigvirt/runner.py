@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
+import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,15 +27,31 @@ class Result:
         return self.returncode == 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A killed sigvirt must not leave a qemu-img converting behind it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class Limits:
     """rlimits applied in the child before exec (hostile input must not eat the host)."""
 
     cpu_seconds: int | None = None
     address_space_bytes: int | None = None
+    umask: int | None = None  # files the child creates (e.g. a .partial image) start private
 
     def preexec(self) -> Callable[[], None]:
         def apply() -> None:
+            _die_with_parent()
+            if self.umask is not None:
+                os.umask(self.umask)
             if self.cpu_seconds is not None:
                 resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
             if self.address_space_bytes is not None:
@@ -64,7 +82,7 @@ class Runner:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                preexec_fn=limits.preexec() if limits else None,
+                preexec_fn=(limits or Limits()).preexec(),
                 env=env,
                 check=False,
             )

@@ -23,8 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sigvirt import names
-from sigvirt.errors import Conflict, HasDependents, HostAccessDenied, NotFound, SigvirtError
+from sigvirt.errors import (
+    Conflict,
+    HasDependents,
+    HostAccessDenied,
+    NotFound,
+    PermissionRefused,
+    SigvirtError,
+)
 from sigvirt.records import Definition, Gallery, ImageVersion, from_dict, to_dict
+from sigvirt.roles import Caller, Policy, Role, can_see, require, role_of
 
 T = TypeVar("T")
 DIR_MODE = 0o2770  # setgid: new files take the gallery's group
@@ -43,10 +51,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_ACL_XATTR = "system.posix_acl_access"
+
+
+def _keep_permissions(fd: int, old: Path) -> None:
+    """A rewritten record keeps the group and ACL of the file it replaces (a version shared
+    on its own must stay shared after every status update)."""
+    try:
+        st = os.stat(old, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    with contextlib.suppress(OSError):
+        os.fchown(fd, -1, st.st_gid)
+    try:
+        os.setxattr(fd, _ACL_XATTR, os.getxattr(old, _ACL_XATTR, follow_symlinks=False))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, st.st_mode & 0o7777)
+
+
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
+        _keep_permissions(fd, path)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -125,8 +153,55 @@ def lock_is_held(path: Path) -> bool:
 
 
 class GalleryStore:
-    def __init__(self, root: Path) -> None:
+    """The files of the catalog. With a caller, every method first checks that caller's role
+    (from the gallery's access.json); without one (root's own tools, tests) it doesn't."""
+
+    def __init__(self, root: Path, caller: Caller | None = None) -> None:
         self.root = root
+        self.caller = caller
+        self._policies: dict[str, Policy] = {}
+
+    # -- sharing ----------------------------------------------------------------------------
+    def policy(self, g: str) -> Policy:
+        if g not in self._policies:
+            path = self.gallery_dir(g) / "access.json"
+            try:
+                self._policies[g] = self._read(Policy, path, f"gallery {g}")
+            except NotFound:
+                if not (self.gallery_dir(g) / "gallery.json").exists():
+                    raise
+                self._policies[g] = Policy(g)
+            except HostAccessDenied:
+                raise PermissionRefused(
+                    f"permission denied: you have no access to gallery {g}"
+                ) from None
+        return self._policies[g]
+
+    def save_policy(self, policy: Policy) -> None:
+        path = self.gallery_dir(policy.gallery) / "access.json"
+        try:
+            self._write(path, policy)
+        except HostAccessDenied:
+            raise PermissionRefused(
+                f"permission denied: only owners of gallery {policy.gallery} change its sharing"
+            ) from None
+        self._policies[policy.gallery] = policy
+
+    def require(self, g: str, role: Role, scope: str, action: str) -> None:
+        if self.caller is not None:
+            require(self.policy(g), self.caller, role, scope, action)
+
+    def _sees(self, g: str, scope: str = "") -> bool:
+        if self.caller is None or self.caller.is_root:
+            return True
+        try:
+            return can_see(self.policy(g), self.caller, scope)
+        except PermissionRefused:
+            return False
+
+    def _need_see(self, g: str, scope: str = "") -> None:
+        if not self._sees(g, scope):
+            self.require(g, "reader", scope, "read")
 
     # -- paths ------------------------------------------------------------------------------
     def gallery_dir(self, g: str) -> Path:
@@ -194,6 +269,7 @@ class GalleryStore:
 
     # -- galleries --------------------------------------------------------------------------
     def get_gallery(self, g: str) -> Gallery:
+        self._need_see(g)
         return self._read(Gallery, self.gallery_dir(g) / "gallery.json", f"gallery {g}")
 
     def list_galleries(self) -> list[Gallery]:
@@ -202,7 +278,7 @@ class GalleryStore:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             if entry.is_dir() and not entry.name.startswith("."):
-                with contextlib.suppress(NotFound, HostAccessDenied):
+                with contextlib.suppress(NotFound, HostAccessDenied, PermissionRefused):
                     out.append(self.get_gallery(entry.name))
         return out
 
@@ -213,12 +289,13 @@ class GalleryStore:
             if (gdir / "gallery.json").exists():
                 raise Conflict(f"gallery {rec.name} already exists")
             self._mkdir_locked(gdir)
-            self._mkdir(gdir / "images")
+            self._mkdir_locked(gdir / "images")
             self._write(gdir / "gallery.json", rec)
         return rec
 
     def update_gallery(self, g: str, change: Callable[[Gallery], Gallery]) -> Gallery:
         self.get_gallery(g)  # NotFound before a lock file is made for it
+        self.require(g, "owner", "", "update")
         with file_lock(self.gallery_dir(g) / ".lock"):
             rec = change(self.get_gallery(g))
             self._write(self.gallery_dir(g) / "gallery.json", rec)
@@ -226,6 +303,7 @@ class GalleryStore:
 
     def delete_gallery(self, g: str) -> None:
         self.get_gallery(g)
+        self.require(g, "owner", "", "delete")
         with file_lock(self.root / ".lock"), file_lock(self.gallery_dir(g) / ".lock"):
             defs = [d.name for d in self.list_definitions(g)]
             if defs:
@@ -239,6 +317,7 @@ class GalleryStore:
     # -- definitions ------------------------------------------------------------------------
     def get_definition(self, g: str, d: str) -> Definition:
         path = self.definition_dir(g, d) / "definition.json"
+        self._need_see(g, d)
         try:
             return self._read(Definition, path, f"image definition {g}/{d}")
         except NotFound:
@@ -253,13 +332,14 @@ class GalleryStore:
         out = []
         for entry in sorted(os.scandir(images), key=lambda e: e.name):
             if entry.is_dir() and not entry.name.startswith("."):
-                with contextlib.suppress(NotFound, HostAccessDenied):
+                with contextlib.suppress(NotFound, HostAccessDenied, PermissionRefused):
                     out.append(self.get_definition(g, entry.name))
         return out
 
     def create_definition(self, rec: Definition) -> Definition:
         self.get_gallery(rec.gallery)
-        with file_lock(self.gallery_dir(rec.gallery) / ".lock"):
+        self.require(rec.gallery, "contributor", "", "create image definitions in")
+        with file_lock(self.gallery_dir(rec.gallery) / "images" / ".lock"):
             ddir = self.definition_dir(rec.gallery, rec.name)
             if (ddir / "definition.json").exists():
                 raise Conflict(f"image definition {rec.gallery}/{rec.name} already exists")
@@ -279,6 +359,7 @@ class GalleryStore:
         self, g: str, d: str, change: Callable[[Definition], Definition]
     ) -> Definition:
         self.get_definition(g, d)  # NotFound before a lock file is made for it
+        self.require(g, "contributor", d, "update")
         with file_lock(self.definition_dir(g, d) / ".lock"):
             rec = change(self.get_definition(g, d))
             self._write(self.definition_dir(g, d) / "definition.json", rec)
@@ -286,8 +367,9 @@ class GalleryStore:
 
     def delete_definition(self, g: str, d: str) -> None:
         self.get_definition(g, d)
+        self.require(g, "owner", d, "delete")
         with (
-            file_lock(self.gallery_dir(g) / ".lock"),
+            file_lock(self.gallery_dir(g) / "images" / ".lock"),
             file_lock(self.definition_dir(g, d) / ".lock"),
         ):
             versions = [v.name for v in self.list_versions(g, d)]
@@ -302,6 +384,7 @@ class GalleryStore:
 
     # -- versions ---------------------------------------------------------------------------
     def get_version(self, g: str, d: str, v: str) -> ImageVersion:
+        self.require(g, "reader", f"{d}/{names.Version.parse(v)}", "read")
         try:
             return self._read(
                 ImageVersion, self.version_path(g, d, v), f"image version {g}/{d}/{v}"
@@ -319,19 +402,27 @@ class GalleryStore:
             return []
         except OSError as err:
             raise _access_error(vdir, err) from None
+        self._need_see(g, d)
+        every = self.caller is None or role_of(self.policy(g), self.caller, d) is not None
         out = []
         for entry in entries:
             if entry.name.endswith(".json") and not entry.name.startswith("."):
+                if not every and not self._role_on(g, f"{d}/{entry.name[:-5]}"):
+                    continue
                 with contextlib.suppress(NotFound, HostAccessDenied):
                     out.append(self._read(ImageVersion, entry.path, entry.name))
         out.sort(key=lambda r: names.Version.parse(r.name).key)  # tuples sort in C
         return out
+
+    def _role_on(self, g: str, scope: str) -> bool:
+        return self.caller is None or role_of(self.policy(g), self.caller, scope) is not None
 
     def definition_lock(self, g: str, d: str) -> contextlib.AbstractContextManager[None]:
         return file_lock(self.definition_dir(g, d) / ".lock")
 
     def create_version(self, rec: ImageVersion) -> None:
         """Write a new version record; Conflict if one exists. Caller holds definition_lock."""
+        self.require(rec.gallery, "contributor", rec.definition, "publish versions of")
         path = self.version_path(rec.gallery, rec.definition, rec.name)
         if path.exists():
             raise Conflict(f"image version {rec.ref} already exists")
@@ -344,6 +435,7 @@ class GalleryStore:
     def update_version(
         self, g: str, d: str, v: str, change: Callable[[ImageVersion], ImageVersion]
     ) -> ImageVersion:
+        self.require(g, "contributor", f"{d}/{v}", "update")
         with self.definition_lock(g, d):
             rec = change(self.get_version(g, d, v))
             self.put_version(rec)

@@ -14,8 +14,8 @@ apt_packages=(
   libvirt-dev pkg-config gcc python3-venv python3-dev
   # guest image recipes (images/)
   syslinux syslinux-common mtools fdisk dosfstools e2fsprogs mmdebstrap cpio fakeroot
-  # sharing (ACLs), the second-host lab (sshd on loopback), misc
-  acl openssh-server openssh-client iproute2 make
+  # sharing (ACLs, the sudo rule for the ACL helper), the second-host lab, misc
+  acl sudo openssh-server openssh-client iproute2 make
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
@@ -40,11 +40,33 @@ if [ -e /dev/kvm ]; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 
+# Lab hosts let members of the 'libvirt' group use qemu:///system (what polkit grants on
+# systemd hosts; without polkit the socket must say so itself).
+conf=/etc/libvirt/libvirtd.conf
+changed=0
+for kv in 'unix_sock_group = "libvirt"' 'unix_sock_rw_perms = "0770"' 'auth_unix_rw = "none"'; do
+  key=${kv%% =*}
+  if ! grep -qx "$kv" "$conf"; then
+    sed -i "/^$key\b/d" "$conf"
+    echo "$kv" >> "$conf"
+    changed=1
+  fi
+done
+
 if [ -d /run/systemd/system ]; then
   systemctl enable --now virtlogd.socket libvirtd.socket >/dev/null 2>&1 || systemctl start libvirtd
+  [ "$changed" = 1 ] && systemctl restart libvirtd
 else
   pgrep -x virtlogd >/dev/null || { log "starting virtlogd"; virtlogd -d; }
-  if ! pgrep -x libvirtd >/dev/null; then
+  main_pid=$(cat /run/libvirtd.pid 2>/dev/null || true)
+  if [ "$changed" = 1 ] && [ -n "$main_pid" ] && kill -0 "$main_pid" 2>/dev/null; then
+    # Running guests survive a libvirtd restart; the socket settings need one.
+    log "restarting libvirtd ($main_pid) for the socket settings"
+    kill "$main_pid"
+    for _ in $(seq 50); do kill -0 "$main_pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  main_pid=$(cat /run/libvirtd.pid 2>/dev/null || true)
+  if [ -z "$main_pid" ] || ! kill -0 "$main_pid" 2>/dev/null; then
     log "starting libvirtd"; libvirtd -d
   fi
 fi
@@ -62,11 +84,26 @@ if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
 fi
+# The venv is shared by checkouts on this host: reinstall when another checkout (or a
+# changed pyproject.toml) was installed last.
 stamp="$venv/.sigvirt-installed"
-if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-  log "installing sigvirt (editable) with test extras into $venv"
+want="$here $(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing sigvirt (editable, from $here) with test extras into $venv"
   "$venv/bin/pip" install -q -e "$here[test]"
-  touch "$stamp"
+  echo "$want" > "$stamp"
 fi
 chmod -R a+rX "$(dirname "$venv")"
+
+# For everyone on the lab host: the command on PATH, and the one root helper every user may
+# run (it only makes a gallery's file ACLs match what the gallery's owners wrote).
+ln -sf "$venv/bin/sigvirt" /usr/local/bin/sigvirt
+rule="ALL ALL=(root) NOPASSWD: $venv/bin/sigvirt-access-sync"
+if [ ! -f /etc/sudoers.d/sigvirt ] || [ "$(cat /etc/sudoers.d/sigvirt)" != "$rule" ]; then
+  echo "$rule" > /etc/sudoers.d/sigvirt.tmp
+  chmod 0440 /etc/sudoers.d/sigvirt.tmp
+  visudo -cf /etc/sudoers.d/sigvirt.tmp >/dev/null
+  mv /etc/sudoers.d/sigvirt.tmp /etc/sudoers.d/sigvirt
+fi
+mkdir -p /var/lib/sigvirt
 log "ready: $venv/bin/sigvirt"

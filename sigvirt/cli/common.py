@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sigvirt import regions
+from sigvirt.roles import Caller
 from sigvirt.store import GalleryStore
 
 # Commands that only read or write metadata must start fast (`image-version list` on 10,000
@@ -44,7 +45,7 @@ def regions_path() -> Path | None:
 
 def store() -> GalleryStore:
     """The gallery store alone, for commands that touch metadata only."""
-    return GalleryStore(regions.load(regions_path()).gallery_root)
+    return GalleryStore(regions.load(regions_path()).gallery_root, Caller.current())
 
 
 @contextmanager
@@ -54,6 +55,7 @@ def context() -> Iterator[Context]:
 
     cfg = regions.load(regions_path())
     ctx = Context.from_config(cfg)
+    ctx.store.caller = Caller.current()  # the CLI acts for a person: their roles apply
     try:
         yield ctx
     finally:

@@ -51,6 +51,9 @@ def gallery_create(
     location: Annotated[
         str, typer.Option("--location", "-l", help="home region (source of new versions)")
     ] = "local",
+    owner_group: Annotated[
+        str, typer.Option("--owner-group", help="Unix group whose members own the gallery")
+    ] = "",
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -59,7 +62,7 @@ def gallery_create(
 
     with context() as ctx:
         location = replication.normalize_region(location, ctx.regions)
-        rec = catalog.create_gallery(ctx.store, gallery, description or "", location)
+        rec = catalog.create_gallery(ctx.store, gallery, description or "", location, owner_group)
     emit(rec, output, GALLERY_COLUMNS)
 
 
@@ -391,10 +394,10 @@ def version_replicate(
     output: OutputOpt = Output.table,
 ) -> None:
     """Bring every missing or failed replica to completed (what --no-wait runs, and resume)."""
-    from sigvirt import replication
+    from sigvirt import publish
 
     with context() as ctx, replica_progress(not quiet) as bars:
-        rec = replication.run(ctx, ctx.store.get_version(gallery, definition, version), bars)
+        rec = publish.replicate(ctx, _ref(gallery, definition, version), bars)
     if not quiet:
         emit(version_row(rec, expand=output is not Output.table), output)
 
