@@ -159,8 +159,11 @@ class RegionStatus:
 def aggregate(rec: ImageVersion) -> tuple[str, list[RegionStatus]]:
     """Azure's replicationStatus: an aggregated state and a summary per region."""
     rows = []
+    by_region: dict[str, list[Replica]] = {}
+    for r in rec.replicas:
+        by_region.setdefault(r.region, []).append(r)
     for region, wanted in rec.target_regions.items():
-        reps = [r for r in rec.replicas if r.region == region]
+        reps = by_region.get(region, [])
         done = sum(r.state == COMPLETED for r in reps)
         failed = [r for r in reps if r.state == FAILED]
         busy = [r for r in reps if r.state in (COPYING, VERIFYING)]

@@ -7,26 +7,42 @@ import traceback
 
 import typer
 
-from sigvirt.cli import host, region, share, sig, vm
 from sigvirt.errors import ExitCode, SigvirtError
 
-app = typer.Typer(
-    name="sigvirt",
-    help="Azure Shared Image Gallery on libvirt/QEMU: galleries, image versions, replicas, VMs.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-app.command("doctor")(host.doctor)
-app.add_typer(host.image_app, name="image")
-app.add_typer(sig.app, name="sig")
-sig.app.add_typer(share.app, name="share")
-sig.app.command("check-access")(share.check_access)
-sig.app.command("access-sync")(share.access_sync)
-sig.version_app.command("dependents")(vm.version_dependents)
-app.add_typer(vm.app, name="vm")
-app.add_typer(vm.vmss_app, name="vmss")
-app.add_typer(region.app, name="region")
+HELP = "Azure Shared Image Gallery on libvirt/QEMU: galleries, image versions, replicas, VMs."
+NOUNS = ("sig", "vm", "vmss", "region", "image", "doctor")
+
+
+def build(noun: str | None = None, sub: str | None = None) -> typer.Typer:
+    """The app, with only the noun being run imported (libvirt, paramiko and pycdlib cost
+    a third of a second that `sig image-version list` doesn't need); all of them for help."""
+    app = typer.Typer(
+        name="sigvirt",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    every = noun not in NOUNS
+    if every or noun in ("doctor", "image"):
+        from sigvirt.cli import host
+
+        app.command("doctor")(host.doctor)
+        app.add_typer(host.image_app, name="image")
+    if every or noun == "sig":
+        from sigvirt.cli import sig
+
+        app.add_typer(sig.assemble(None if every else sub), name="sig")
+    if every or noun in ("vm", "vmss"):
+        from sigvirt.cli import vm
+
+        app.add_typer(vm.app, name="vm")
+        app.add_typer(vm.vmss_app, name="vmss")
+    if every or noun == "region":
+        from sigvirt.cli import region
+
+        app.add_typer(region.app, name="region")
+    return app
 
 
 # Options that take several values after one flag, as `az` spells them:
@@ -64,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = spread_variadic(args)
     try:
         # standalone: Typer itself reports usage errors (exit 2) and honours typer.Exit.
-        app(args=args, prog_name="sigvirt")
+        words = [a for a in args if not a.startswith("-")][:2]
+        build(*words)(args=args, prog_name="sigvirt")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1

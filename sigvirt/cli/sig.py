@@ -30,8 +30,6 @@ definition_app = typer.Typer(
     help="Image definitions (az sig image-definition).", no_args_is_help=True
 )
 version_app = typer.Typer(help="Image versions (az sig image-version).", no_args_is_help=True)
-app.add_typer(definition_app, name="image-definition")
-app.add_typer(version_app, name="image-version")
 
 GALLERY_COLUMNS = ["name", "location", "description", "owner_group", "created"]
 DEFINITION_COLUMNS = [
@@ -313,7 +311,7 @@ def version_list(
 ) -> None:
     """List a definition's versions, oldest first."""
     rows = [version_row(v) for v in store().list_versions(gallery, definition)]
-    emit(rows, output, VERSION_COLUMNS, title="image versions")
+    emit(rows, output, VERSION_COLUMNS, title="image versions", ready=True)
 
 
 @version_app.command("show")
@@ -432,3 +430,38 @@ def version_delete(
     with context() as ctx:
         rec = publish.delete_version(ctx, _ref(gallery, definition, version))
     emit({"deleted": rec.ref, "replicas": len(rec.replicas)}, output)
+
+
+@version_app.command("dependents")
+def version_dependents(
+    gallery: GalleryOpt,
+    definition: DefinitionOpt,
+    version: VersionOpt,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Domains and volumes whose backing chain reaches one of the version's replicas."""
+    from sigvirt import vms
+
+    with context() as ctx:
+        rows = vms.version_dependents(ctx, gallery, definition, version)
+    emit(rows, output, ["kind", "name", "replica"], title="dependents")
+
+
+def assemble(sub: str | None = None) -> typer.Typer:
+    """`sig` with only the group being run (typer builds every registered command's parser
+    on each run: listing 10,000 versions shouldn't pay for thirty of them)."""
+    sig = typer.Typer(help=app.info.help, no_args_is_help=True)
+    for info in app.registered_commands:
+        sig.registered_commands.append(info)
+    every = sub not in ("image-definition", "image-version", "share")
+    if every or sub == "image-definition":
+        sig.add_typer(definition_app, name="image-definition")
+    if every or sub == "image-version":
+        sig.add_typer(version_app, name="image-version")
+    if every or sub == "share":
+        from sigvirt.cli import share
+
+        sig.add_typer(share.app, name="share")
+        sig.command("check-access")(share.check_access)
+        sig.command("access-sync")(share.access_sync)
+    return sig

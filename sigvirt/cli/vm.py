@@ -247,15 +247,3 @@ def vmss_delete(name: NameOpt, output: OutputOpt = Output.table) -> None:
     with context() as ctx:
         result = scalesets.delete(ctx, name)
     _report(result, output)
-
-
-def version_dependents(
-    gallery: Annotated[str, typer.Option("--gallery-name", "-r")],
-    definition: Annotated[str, typer.Option("--gallery-image-definition", "-i")],
-    version: Annotated[str, typer.Option("--gallery-image-version", "-e")],
-    output: OutputOpt = Output.table,
-) -> None:
-    """Domains and volumes whose backing chain reaches one of the version's replicas."""
-    with context() as ctx:
-        rows = vms.version_dependents(ctx, gallery, definition, version)
-    emit(rows, output, ["kind", "name", "replica"], title="dependents")
