@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     CAPACITY = 14  # every replica is at its clones-per-replica budget
     OUT_OF_RANGE = 15  # size outside the definition's recommendation
     HOST_NOT_READY = 16  # doctor found problems
+    CORRUPT_METADATA = 17  # a catalog file doesn't parse (not a bug: the file is damaged)
     INTERRUPTED = 130
 
 

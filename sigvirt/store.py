@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from sigvirt import names
 from sigvirt.errors import (
     Conflict,
+    ExitCode,
     HasDependents,
     HostAccessDenied,
     NotFound,
@@ -41,6 +42,7 @@ FILE_MODE = 0o660
 
 class CorruptRecord(SigvirtError):
     template = "metadata file {path} is unreadable: {detail}"
+    exit_code = ExitCode.CORRUPT_METADATA
 
 
 def fsync_dir(path: Path) -> None:

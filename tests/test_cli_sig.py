@@ -292,9 +292,9 @@ def test_corrupt_metadata_is_one_line_not_a_traceback(populated: SigEnv) -> None
         ["sig", "image-definition", "delete", *G, *D],
     ):
         ran = populated.cli(*argv)
-        assert (ran.code, ran.out, ran.error) == (ExitCode.GENERIC, "", line)
+        assert (ran.code, ran.out, ran.error) == (ExitCode.CORRUPT_METADATA, "", line)
     ran = populated.run("sig", "image-version", "list", *G, *D)
-    assert (ran.code, ran.out, ran.error) == (ExitCode.GENERIC, "", line)
+    assert (ran.code, ran.out, ran.error) == (ExitCode.CORRUPT_METADATA, "", line)
     (populated.root / "myGallery" / "gallery.json").write_text("[]")
     assert populated.cli("sig", "list").error == (
         f"metadata file {populated.root}/myGallery/gallery.json is unreadable: "
