@@ -13,7 +13,7 @@ apt_packages=(
   # building libvirt-python, the venv
   libvirt-dev pkg-config gcc python3-venv python3-dev
   # guest image recipes (images/)
-  syslinux syslinux-common mtools fdisk dosfstools e2fsprogs mmdebstrap cpio fakeroot
+  syslinux syslinux-common mtools fdisk dosfstools e2fsprogs mmdebstrap cpio fakeroot binutils
   # sharing (ACLs, the sudo rule for the ACL helper), the second-host lab, misc
   acl sudo openssh-server openssh-client iproute2 make
 )

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "user-data script ran" > /var/tmp/script-ran
