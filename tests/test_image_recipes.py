@@ -1,0 +1,42 @@
+"""The guest image recipes: the tiny image's cloud-init stand-in against PyYAML and a
+scratch root (no VM), and the recipe cache key."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sigvirt import images
+from sigvirt.errors import NotFound
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tiny_cloud_init_stand_in_parses_and_applies_seeds() -> None:
+    res = subprocess.run(
+        ["bash", str(ROOT / "images/tiny/tests/run.sh")], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert ", 0 failed" in res.stdout
+
+
+def test_recipe_digest_changes_with_any_file(tmp_path: Path) -> None:
+    recipe = tmp_path / "mini"
+    (recipe / "files").mkdir(parents=True)
+    (recipe / "build.sh").write_text("echo build\n")
+    (recipe / "files" / "a").write_text("one")
+    r = images.recipe("mini", tmp_path)
+    first = r.digest()
+    assert images.cached_path(r, tmp_path / "cache").name == f"mini-{first}.qcow2"
+    (recipe / "files" / "a").write_text("two")
+    assert r.digest() != first
+    (recipe / "files" / "a").write_text("one")
+    assert r.digest() == first
+
+
+def test_unknown_recipe_names_the_known_ones() -> None:
+    with pytest.raises(NotFound) as caught:
+        images.recipe("nope")
+    assert caught.value.message == "image recipe 'nope' not found (available: debian, tiny)"
