@@ -30,11 +30,16 @@ class Connections:
         self._open: dict[str, Hypervisor] = {}
         self._ready: set[str] = set()
         self._lock = threading.Lock()
+        self._uri_locks: dict[str, threading.Lock] = {}
         self._ports: dict[str, PortAllocator] = {}
 
     def hv(self, region: str) -> Hypervisor:
         cfg = self.config.region(region)
+        # One lock per URI: a host that takes its time to answer (or to time out) must not
+        # hold up the regions replicating in parallel to other hosts.
         with self._lock:
+            uri_lock = self._uri_locks.setdefault(cfg.uri, threading.Lock())
+        with uri_lock:
             hv = self._open.get(cfg.uri)
             if hv is None:
                 try:
@@ -65,10 +70,11 @@ class Connections:
 
     def close(self) -> None:
         with self._lock:
-            for hv in self._open.values():
-                hv.close()
+            opened = list(self._open.values())
             self._open.clear()
             self._ready.clear()
+        for hv in opened:
+            hv.close()
 
 
 @dataclass

@@ -8,10 +8,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import libvirt
+import paramiko
 
 from sigvirt import domxml, ssh
 from sigvirt.errors import (
@@ -22,6 +23,10 @@ from sigvirt.errors import (
     RegionUnavailable,
     SigvirtError,
 )
+from sigvirt.runner import Result
+
+if TYPE_CHECKING:
+    from sigvirt import transfer
 
 T = TypeVar("T")
 
@@ -39,6 +44,8 @@ _UNREACHABLE = {
     libvirt.VIR_ERR_RPC,
     libvirt.VIR_ERR_INVALID_CONN,
 }
+# A pool that vanished or stopped between listing and reading it.
+_GONE = {libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_OPERATION_INVALID}
 _AUTH = {
     libvirt.VIR_ERR_AUTH_FAILED,
     libvirt.VIR_ERR_AUTH_CANCELLED,
@@ -268,36 +275,61 @@ class Hypervisor:
         self.call(f"delete volume {pool}/{name}", vol.delete, 0)
         return True
 
-    def rename_volume(self, pool: str, old: str, new: str) -> None:
+    def rename_volume(self, pool: str, old: str, new: str, mode: int = 0o644) -> None:
         """libvirt has no rename: on a qemu+ssh host `mv` runs there (metadata only, the bytes
-        stay put); elsewhere the host copies the volume and the old one is deleted."""
+        stay put); elsewhere the bytes are streamed into a new volume and the old one deleted.
+
+        Not createXMLFrom: for a volume libvirt has probed as qcow2 it runs qemu-img convert,
+        which rewrites the file (other bytes, another sha256).
+        """
         src = self.volume(pool, old)
-        target = self.ssh_target
-        if target is not None:
+        if self.ssh_target is not None:
             directory = self.pool_path(pool)
-            user, host, port = target
-            ssh.host_run(
-                ssh.Jump(host, port, user, self.uri_keyfile),
-                ["mv", "-T", "-n", "--", str(directory / old), str(directory / new)],
-            )
+            self.host_run(["mv", "-T", "-n", "--", str(directory / old), str(directory / new)])
             self.call(f"refresh pool {pool}", self.pool(pool).refresh, 0)
             if not self.volume_exists(pool, new) or self.volume_exists(pool, old):
                 raise SigvirtError(f"rename {pool}/{old} → {new} on {self.uri} did not happen")
             return
-        xml = ET.fromstring(src.XMLDesc(0))
-        name_el = xml.find("name")
-        assert name_el is not None
-        name_el.text = new
-        for tag in ("key", "target/path"):
-            el = xml.find(tag)
-            if el is not None:
-                parent = xml.find("target") if "/" in tag else xml
-                assert parent is not None
-                parent.remove(el)
-        self.call(
-            f"copy {pool}/{old}", self.pool(pool).createXMLFrom, ET.tostring(xml, "unicode"), src, 0
-        )
+        from sigvirt import transfer  # streams: only this fallback needs them
+
+        size = transfer.file_size(src)
+        dst = self.create_volume(pool, domxml.raw_volume_xml(new, size, mode))
+        try:
+            transfer.stream_copy(self.conn, src, self.conn, dst, size)
+        except BaseException:
+            self.delete_volume(pool, new)
+            raise
         self.delete_volume(pool, old)
+
+    def host_run(self, argv: list[str], timeout: float = 600.0) -> Result:
+        """Run a command on a qemu+ssh host (file chores: mv, cp inside the host, sha256sum)."""
+        target = self.ssh_target
+        if target is None:
+            raise SigvirtError(f"{argv[0]} on {self.uri}: only qemu+ssh hosts run commands")
+        user, host, port = target
+        try:
+            return ssh.host_run(ssh.Jump(host, port, user, self.uri_keyfile), argv, timeout)
+        except (paramiko.SSHException, OSError) as err:
+            raise RegionUnavailable(
+                f"{argv[0]} on {self.uri}: ssh to {host}:{port} failed: {err}"
+            ) from None
+
+    def host_copy(self, src: Path, pool: str, name: str) -> transfer.CopyResult:
+        """A sparse copy of the host's file `src` as volume `name` of `pool`, made and hashed
+        by the host itself (over SSH): the bytes never leave it."""
+        from sigvirt import transfer
+
+        dst = self.pool_path(pool) / name
+        # --sparse=auto keeps the source's holes (SEEK_HOLE) and lets cp use the kernel's
+        # copy_file_range, a reflink where the filesystem can.
+        cp = ["cp", "--sparse=auto", "--reflink=auto", "-T", "--", str(src), str(dst)]
+        self.host_run(cp)
+        out = self.host_run(["sha256sum", "--", str(dst)]).stdout.split()
+        self.call(f"refresh pool {pool}", self.pool(pool).refresh, 0)
+        if not out or len(out[0]) != 64:
+            raise SigvirtError(f"sha256sum {dst} on {self.uri}: unexpected output {out!r}")
+        # bytes_moved 0: nothing crossed between hosts
+        return transfer.CopyResult(out[0], transfer.file_size(self.volume(pool, name)), 0)
 
     @property
     def uri_keyfile(self) -> Path | None:
@@ -311,14 +343,24 @@ class Hypervisor:
             return None
 
     def all_volumes(self) -> Iterator[tuple[str, libvirt.virStorageVol]]:
-        """(pool name, volume) for every volume in every active pool, refreshed first."""
+        """(pool name, volume) for every volume in every active pool, refreshed first.
+
+        Other tools share the daemon: a pool stopped or removed while we list it has no
+        volumes left, and one whose refresh fails is listed as libvirt last saw it.
+        """
         with self.translating("list volumes"):
-            for pool in self.conn.listAllStoragePools(
-                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
-            ):
+            pools = self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+        for pool in pools:
+            with contextlib.suppress(libvirt.libvirtError):
                 pool.refresh(0)
-                for vol in pool.listAllVolumes(0):
-                    yield pool.name(), vol
+            try:
+                vols = pool.listAllVolumes(0)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() in _GONE:
+                    continue
+                raise translate(err, f"list volumes of pool {pool.name()}", self.uri) from None
+            for vol in vols:
+                yield pool.name(), vol
 
     # -- domains ----------------------------------------------------------------------------
     def domain(self, name: str) -> libvirt.virDomain:

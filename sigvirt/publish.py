@@ -462,7 +462,7 @@ def update_version(
         target_regions, replica_count, rec.source_region, ctx.regions, rec.target_regions
     )
     with _version_op(ctx, rec):
-        deps = replication.find_dependents(ctx, list(rec.replicas))
+        deps = replication.dependents_for(ctx, rec, targets)
         p = replication.plan(rec, targets, ctx.regions, deps, replication.pool_path_lookup(ctx))
         rec = replication.apply(ctx, rec, p)
         if wait:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sigvirt import dependents, domxml, imagecheck, perms, transfer
+from sigvirt import dependents, domxml, imagecheck, perms, regioncheck, transfer
 from sigvirt.context import Context, same_host
-from sigvirt.errors import HasDependents, InvalidName, NotFound, SigvirtError
+from sigvirt.errors import Conflict, HasDependents, InvalidName, RegionUnavailable, SigvirtError
 from sigvirt.hypervisor import Hypervisor
 from sigvirt.records import (
     COMPLETED,
@@ -28,12 +28,17 @@ from sigvirt.records import (
     DELETING,
     FAILED,
     PENDING,
+    REPLICA_TRANSITIONS,
     VERIFYING,
     ImageVersion,
+    RegionStatus,
     Replica,
+    aggregate,
 )
 from sigvirt.regions import RegionsConfig
-from sigvirt.store import file_lock
+from sigvirt.store import file_lock, lock_is_held
+
+__all__ = ["RegionStatus", "aggregate"]  # status lives in records (the CLI lists without libvirt)
 
 MAX_REPLICAS_PER_REGION = 100
 ReplicaProgress = Callable[[Replica, int, int], None]  # (replica, bytes done, total)
@@ -41,6 +46,10 @@ ReplicaProgress = Callable[[Replica, int, int], None]  # (replica, bytes done, t
 
 class ChecksumMismatch(SigvirtError):
     template = "replica {volume}: sha256 of the copy {got} differs from the version's {want}"
+
+
+class StillReplicating(Conflict):
+    template = "image version {ref}: {detail}"
 
 
 # -- naming and targets -----------------------------------------------------------------------
@@ -58,14 +67,7 @@ def replica_index(rec: ImageVersion, replica: Replica) -> int:
 
 def normalize_region(name: str, config: RegionsConfig) -> str:
     """Azure display names work too: 'West Central US' finds region 'westcentralus'."""
-    if name in config.regions:
-        return name
-    squashed = name.replace(" ", "").lower()
-    for known in config.regions:
-        if known.replace(" ", "").lower() == squashed:
-            return known
-    config.region(name)  # raises NotFound naming the known regions
-    return name
+    return regioncheck.resolve(config, name).name
 
 
 def parse_targets(
@@ -126,33 +128,39 @@ def plan(
     targets: dict[str, int],
     config: RegionsConfig,
     deps: dict[str, list[dependents.Dependent]],
-    pool_paths: Callable[[str, str], Path] | None = None,
+    pool_paths: Callable[[str, str], Path | None] | None = None,
 ) -> Plan:
     """What to add and remove so each target region holds its count of replicas.
 
-    Removals prefer replicas that aren't completed, then completed ones without dependents;
-    a replica that a clone depends on is never chosen, and if too few are free the plan
-    lists the dependents that block it.
+    New replicas take the lowest free indexes and go round-robin over the region's pools
+    (index i lands in pool i mod n). Removals prefer replicas that aren't completed, then
+    the highest index; a replica that a clone depends on is never chosen, and if too few
+    are free the plan lists the dependents that block it. `pool_paths` gives a pool's
+    directory, or None while its host is unreachable (the path is then filled in when the
+    copy starts).
     """
     add: list[Replica] = []
     remove: list[Replica] = []
     blocked: list[dependents.Dependent] = []
     by_region: dict[str, list[Replica]] = {}
     for r in rec.replicas:
-        by_region.setdefault(r.region, []).append(r)
+        if r.state != DELETING:  # on its way out already (an interrupted removal)
+            by_region.setdefault(r.region, []).append(r)
     for region in [*targets, *(r for r in by_region if r not in targets)]:
         have = by_region.get(region, [])
         want = targets.get(region, 0)
         if len(have) < want:
             cfg = config.region(region)
-            used = {replica_index(rec, r) for r in have}
+            # Indexes of replicas still being deleted stay taken: a volume name is a key.
+            used = {replica_index(rec, r) for r in rec.replicas if r.region == region}
             free = (i for i in range(MAX_REPLICAS_PER_REGION * 2) if i not in used)
             for _ in range(want - len(have)):
                 i = next(free)
                 pool = cfg.pools[i % len(cfg.pools)]
                 vol = volume_name(rec, region, i)
-                path = pool_paths(region, pool.name) / vol if pool_paths else Path(pool.name) / vol
-                add.append(Replica(region, pool.name, vol, str(path)))
+                directory = pool_paths(region, pool.name) if pool_paths else None
+                path = str(directory / vol) if directory is not None else ""
+                add.append(Replica(region, pool.name, vol, path))
         elif len(have) > want:
             excess = len(have) - want
             order = sorted(
@@ -183,15 +191,39 @@ def find_dependents(ctx: Context, replicas: list[Replica]) -> dict[str, list[dep
     """Dependents per replica path, read from each region's libvirt."""
     out: dict[str, list[dependents.Dependent]] = {}
     regions = {r.region for r in replicas if r.state == COMPLETED}
-    for region in regions:
+    for region in sorted(regions):
         paths = [r.path for r in replicas if r.region == region and r.state == COMPLETED]
         for dep in dependents.find(ctx.hv(region), paths):
             out.setdefault(dep.replica, []).append(dep)
     return out
 
 
-def pool_path_lookup(ctx: Context) -> Callable[[str, str], Path]:
-    return lambda region, pool: ctx.hv(region).pool_path(pool)
+def dependents_for(
+    ctx: Context, rec: ImageVersion, targets: dict[str, int]
+) -> dict[str, list[dependents.Dependent]]:
+    """Dependents of the replicas that `targets` may remove: only regions whose count goes
+    down are asked, so a host that is down blocks only reductions there, not additions."""
+    live = [r for r in rec.replicas if r.state != DELETING]
+    shrinking = {
+        region
+        for region in {r.region for r in live}
+        if sum(r.region == region for r in live) > targets.get(region, 0)
+    }
+    return find_dependents(ctx, [r for r in live if r.region in shrinking])
+
+
+def pool_path_lookup(ctx: Context) -> Callable[[str, str], Path | None]:
+    """A pool's directory from its host; from regions.yaml (or None) if the host is down,
+    so an unreachable region still gets its replicas recorded (and failed, with why)."""
+
+    def lookup(region: str, pool: str) -> Path | None:
+        try:
+            return ctx.hv(region).pool_path(pool)
+        except SigvirtError:
+            configured = {p.name: p.path for p in ctx.regions.region(region).pools}
+            return configured.get(pool)
+
+    return lookup
 
 
 # -- applying changes to the record -----------------------------------------------------------
@@ -205,28 +237,61 @@ def _set_replica(
     return ctx.store.update_version(rec.gallery, rec.definition, rec.name, change)
 
 
+def _retire(r: Replica) -> Replica:
+    """The replica marked `deleting`; the lifecycle reaches that only from completed or
+    failed, so an unfinished one (pending, or left copying by a killed run) fails first."""
+    if DELETING not in REPLICA_TRANSITIONS[r.state]:
+        r = r.moved(FAILED, reason="removed from the target regions")
+    return r.moved(DELETING)
+
+
+def remove_partial(hv: Hypervisor, pool: str, volume: str) -> None:
+    """Delete a replica's partial. Copies are written beside libvirt (local files, `cp` on
+    a remote host), so the pool is refreshed first: libvirt deletes only volumes it knows."""
+    with contextlib.suppress(SigvirtError):
+        hv.call(f"refresh pool {pool}", hv.pool(pool).refresh, 0)
+    hv.delete_volume(pool, partial_name(volume))
+
+
+def remove_files(hv: Hypervisor, pool: str, volume: str) -> None:
+    """Delete a replica's volume and its partial."""
+    remove_partial(hv, pool, volume)
+    hv.delete_volume(pool, volume)
+
+
+def _drop_deleting(ctx: Context, rec: ImageVersion, keys: set[tuple[str, str]]) -> ImageVersion:
+    def drop(cur: ImageVersion) -> ImageVersion:
+        reps = tuple(r for r in cur.replicas if not (r.state == DELETING and r.key in keys))
+        return dataclasses.replace(cur, replicas=reps)
+
+    return ctx.store.update_version(rec.gallery, rec.definition, rec.name, drop)
+
+
 def apply(ctx: Context, rec: ImageVersion, p: Plan) -> ImageVersion:
-    """Record new replicas as pending, delete removed ones (never one with dependents)."""
+    """Record new replicas as pending, delete removed ones (never one with dependents).
+
+    Removed replicas are marked `deleting` before their files go, so a run killed in
+    between finishes the deletion instead of copying them again (reset_interrupted).
+    """
     if p.blocked:
         raise blocked_error(rec, p.blocked)
 
     def add(cur: ImageVersion) -> ImageVersion:
         gone = {r.key for r in p.remove}
-        reps = tuple(r.moved(DELETING) if r.key in gone else r for r in cur.replicas)
+        reps = tuple(_retire(r) if r.key in gone else r for r in cur.replicas)
         return dataclasses.replace(cur, replicas=reps + p.add, target_regions=dict(p.targets))
 
     rec = ctx.store.update_version(rec.gallery, rec.definition, rec.name, add)
     for r in p.remove:
-        hv = ctx.hv(r.region)
-        hv.delete_volume(r.pool, partial_name(r.volume))
-        hv.delete_volume(r.pool, r.volume)
-
-    def drop(cur: ImageVersion) -> ImageVersion:
-        return dataclasses.replace(
-            cur, replicas=tuple(r for r in cur.replicas if r.state != DELETING)
-        )
-
-    return ctx.store.update_version(rec.gallery, rec.definition, rec.name, drop)
+        try:
+            remove_files(ctx.hv(r.region), r.pool, r.volume)
+        except RegionUnavailable:
+            # A replica that never completed left at most a `.partial` there, which nothing
+            # mistakes for a replica: forget it. A completed one stays `deleting` until its
+            # host answers again (the next run finishes it).
+            if r.state == COMPLETED:
+                raise
+    return _drop_deleting(ctx, rec, {r.key for r in p.remove})
 
 
 # -- copying ----------------------------------------------------------------------------------
@@ -258,24 +323,32 @@ def transfer_fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _nothing() -> None:
+    return None
+
+
 def copy_replica(
     ctx: Context,
     rec: ImageVersion,
     src: Replica,
     dst: Replica,
     progress: transfer.Progress | None = None,
+    verifying: Callable[[], None] = _nothing,
 ) -> transfer.CopyResult:
-    """Copy src to dst.partial by the cheapest honest route, verify, rename to dst."""
+    """Copy src to dst.partial by the cheapest honest route, verify, rename to dst.
+
+    `verifying` is called when the bytes are all written and checking them begins. On any
+    failure the partial is removed again; the final name appears only after the check.
+    """
     cfg = ctx.regions
     src_cfg, dst_cfg = cfg.region(src.region), cfg.region(dst.region)
     src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
     partial = partial_name(dst.volume)
-    dst_hv.delete_volume(dst.pool, partial)
-    dst_hv.delete_volume(dst.pool, dst.volume)
+    remove_files(dst_hv, dst.pool, dst.volume)
 
     def check(result: transfer.CopyResult) -> transfer.CopyResult:
+        verifying()
         if result.sha256 != rec.sha256:
-            dst_hv.delete_volume(dst.pool, partial)
             raise ChecksumMismatch(volume=dst.volume, got=result.sha256[:12], want=rec.sha256[:12])
         return result
 
@@ -283,50 +356,55 @@ def copy_replica(
         directory = dst_hv.pool_path(dst.pool)
         tmp = directory / partial
         tmp.unlink(missing_ok=True)
-        if src_cfg.is_local:
-            result = check(transfer.local_copy(Path(src.path), tmp, progress))
-        else:
-            result = check(
-                transfer.download_file(
-                    src_hv.conn, src_hv.volume(src.pool, src.volume), tmp, progress
-                )
-            )
-        perms.protect_replica(tmp, ctx.runner)
-        _finish_local(dst_hv, dst.pool, tmp, directory / dst.volume)
+        try:
+            if src_cfg.is_local:
+                result = check(transfer.local_copy(Path(src.path), tmp, progress))
+            else:
+                src_vol = src_hv.volume(src.pool, src.volume)
+                result = check(transfer.download_file(src_hv.conn, src_vol, tmp, progress))
+            perms.protect_replica(tmp, ctx.runner)
+            _finish_local(dst_hv, dst.pool, tmp, directory / dst.volume)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return result
 
     # The destination is a remote host: bytes reach it only through libvirt.
+    try:
+        result = check(_copy_to_remote(ctx, src, dst, progress))
+        # Identical bytes (sha256) to the gated original, so the copy passes the gate too.
+        dst_hv.rename_volume(dst.pool, partial, dst.volume)
+    except BaseException:
+        with contextlib.suppress(SigvirtError):
+            remove_partial(dst_hv, dst.pool, dst.volume)
+        raise
+    return result
+
+
+def _copy_to_remote(
+    ctx: Context, src: Replica, dst: Replica, progress: transfer.Progress | None
+) -> transfer.CopyResult:
+    src_cfg, dst_cfg = ctx.regions.region(src.region), ctx.regions.region(dst.region)
+    src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
+    partial = partial_name(dst.volume)
     size = (
         os.stat(src.path).st_size
         if src_cfg.is_local
         else transfer.file_size(src_hv.volume(src.pool, src.volume))
     )
-    if same_host(src_cfg, dst_cfg):
-        # Inside one remote host: the host copies; we read it back once to verify.
-        src_vol = src_hv.volume(src.pool, src.volume)
-        xml = domxml.raw_volume_xml(partial, size, mode=0o644)
-        dst_hv.call("copy inside host", dst_hv.pool(dst.pool).createXMLFrom, xml, src_vol, 0)
-        result = check(
-            transfer.hash_volume(dst_hv.conn, dst_hv.volume(dst.pool, partial), progress)
-        )
-    else:
-        vol = dst_hv.create_volume(dst.pool, domxml.raw_volume_xml(partial, size, mode=0o644))
-        if src_cfg.is_local:
-            result = check(transfer.upload_file(dst_hv.conn, vol, Path(src.path), progress))
-        else:
-            result = check(
-                transfer.stream_copy(
-                    src_hv.conn,
-                    src_hv.volume(src.pool, src.volume),
-                    dst_hv.conn,
-                    vol,
-                    size,
-                    progress,
-                )
-            )
-    # Identical bytes (sha256) to the gated original, so the copy passes the gate too.
-    dst_hv.rename_volume(dst.pool, partial, dst.volume)
-    return result
+    if same_host(src_cfg, dst_cfg) and dst_hv.ssh_target is not None:
+        # Inside one remote host the host copies (a sparse cp; reflink where it can) and
+        # hashes the copy: no byte leaves it. libvirt's own in-host copy (createXMLFrom)
+        # can't be used: for a qcow2 source it runs qemu-img convert, which rewrites the
+        # file, so the copy's sha256 would never match.
+        src_path = dst_hv.volume_path(src.pool, src.volume)
+        return dst_hv.host_copy(src_path, dst.pool, partial)
+    vol = dst_hv.create_volume(dst.pool, domxml.raw_volume_xml(partial, size, mode=0o644))
+    if src_cfg.is_local:
+        return transfer.upload_file(dst_hv.conn, vol, Path(src.path), progress)
+    # Between two remote hosts (or within one without SSH): through this machine, sparse.
+    src_vol = src_hv.volume(src.pool, src.volume)
+    return transfer.stream_copy(src_hv.conn, src_vol, dst_hv.conn, vol, size, progress)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -337,17 +415,25 @@ def op_lock(ctx: Context, rec: ImageVersion) -> contextlib.AbstractContextManage
 
 
 def reset_interrupted(ctx: Context, rec: ImageVersion) -> ImageVersion:
-    """Replicas left copying/verifying by a killed run go back to pending (caller holds the
-    op lock, so nobody is working on them)."""
-    stale = [r for r in rec.replicas if r.state in (COPYING, VERIFYING, DELETING)]
-    for r in stale:
+    """Clean up after a killed run (caller holds the op lock, so nobody works on these):
+    replicas left copying/verifying lose their partial and go back to pending; removals
+    left half done are finished (if their host answers; else they wait for the next run)."""
+    gone: set[tuple[str, str]] = set()
+    for r in rec.replicas:
+        if r.state not in (COPYING, VERIFYING, DELETING):
+            continue
         try:
             hv = ctx.hv(r.region)
-            hv.delete_volume(r.pool, partial_name(r.volume))
+            if r.state == DELETING:
+                remove_files(hv, r.pool, r.volume)
+                gone.add(r.key)
+            else:
+                remove_partial(hv, r.pool, r.volume)
         except SigvirtError:
-            pass
-        rec = _set_replica(ctx, rec, r.key, PENDING if r.state != DELETING else FAILED, progress=0)
-    return rec
+            pass  # unreachable now: the partial is removed when the copy is retried
+        if r.state != DELETING:
+            rec = _set_replica(ctx, rec, r.key, PENDING, progress=0)
+    return _drop_deleting(ctx, rec, gone) if gone else rec
 
 
 def run(
@@ -359,7 +445,14 @@ def run(
 ) -> ImageVersion:
     """Bring every replica that isn't completed to completed (or failed, with the reason)."""
     if not lock_held:
-        with op_lock(ctx, rec):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(op_lock(ctx, rec))
+            except Conflict:
+                raise StillReplicating(
+                    "another sigvirt process is replicating it (sigvirt sig image-version wait)",
+                    ref=rec.ref,
+                ) from None
             return run(ctx, rec, progress, lock_held=True)
     rec = reset_interrupted(ctx, ctx.store.get_version(rec.gallery, rec.definition, rec.name))
     regions = sorted({r.region for r in rec.replicas if r.state in (PENDING, FAILED)})
@@ -376,48 +469,50 @@ def run(
     return ctx.store.get_version(rec.gallery, rec.definition, rec.name)
 
 
+def _fail_all(
+    ctx: Context, rec: ImageVersion, replicas: list[Replica], reason: str
+) -> ImageVersion:
+    for r in replicas:
+        rec = _set_replica(ctx, rec, r.key, FAILED, reason=reason, progress=0)
+    return rec
+
+
 def _region_worker(
     ctx: Context, rec: ImageVersion, region: str, progress: ReplicaProgress | None
 ) -> None:
+    """The region's missing replicas, one after another; every failure is recorded."""
     todo = sorted(
         (r for r in rec.replicas if r.region == region and r.state in (PENDING, FAILED)),
         key=lambda r: replica_index(rec, r),
     )
+    try:
+        hv = ctx.hv(region)
+    except SigvirtError as err:  # the whole region is down: each replica says why
+        _fail_all(ctx, rec, todo, err.message)
+        return
     for replica in todo:
         current = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
-        if replica.state == FAILED:
-            current = _set_replica(ctx, current, replica.key, PENDING, reason="", progress=0)
         try:
-            ctx.hv(region)
-        except SigvirtError as err:
-            for r in todo[todo.index(replica) :]:
-                if r.state == FAILED:
-                    current = _set_replica(ctx, current, r.key, PENDING, reason="")
-                current = _set_replica(ctx, current, r.key, FAILED, reason=err.message)
-            return
-        src = choose_source(current, region)
-        if src is None:
-            _set_replica(
-                ctx, current, replica.key, FAILED, reason="no completed replica to copy from"
+            src = choose_source(current, region)
+            if src is None:
+                raise SigvirtError("no completed replica to copy from")
+            # The pool's directory as the host says now (unknown when planned while down).
+            path = str(hv.pool_path(replica.pool) / replica.volume)
+            if replica.state == FAILED:  # a retry starts over, as the lifecycle says
+                current = _set_replica(ctx, current, replica.key, PENDING, reason="")
+            current = _set_replica(
+                ctx, current, replica.key, COPYING, progress=0, reason="", path=path
             )
-            continue
-        current = _set_replica(ctx, current, replica.key, COPYING, progress=0, reason="")
-        reporter = _Reporter(ctx, current, replica, progress)
-        try:
-            copy_replica(ctx, current, src, replica, reporter)
-            current = _set_replica(ctx, current, replica.key, VERIFYING, progress=100)
-            _set_replica(ctx, current, replica.key, COMPLETED, progress=100)
+            dst = dataclasses.replace(replica, path=path)
+            reporter = _Reporter(ctx, current, dst, progress)
+            copy_replica(ctx, current, src, dst, reporter, reporter.verifying)
+            _set_replica(ctx, reporter.rec, replica.key, COMPLETED, progress=100)
         except Exception as err:  # one replica's failure must not stop the others
             reason = (
                 err.message if isinstance(err, SigvirtError) else f"{type(err).__name__}: {err}"
             )
-            _set_replica(
-                ctx,
-                ctx.store.get_version(rec.gallery, rec.definition, rec.name),
-                replica.key,
-                FAILED,
-                reason=reason,
-            )
+            with contextlib.suppress(SigvirtError):
+                _set_replica(ctx, current, replica.key, FAILED, reason=reason)
 
 
 class _Reporter:
@@ -433,63 +528,47 @@ class _Reporter:
         if self.cb:
             self.cb(self.replica, done, total)
         now = time.monotonic()
-        if now - self.last >= 2.0 and total:
+        if now - self.last >= RECORD_PROGRESS_EVERY and total:
             self.last = now
             pct = min(99, done * 100 // total)
             with contextlib.suppress(SigvirtError):
                 self.rec = _set_replica(self.ctx, self.rec, self.replica.key, COPYING, progress=pct)
 
-
-# -- status -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RegionStatus:
-    region: str
-    state: str  # Completed | Replicating | Failed | Pending
-    completed: int
-    wanted: int
-    progress: int
-    details: str
+    def verifying(self) -> None:
+        """All bytes written: the record says so while the copy is checked."""
+        self.rec = _set_replica(self.ctx, self.rec, self.replica.key, VERIFYING, progress=100)
 
 
-def aggregate(rec: ImageVersion) -> tuple[str, list[RegionStatus]]:
-    """Azure's replicationStatus: an aggregated state and a summary per region."""
-    rows = []
-    for region, wanted in rec.target_regions.items():
-        reps = [r for r in rec.replicas if r.region == region]
-        done = sum(r.state == COMPLETED for r in reps)
-        failed = [r for r in reps if r.state == FAILED]
-        busy = [r for r in reps if r.state in (COPYING, VERIFYING)]
-        if done >= wanted:
-            state = "Completed"
-        elif busy:
-            state = "Replicating"
-        elif failed:
-            state = "Failed"
-        else:
-            state = "Pending"
-        progress = sum(100 if r.state == COMPLETED else r.progress for r in reps) // max(
-            1, len(reps)
-        )
-        details = "; ".join(f"{r.volume}: {r.reason}" for r in failed)
-        rows.append(RegionStatus(region, state, done, wanted, progress, details))
-    states = {r.state for r in rows}
-    if states <= {"Completed"}:
-        agg = "Completed"
-    elif "Replicating" in states or "Pending" in states:
-        agg = "InProgress"
-    else:
-        agg = "Failed"
-    return agg, rows
+RECORD_PROGRESS_EVERY = 2.0  # seconds: each record write is an fsync'd rename
+REPLICATOR_GONE_AFTER = 10.0  # seconds without a replicator before `wait` gives up
 
 
+# -- waiting ----------------------------------------------------------------------------------
 def wait(ctx: Context, rec: ImageVersion, timeout: float, poll: float = 1.0) -> ImageVersion:
-    """Until no replica is pending/copying/verifying (or timeout): the state of --no-wait runs."""
+    """Until no replica is pending/copying/verifying (or timeout): the state of --no-wait runs.
+
+    Gives up early when nobody has held the version's op lock for a while although work is
+    left: the background replicator died, and waiting longer can't help.
+    """
     end = time.monotonic() + timeout
+    lock = ctx.store.version_op_lock(rec.gallery, rec.definition, rec.name)
+    idle_since: float | None = None
     while True:
         rec = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
         busy = [r for r in rec.replicas if r.state in (PENDING, COPYING, VERIFYING)]
         if not busy:
             return rec
-        if time.monotonic() >= end:
-            raise NotFound(f"image version {rec.ref}: still replicating after {timeout:.0f}s")
+        now = time.monotonic()
+        if lock_is_held(lock):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since >= REPLICATOR_GONE_AFTER:
+            raise StillReplicating(
+                f"{len(busy)} replica(s) unfinished and no replicator is running; "
+                "resume with sigvirt sig image-version replicate",
+                ref=rec.ref,
+            )
+        if now >= end:
+            raise StillReplicating(f"still replicating after {timeout:.0f}s", ref=rec.ref)
         time.sleep(poll)

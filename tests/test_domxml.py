@@ -55,7 +55,9 @@ CASES = {
         accel="kvm", firmware="uefi", network=Network(kind="bridge", source="br0"), vcpus=2
     ),
     "domain-tcg-network-noseed": _spec(
-        network=Network(kind="network", source="default"), seed=None, console_log=None,
+        network=Network(kind="network", source="default"),
+        seed=None,
+        console_log=None,
         provenance=None,
     ),
     "domain-unrestricted-forward": _spec(network=Network(host_port=22999, restrict=False)),

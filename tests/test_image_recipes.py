@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_tiny_cloud_init_stand_in_parses_and_applies_seeds() -> None:
     res = subprocess.run(
-        ["bash", str(ROOT / "images/tiny/tests/run.sh")], capture_output=True, text=True, timeout=300
+        ["bash", str(ROOT / "images/tiny/tests/run.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert ", 0 failed" in res.stdout

@@ -19,6 +19,7 @@ from sigvirt.cli.common import (
     store,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit
+from sigvirt.errors import ExitCode
 from sigvirt.names import ImageRef
 from sigvirt.records import ImageVersion, aggregate
 
@@ -225,6 +226,14 @@ def version_row(rec: ImageVersion, expand: bool = False) -> dict[str, Any]:
     return row
 
 
+def _exit_if_failed(rec: ImageVersion) -> None:
+    """Replicas that failed (a region down, a disk full) make the command fail too; the
+    status above says which and why, and running it again resumes them."""
+    state, _regions = aggregate(rec)
+    if state == "Failed":
+        raise typer.Exit(ExitCode.REGION_UNAVAILABLE)
+
+
 def _ref(gallery: str, definition: str, version: str) -> ImageRef:
     """One exact version: update and delete never mean `latest`."""
     return ImageRef(
@@ -300,6 +309,7 @@ def version_create(
             wait=not no_wait,
         )
     emit(version_row(rec, expand=output is not Output.table), output)
+    _exit_if_failed(rec)
 
 
 @version_app.command("list")
@@ -381,6 +391,7 @@ def version_update(
             progress=bars, wait=not no_wait,
         )  # fmt: skip
     emit(version_row(rec), output)
+    _exit_if_failed(rec)
 
 
 @version_app.command("replicate")
@@ -398,6 +409,7 @@ def version_replicate(
         rec = publish.replicate(ctx, _ref(gallery, definition, version), bars)
     if not quiet:
         emit(version_row(rec, expand=output is not Output.table), output)
+    _exit_if_failed(rec)
 
 
 @version_app.command("wait")

@@ -1,0 +1,227 @@
+"""Shared scaffolding of the guest benchmarks (bench_boot, bench_scaleset, bench_control_plane).
+
+A `Lab` is one benchmark run's private corner of the shared qemu:///system daemon: a scratch
+directory /var/tmp/sigvirt-bench-<id> (0755, so QEMU can traverse it), one dir pool, the cached
+tiny image placed there as a base (0640 + ACL for QEMU, like a replica), an ed25519 key pair,
+and, for scale sets, a throwaway gallery (regions.yaml, definition, version with 2 replicas)
+made through the CLI. Every domain, pool and volume carries the run's prefix and is destroyed
+when the Lab closes, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import libvirt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from sigvirt import guest, images, perms
+from sigvirt.hypervisor import Hypervisor
+from sigvirt.runner import Runner
+
+URI = "qemu:///system"
+GALLERY, DEFINITION, VERSION = "benchGallery", "tiny", "1.0.0"
+
+
+def load() -> str:
+    one, five, _fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} (1/5 min) on {os.cpu_count()} CPUs"
+
+
+def wait_quiet(max_load: float, patience: float) -> str:
+    """Wait (up to `patience` s) until the 1-minute load drops below `max_load`; the load then."""
+    end = time.monotonic() + patience
+    while os.getloadavg()[0] >= max_load and time.monotonic() < end:
+        time.sleep(5)
+    return load()
+
+
+def summary(values: Iterable[float]) -> tuple[float, float, float]:
+    vals = list(values)
+    return min(vals), statistics.median(vals), max(vals)
+
+
+def _qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+
+
+def qemu_rss_mib(names: Iterable[str]) -> dict[str, float]:
+    """Resident memory of each running domain's QEMU (pid file written by libvirt)."""
+    out = {}
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{_qemu_pid(name)}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[name] = int(line.split()[1]) / 1024
+    return out
+
+
+def qemu_cpu_seconds(names: Iterable[str]) -> dict[str, float]:
+    """CPU time (user + system) each running domain's QEMU has used so far."""
+    out = {}
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{_qemu_pid(name)}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+class CpuMeter:
+    """How busy all cores were between start and stop (from /proc/stat; iowait counts idle)."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields[:8]), idle
+
+    def busy_cores(self) -> float:
+        """Average number of cores busy (with anything: ours or other people's)."""
+        total, idle = self._read()
+        t0, i0 = self._start
+        ticks = total - t0
+        return (os.cpu_count() or 1) * (ticks - (idle - i0)) / ticks if ticks else 0.0
+
+
+def mem_available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Lab:
+    def __init__(self, tag: str) -> None:
+        self.id = uuid.uuid4().hex[:6]
+        self.prefix = f"svb{self.id}"
+        self.tag = tag
+        self.root = Path(f"/var/tmp/sigvirt-bench-{tag}-{self.id}")
+        self.hv: Hypervisor | None = None
+        self.pool = self.name("pool")
+        self.extra_pools: list[str] = []
+
+    def name(self, what: str) -> str:
+        return f"{self.prefix}-{what}"
+
+    # -- setup -------------------------------------------------------------------------------
+    def __enter__(self) -> Lab:
+        self.root.mkdir(mode=0o755)
+        os.chmod(self.root, 0o755)
+        self.hv = Hypervisor.open(URI)
+        self.key = self.root / "id_ed25519"
+        self._write_key()
+        self.tiny_image = images.ensure_built(images.recipe("tiny"), Runner())
+        return self
+
+    def _write_key(self) -> None:
+        key = ed25519.Ed25519PrivateKey.generate()
+        self.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+        self.key.chmod(0o600)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        self.public_key = pub.decode() + " sigvirt-bench"
+        self.key.with_suffix(".pub").write_text(self.public_key + "\n")
+
+    def base_in_pool(self) -> Path:
+        """The tiny image as a base in the lab's own pool, protected like a replica."""
+        assert self.hv is not None
+        self.hv.ensure_dir_pool(self.pool, self.root / "pool")
+        dest = self.root / "pool" / self.name("tiny-base.qcow2")
+        shutil.copyfile(self.tiny_image, dest)
+        perms.protect_replica(dest, Runner())
+        self.hv.pool(self.pool).refresh(0)
+        return dest
+
+    def gallery(self) -> Path:
+        """A regions.yaml with two pools of this lab, and a published tiny version with a
+        replica in each, made through the CLI as a user would (output swallowed)."""
+        from sigvirt.cli import main
+
+        pools = (self.name("rep-a"), self.name("rep-b"))
+        self.extra_pools.extend(pools)
+        regions = self.root / "regions.yaml"
+        regions.write_text(
+            "regions:\n"
+            "  local:\n"
+            f"    uri: {URI}\n"
+            "    accel: tcg\n"
+            "    pools:\n"
+            f"      - name: {pools[0]}\n        path: {self.root}/rep-a\n"
+            f"      - name: {pools[1]}\n        path: {self.root}/rep-b\n"
+            "    network:\n      type: user-forward\n      ports: 24000-24999\n"
+        )
+        os.environ["SIGVIRT_REGIONS"] = str(regions)
+        os.environ["SIGVIRT_GALLERY_ROOT"] = str(self.root / "galleries")
+        steps = [
+            ["sig", "create", "-r", GALLERY],
+            ["sig", "image-definition", "create", "-r", GALLERY, "-i", DEFINITION,
+             "--publisher", "bench", "--offer", "tiny", "--sku", "1",
+             "--minimum-memory", "128", "--maximum-memory", "1024"],
+            ["sig", "image-version", "create", "-r", GALLERY, "-i", DEFINITION, "-e", VERSION,
+             "--source", str(self.tiny_image), "--target-regions", "local=2"],
+        ]  # fmt: skip
+        for argv in steps:
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = main(argv)
+            if code != 0:
+                raise RuntimeError(f"sigvirt {' '.join(argv)} failed ({code}): {err.getvalue()}")
+        return regions
+
+    # -- teardown ----------------------------------------------------------------------------
+    def domains(self) -> list[str]:
+        assert self.hv is not None
+        doms = self.hv.conn.listAllDomains(0)
+        return [d.name() for d in doms if d.name().startswith(self.prefix)]
+
+    def sweep_domains(self) -> None:
+        """Destroy and undefine every domain of this run, with the volumes sigvirt recorded."""
+        assert self.hv is not None
+        for name in self.domains():
+            with contextlib.suppress(Exception):
+                guest.delete(self.hv, name)
+            with contextlib.suppress(Exception):
+                self.hv.destroy_and_undefine(name)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.hv is not None:
+                # A fresh connection: the shared daemon may have been restarted under us.
+                self.hv.close()
+                self.hv = Hypervisor.open(URI)
+                self.sweep_domains()
+                for pool in self.hv.conn.listAllStoragePools(0):
+                    if pool.name().startswith(self.prefix):
+                        with contextlib.suppress(libvirt.libvirtError):
+                            if pool.isActive():
+                                pool.destroy()
+                            pool.undefine()
+                self.hv.close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lab(tag: str) -> Iterator[Lab]:
+    with Lab(tag) as it:
+        yield it
