@@ -75,4 +75,8 @@ def ensure_built(r: Recipe, runner: Runner, cache: Path = DEFAULT_CACHE) -> Path
             os.rename(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+        # Images of earlier versions of the recipe are never used again.
+        for old in cache.glob(f"{r.name}-*.qcow2"):
+            if old != final:
+                old.unlink(missing_ok=True)
     return final
