@@ -64,7 +64,9 @@ def translate(err: libvirt.libvirtError, what: str, uri: str = "") -> SigvirtErr
     msg = (err.get_error_message() or str(err)).strip()
     if code in _NOT_FOUND:
         return NotFound(f"{what}: not found")
-    if code in _AUTH or ("Permission denied" in msg and "socket" in msg):
+    # Without polkit's bus (no systemd) libvirt reports a denied user as an internal error.
+    no_polkit = "system bus" in msg or "polkit" in msg
+    if code in _AUTH or no_polkit or ("Permission denied" in msg and "socket" in msg):
         return HostAccessDenied(
             f"{what}: libvirt at {uri or 'the host'} refused access ({msg})",
             hint=LIBVIRT_ACCESS_HINT,
@@ -180,11 +182,19 @@ class Hypervisor:
             except libvirt.libvirtError as err:
                 if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                     raise
-                pool = self.conn.storagePoolDefineXML(domxml.dir_pool_xml(name, path), 0)
-                pool.build(0)
-                pool.setAutostart(1)
+                try:
+                    pool = self.conn.storagePoolDefineXML(domxml.dir_pool_xml(name, path), 0)
+                    pool.build(0)
+                    pool.setAutostart(1)
+                except libvirt.libvirtError:
+                    # Another sigvirt process defined it first (both saw it missing).
+                    pool = self.conn.storagePoolLookupByName(name)
             if not pool.isActive():
-                pool.create(0)
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():
+                        raise
             return pool
 
     def pool_info(self, name: str) -> PoolInfo:
