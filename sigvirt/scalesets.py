@@ -41,6 +41,10 @@ class ScaleResult:
     failed: tuple[str, ...]  # "name: reason" for instances that did not come up
 
 
+def _index(vm: Vm) -> int:
+    return -1 if vm.instance is None else vm.instance
+
+
 def instance_name(scale_set: str, index: int) -> str:
     return f"{scale_set}-{index}"
 
@@ -56,7 +60,7 @@ def concurrency(hv: Hypervisor) -> int:
 
 def instances(ctx: Context, name: str, region: str | None = None) -> list[Vm]:
     found, _unreachable = vms.list_vms(ctx, kind="vmss-instance", region=region)
-    return sorted((v for v in found if v.scale_set == name), key=lambda v: v.instance)
+    return sorted((v for v in found if v.scale_set == name), key=_index)
 
 
 def _create_many(
@@ -127,10 +131,10 @@ def scale(ctx: Context, name: str, capacity: int, *, wait: bool = True) -> Scale
         )
     req, region, members = _model(ctx, name)
     if capacity > len(members):
-        top = max(m.instance for m in members)
+        top = max(_index(m) for m in members)
         indices = list(range(top + 1, top + 1 + capacity - len(members)))
         return _create_many(ctx, replace(req, wait=wait), name, indices, region)
-    doomed = sorted(members, key=lambda m: m.instance, reverse=True)[: len(members) - capacity]
+    doomed = sorted(members, key=_index, reverse=True)[: len(members) - capacity]
     deleted = tuple(_delete_one(ctx, m) for m in doomed)
     return ScaleResult(name, (), deleted, ())
 

@@ -92,7 +92,7 @@ class Vm:
     vcpus: int
     memory_mib: int
     scale_set: str = ""
-    instance: int = -1
+    instance: int | None = None
     boot_seconds: float | None = None
     warnings: tuple[str, ...] = ()
 
@@ -356,7 +356,7 @@ def describe(hv: Hypervisor, region: str, dom: libvirt.virDomain) -> Vm:
         vcpus=vcpus,
         memory_mib=mem_kib // 1024,
         scale_set=prov.scale_set,
-        instance=prov.instance,
+        instance=prov.instance if prov.scale_set else None,
     )
 
 
@@ -381,7 +381,9 @@ def list_vms(
                     out.append(describe(hv, name, dom))
         except RegionUnavailable as err:
             unreachable.append(f"{name}: {err.message}")
-    return sorted(out, key=lambda v: (v.scale_set, v.instance, v.name)), unreachable
+    return sorted(
+        out, key=lambda v: (v.scale_set, -1 if v.instance is None else v.instance, v.name)
+    ), unreachable
 
 
 def find(

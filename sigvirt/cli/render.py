@@ -95,8 +95,8 @@ def emit(
         table.add_column(style="bold")
         table.add_column()
         for key, value in data.items():
-            if columns and key not in columns:
-                continue
+            if (columns and key not in columns) or value in (None, "", [], {}):
+                continue  # people read what is there; scripts use json, which has every key
             table.add_row(key, _cell(value))
         stdout.print(table)
         return
