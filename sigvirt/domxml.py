@@ -264,17 +264,3 @@ def raw_volume_xml(name: str, capacity: int, mode: int = 0o600) -> str:
     _sub(target, "format", type="raw")
     _permissions(target, mode, None, None)
     return _render(vol)
-
-
-def qcow2_volume_xml(
-    name: str, capacity: int, mode: int = 0o640, owner: int | None = None, group: int | None = None
-) -> str:
-    """An empty standalone qcow2 (the target of an upload: the stream overwrites it whole)."""
-    vol = ET.Element("volume")
-    _sub(vol, "name", name)
-    _sub(vol, "capacity", str(capacity), unit="bytes")
-    _sub(vol, "allocation", "0", unit="bytes")
-    target = _sub(vol, "target")
-    _sub(target, "format", type="raw")
-    _permissions(target, mode, owner, group)
-    return _render(vol)

@@ -39,6 +39,7 @@ from sigvirt.records import (
     Replica,
     now,
 )
+from sigvirt.store import fsync_dir
 
 SourceKind = Literal["file", "volume", "vm", "version"]
 
@@ -343,7 +344,7 @@ def _publish_first(
             imported = import_into(ctx, src, declared, first.region, first.pool, partial)
         perms.protect_replica(partial, ctx.runner)
         os.rename(partial, first.path)
-        replication.transfer_fsync_dir(Path(first.path).parent)
+        fsync_dir(Path(first.path).parent)
         hv.call("refresh pool", hv.pool(first.pool).refresh, 0)
     else:
         staging = ctx.tmpdir / f".sigvirt-import-{os.getpid()}-{first.volume}"

@@ -36,7 +36,7 @@ from sigvirt.records import (
     aggregate,
 )
 from sigvirt.regions import RegionsConfig
-from sigvirt.store import file_lock, lock_is_held
+from sigvirt.store import file_lock, fsync_dir, lock_is_held
 
 __all__ = ["RegionStatus", "aggregate"]  # status lives in records (the CLI lists without libvirt)
 
@@ -311,16 +311,8 @@ def choose_source(rec: ImageVersion, region: str) -> Replica | None:
 def _finish_local(hv: Hypervisor, pool: str, partial: Path, final: Path) -> None:
     imagecheck.sniff(partial, "qcow2")  # the gate, again, on the copy itself
     os.rename(partial, final)
-    transfer_fsync_dir(final.parent)
+    fsync_dir(final.parent)
     hv.call(f"refresh pool {pool}", hv.pool(pool).refresh, 0)
-
-
-def transfer_fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _nothing() -> None:

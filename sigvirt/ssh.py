@@ -62,18 +62,24 @@ def _load_key(path: Path) -> paramiko.PKey:
     return paramiko.PKey.from_path(str(path))
 
 
-def _jump_socket(jump: Jump, host: str, port: int, timeout: float) -> paramiko.Channel:
+def _connect_host(host: Jump, timeout: float) -> paramiko.SSHClient:
+    """SSH to a libvirt host itself (its user's keys, or the URI's keyfile)."""
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(_Policy())
     client.connect(
-        jump.host,
-        port=jump.port,
-        username=jump.user,
-        key_filename=str(jump.key_path) if jump.key_path else None,
+        host.host,
+        port=host.port,
+        username=host.user,
+        key_filename=str(host.key_path) if host.key_path else None,
         timeout=timeout,
         banner_timeout=timeout,
         auth_timeout=timeout,
     )
+    return client
+
+
+def _jump_socket(jump: Jump, host: str, port: int, timeout: float) -> paramiko.Channel:
+    client = _connect_host(jump, timeout)
     transport = client.get_transport()
     assert transport is not None
     chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
@@ -164,15 +170,7 @@ def wait_banner(ep: Endpoint, timeout: float) -> float:
 
 def host_run(host: Jump, argv: list[str], timeout: float = 120.0) -> Result:
     """Run a command on a libvirt host over SSH (metadata chores only; never image bytes)."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_Policy())
-    client.connect(
-        host.host,
-        port=host.port,
-        username=host.user,
-        key_filename=str(host.key_path) if host.key_path else None,
-        timeout=timeout,
-    )
+    client = _connect_host(host, timeout)
     try:
         _i, stdout, stderr = client.exec_command(shlex.join(argv), timeout=timeout)
         out = stdout.read().decode(errors="replace")
