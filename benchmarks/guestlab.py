@@ -17,6 +17,7 @@ import shutil
 import statistics
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -203,6 +204,13 @@ class Lab:
             with contextlib.suppress(Exception):
                 self.hv.destroy_and_undefine(name)
 
+    def _pool_is_ours(self, pool: libvirt.virStoragePool) -> bool:
+        try:
+            path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""
+        except libvirt.libvirtError:
+            return False
+        return Path(path).is_relative_to(self.root)
+
     def __exit__(self, *exc: object) -> None:
         try:
             if self.hv is not None:
@@ -211,7 +219,9 @@ class Lab:
                 self.hv = Hypervisor.open(URI)
                 self.sweep_domains()
                 for pool in self.hv.conn.listAllStoragePools(0):
-                    if pool.name().startswith(self.prefix):
+                    # virt-install (the scale-set baseline) defines a pool per disk directory,
+                    # named after the directory: sweep by path as well as by prefix.
+                    if pool.name().startswith(self.prefix) or self._pool_is_ours(pool):
                         with contextlib.suppress(libvirt.libvirtError):
                             if pool.isActive():
                                 pool.destroy()
