@@ -23,7 +23,10 @@ NameOpt = Annotated[str, typer.Option("--name", "-n", help="VM name (also its ho
 RegionOpt = Annotated[str | None, typer.Option("--region", "--location", "-l", help="region")]
 ImageOpt = Annotated[
     str,
-    typer.Option("--image", help="GALLERY/DEFINITION[/VERSION] or an Azure-style image id"),
+    typer.Option(
+        "--image",
+        help="GALLERY/DEFINITION or GALLERY/DEFINITION/VERSION or an Azure-style image id",
+    ),
 ]
 VcpusOpt = Annotated[int | None, typer.Option("--vcpus", help="virtual CPUs")]
 MemoryOpt = Annotated[int | None, typer.Option("--memory", help="MiB")]
