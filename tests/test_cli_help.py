@@ -3,12 +3,15 @@ breaks that command's help with a MarkupError."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 
 from sigvirt import cli
+from sigvirt.errors import ExitCode
 
 
 def _paths() -> list[list[str]]:
@@ -53,3 +56,14 @@ def test_help_renders(path: list[str], capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0, err
     assert "Usage:" in out
     assert "internal error" not in err
+
+
+def test_readme_lists_every_exit_code() -> None:
+    """The README's exit-code list is what scripts rely on: it must match errors.ExitCode."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    para = text[text.index("Bad input gets one line") :].split("\n\n")[0]
+    listed = {int(n) for n in re.findall(r"\b(\d+) [a-z(`]", para)}
+    expected = {
+        int(c) for c in ExitCode if c not in (ExitCode.OK, ExitCode.GENERIC, ExitCode.USAGE)
+    }
+    assert listed == expected
