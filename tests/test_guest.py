@@ -79,6 +79,11 @@ def test_linked_clone_boots_with_seeded_hostname_and_key(
         info = Runner().run(["qemu-img", "info", "-U", "-f", "qcow2", str(g.overlay)]).stdout
         assert f"backing file: {tiny_base}" in info
         assert "backing file format: qcow2" in info
+        # Under TCG the devices sit on pcie.0: libvirt added no root ports and no USB.
+        live = system_hv.domain(name).XMLDesc(0)
+        if "type='qemu'" in live.split(">", 1)[0]:
+            assert "pcie-root-port" not in live
+            assert "<controller type='usb' index='0' model='none'" in live
 
         before = g.overlay.stat().st_size
         host.run_test("dd if=/dev/urandom of=/home/labuser/blob bs=1M count=16 && sync")
