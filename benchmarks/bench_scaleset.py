@@ -196,13 +196,13 @@ def main() -> int:
                         )
         print(f"\nend: {guestlab.load()}")
 
-    report(args.sizes, sig, vi, cores)
-    return 0
+    return 0 if report(args.sizes, sig, vi, cores) else 1
 
 
 def report(
     sizes: list[int], sig: dict[int, list[Phase]], vi: dict[int, list[Phase]], cores: int
-) -> None:
+) -> bool:
+    """Print the table and the verdicts; True when every goal was met."""
     runs = len(sig[1])
     t1 = [p.wall for p in sig[1]]
     print(
@@ -251,6 +251,7 @@ def report(
     for kind, n, ok in verdicts:
         goal = f"ratio ≤ {CPU_GOAL}" if kind == "cpu" else f"speedup ≥ {cores * 0.9:.1f}"
         print(f"N={n:2} {goal}: {'met' if ok else 'NOT met'}")
+    return all(ok for _, _, ok in verdicts)
 
 
 if __name__ == "__main__":
