@@ -101,9 +101,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def ssh_run(
-    port: int, key: paramiko.PKey, cmd: str, timeout: float = 60, banner_timeout: float = 15
-) -> tuple[int, str, str]:
+def connect(port: int, key: paramiko.PKey, banner_timeout: float = 15) -> paramiko.SSHClient:
+    """labuser@127.0.0.1:port with only `key` (a context manager: closes on exit)."""
     c = paramiko.SSHClient()
     c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
@@ -118,29 +117,24 @@ def ssh_run(
             banner_timeout=banner_timeout,
             auth_timeout=15,
         )
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def ssh_run(
+    port: int, key: paramiko.PKey, cmd: str, timeout: float = 60, banner_timeout: float = 15
+) -> tuple[int, str, str]:
+    with connect(port, key, banner_timeout) as c:
         _, out, err = c.exec_command(cmd, timeout=timeout)
         rc = out.channel.recv_exit_status()
         return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    finally:
-        c.close()
 
 
 def sftp_ok(port: int, key: paramiko.PKey) -> tuple[bool, str]:
-    c = paramiko.SSHClient()
-    c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
-        c.connect(
-            "127.0.0.1",
-            port=port,
-            username="labuser",
-            pkey=key,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=5,
-            banner_timeout=15,
-            auth_timeout=15,
-        )
-        with c.open_sftp() as sftp:
+        with connect(port, key) as c, c.open_sftp() as sftp:
             with sftp.open("sftp-test", "w") as f:
                 f.write("sftp works\n")
             with sftp.open("sftp-test") as f:
@@ -148,8 +142,6 @@ def sftp_ok(port: int, key: paramiko.PKey) -> tuple[bool, str]:
         return data == "sftp works\n", data.strip()
     except Exception as e:
         return False, f"{type(e).__name__}: {e}"
-    finally:
-        c.close()
 
 
 def alive(pid: int) -> bool:
