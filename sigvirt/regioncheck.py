@@ -7,8 +7,6 @@ and the other regions are still checked (in parallel, each with its own connecti
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from sigvirt import regions
 from sigvirt.errors import Conflict, HostAccessDenied, SigvirtError
 from sigvirt.regions import PoolConfig, RegionConfig, RegionsConfig
+from sigvirt.store import atomic_write
 
 if TYPE_CHECKING:  # libvirt loads only for `check`: list/show/init are metadata
     from sigvirt.hypervisor import Hypervisor
@@ -123,20 +122,7 @@ def _write_new(path: Path, text: str, force: bool) -> None:
         raise Conflict(f"{path} exists already; add --force to replace it")
     try:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            if force:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if the name exists: no window for a race
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, text.encode(), 0o644, replace=force, inherit=False)
     except FileExistsError:
         raise Conflict(f"{path} exists already; add --force to replace it") from None
     except PermissionError:

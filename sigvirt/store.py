@@ -72,11 +72,19 @@ def _keep_permissions(fd: int, old: Path) -> None:
             os.fchmod(fd, st.st_mode & 0o7777)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+def atomic_write(
+    path: Path, data: bytes, mode: int = FILE_MODE, *, replace: bool = True, inherit: bool = True
+) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part.
+
+    inherit: a rewritten file keeps the group and ACL of the one it replaces. replace=False:
+    an existing file, even one created meanwhile, is never replaced (FileExistsError).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        _keep_permissions(fd, path)
+        if inherit:
+            _keep_permissions(fd, path)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -87,7 +95,11 @@ def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
         raise
     os.close(fd)
     try:
-        os.rename(tmp, path)
+        if replace:
+            os.rename(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if the name exists: no window for a race
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
