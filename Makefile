@@ -16,7 +16,7 @@ images: setup
 lint: setup
 	$(VENV)/bin/ruff check sigvirt tests benchmarks
 	$(VENV)/bin/ruff format --check sigvirt tests benchmarks
-	$(VENV)/bin/mypy sigvirt
+	$(VENV)/bin/mypy sigvirt tests
 
 # The whole suite: lint, type check, unit tests and real guests under libvirt.
 test: lint images

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import guestlab
 
-from sigvirt import guest
-from sigvirt.guest import GuestSpec, PortAllocator
+from sigvirt.guests import guest
+from sigvirt.guests.guest import GuestSpec, PortAllocator
 
 
 def boot(lab: guestlab.Lab, base: Path, name: str, ports: PortAllocator, memory: int) -> dict:

@@ -51,11 +51,11 @@ from typing import Any
 import guestlab
 import libvirt
 
-from sigvirt import domxml, guest, vms
 from sigvirt.context import Context
-from sigvirt.guest import GuestSpec, PortAllocator
-from sigvirt.hypervisor import Hypervisor
-from sigvirt.regions import load as load_regions
+from sigvirt.guests import domxml, guest, vms
+from sigvirt.guests.guest import GuestSpec, PortAllocator
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import load as load_regions
 
 GOAL = 0.100  # seconds per VM
 UPLOADS = {True: "seed upl", False: "console"}

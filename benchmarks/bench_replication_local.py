@@ -32,12 +32,13 @@ from pathlib import Path
 
 import libvirt
 
-from sigvirt import catalog, publish, regions, replication
+from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState
+from sigvirt.catalog.store import GalleryStore
 from sigvirt.context import Context
-from sigvirt.domxml import Network
-from sigvirt.records import COMPLETED, ImageVersion, Replica
-from sigvirt.regions import PoolConfig, RegionConfig, RegionsConfig
-from sigvirt.store import GalleryStore
+from sigvirt.galleries import definitions, galleries
+from sigvirt.hosts import regions
+from sigvirt.hosts.regions import Network, PoolConfig, RegionConfig, RegionsConfig
+from sigvirt.versions import publish, replication
 
 GOAL = 0.9  # cp time / sigvirt time
 
@@ -93,9 +94,7 @@ class BenchLab:
         rec = self.ctx.store.get_version(rec.gallery, rec.definition, rec.name)
         targets = dict(rec.target_regions)
         targets[region] = targets.get(region, 0) + 1
-        p = replication.plan(
-            rec, targets, self.ctx.regions, {}, replication.pool_path_lookup(self.ctx)
-        )
+        p = targets.plan(rec, targets, self.ctx.regions, {}, replication.pool_path_lookup(self.ctx))
         rec = replication.apply(self.ctx, rec, p)
         return rec, p.add[0]
 
@@ -129,8 +128,10 @@ def bench_lab(remote_uri: str | None = None, remote_pools: list[str] = ()) -> It
     (root / "regions.yaml").write_text(regions.dump(config))
     ctx = Context(store=GalleryStore(config.gallery_root), regions=config, tmpdir=root)
     try:
-        catalog.create_gallery(ctx.store, "bench")
-        catalog.create_definition(ctx.store, "bench", "img", catalog.DefinitionInput("p", "o", "s"))
+        galleries.create_gallery(ctx.store, "bench")
+        definitions.create_definition(
+            ctx.store, "bench", "img", definitions.DefinitionInput("p", "o", "s")
+        )
         yield BenchLab(
             root, ctx, "bench", {r: [p.name for p in c.pools] for r, c in regions_.items()}
         )
@@ -177,7 +178,7 @@ def time_sigvirt(lab: BenchLab, rec: ImageVersion, region: str) -> tuple[float, 
     rec = replication.run(lab.ctx, rec)
     took = time.perf_counter() - start
     done = next(r for r in rec.replicas if r.key == replica.key)
-    assert done.state == COMPLETED, done.reason
+    assert done.state == ReplicaState.COMPLETED, done.reason
     return took, lab.drop_replica(rec, done)
 
 

@@ -44,9 +44,9 @@ from bench_replication_local import (
     timed,
 )
 
-from sigvirt import transfer
-from sigvirt.domxml import dir_pool_xml
-from sigvirt.records import ImageVersion
+from sigvirt.catalog.records import ImageVersion
+from sigvirt.hosts.xmlbuild import dir_pool_xml
+from sigvirt.versions import transfer
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_BYTES = 1.05  # bytes moved / allocated bytes

@@ -38,12 +38,13 @@ from pathlib import Path
 
 import guestlab
 
-from sigvirt import scalesets, ssh
 from sigvirt.context import Context
-from sigvirt.guest import PortAllocator
-from sigvirt.regions import load as load_regions
-from sigvirt.seed import SeedSpec, seed_iso
-from sigvirt.vms import VmRequest
+from sigvirt.guests import scalesets
+from sigvirt.guests.guest import PortAllocator
+from sigvirt.guests.seed import SeedSpec, seed_iso
+from sigvirt.guests.vms import VmRequest
+from sigvirt.hosts import ssh
+from sigvirt.hosts.regions import load as load_regions
 
 RSS_PER_GUEST_MIB = 230  # tiny guest under TCG with a 64 MiB tb-cache (HOST-PROBE §5)
 CPU_GOAL = 1.25

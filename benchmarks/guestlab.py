@@ -26,9 +26,11 @@ import libvirt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sigvirt import guest, images, perms
-from sigvirt.hypervisor import Hypervisor
+from sigvirt.guests import guest
+from sigvirt.hosts import recipes
+from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
+from sigvirt.sharing.plan import protect_replica
 
 URI = "qemu:///system"
 GALLERY, DEFINITION, VERSION = "benchGallery", "tiny", "1.0.0"
@@ -124,7 +126,7 @@ class Lab:
         self.hv = Hypervisor.open(URI)
         self.key = self.root / "id_ed25519"
         self._write_key()
-        self.tiny_image = images.ensure_built(images.recipe("tiny"), Runner())
+        self.tiny_image = recipes.ensure_built(recipes.recipe("tiny"), Runner())
         return self
 
     def _write_key(self) -> None:
@@ -149,8 +151,8 @@ class Lab:
         self.hv.ensure_dir_pool(self.pool, self.root / "pool")
         dest = self.root / "pool" / self.name("tiny-base.qcow2")
         shutil.copyfile(self.tiny_image, dest)
-        perms.protect_replica(dest, Runner())
-        self.hv.pool(self.pool).refresh(0)
+        protect_replica(dest)
+        self.hv.refresh_pool(self.pool)
         return dest
 
     def gallery(self) -> Path:

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sigvirt import catalog
-from sigvirt.records import COMPLETED, SUCCEEDED, ImageVersion, Replica, now
-from sigvirt.store import GalleryStore
+from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState, VersionState, now
+from sigvirt.catalog.store import GalleryStore
+from sigvirt.galleries import definitions, galleries
 
 GOAL = 1.0  # seconds, for the CLI
 REGIONS = """\
@@ -44,17 +44,20 @@ regions:
 
 def build(root: Path, count: int) -> GalleryStore:
     store = GalleryStore(root / "galleries")
-    catalog.create_gallery(store, "bench")
-    catalog.create_definition(store, "bench", "big", catalog.DefinitionInput("P", "O", "S"))
+    galleries.create_gallery(store, "bench")
+    definitions.create_definition(store, "bench", "big", definitions.DefinitionInput("P", "O", "S"))
     stamp = now()
     with store.definition_lock("bench", "big"):
         for i in range(count):
             name = f"1.{i // 1000}.{i % 1000}"
             volume = f"bench-big-{name}-local-0.qcow2"
-            replica = Replica("local", "pool", volume, f"{root}/pool/{volume}", COMPLETED, 100)
+            replica = Replica(
+                "local", "pool", volume, f"{root}/pool/{volume}", ReplicaState.COMPLETED, 100
+            )
             store.create_version(
                 ImageVersion(
-                    "bench", "big", name, state=SUCCEEDED, source="file:/images/web.qcow2",
+                    "bench", "big", name, state=VersionState.SUCCEEDED,
+                    source="file:/images/web.qcow2",
                     target_regions={"local": 1}, sha256="ab" * 32, virtual_size=10 << 30,
                     allocated_size=1 << 30, replicas=(replica,), created=stamp, published=stamp,
                 )

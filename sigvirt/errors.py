@@ -25,6 +25,10 @@ class ExitCode(IntEnum):
     OUT_OF_RANGE = 15  # size outside the definition's recommendation
     HOST_NOT_READY = 16  # doctor found problems
     CORRUPT_METADATA = 17  # a catalog file doesn't parse (not a bug: the file is damaged)
+    INVALID_ARGUMENT = 18  # a value that is not a name: a date, a count, a choice, a size
+    HOST_ERROR = 19  # libvirt or a host tool failed in a way sigvirt can't classify further
+    REPLICATION_FAILED = 20  # replicas failed (each one's reason is in the status)
+    UNSUPPORTED = 21  # a request sigvirt understands but can't carry out here (and says why)
     INTERRUPTED = 130
 
 
@@ -45,8 +49,18 @@ class SigvirtError(Exception):
         return self.template.format(**self.fields)
 
 
+class InternalError(SigvirtError):
+    """A rule of sigvirt's own was broken: a bug, reported with exit 1."""
+
+
 class InvalidName(SigvirtError):
     exit_code = ExitCode.INVALID_NAME
+
+
+class InvalidArgument(SigvirtError):
+    """A value that is not a name is malformed or out of its range."""
+
+    exit_code = ExitCode.INVALID_ARGUMENT
 
 
 class NotFound(SigvirtError):
@@ -103,7 +117,21 @@ class OutOfRange(SigvirtError):
     exit_code = ExitCode.OUT_OF_RANGE
 
 
-class CommandFailed(SigvirtError):
+class HostError(SigvirtError):
+    """libvirt reported a failure that no code of ours classifies; its message is kept."""
+
+    exit_code = ExitCode.HOST_ERROR
+
+
+class CommandFailed(HostError):
     """An external program (qemu-img, ...) failed; message names the program and its stderr."""
 
-    exit_code = ExitCode.GENERIC
+
+class ReplicationFailed(SigvirtError):
+    exit_code = ExitCode.REPLICATION_FAILED
+
+
+class Unsupported(SigvirtError):
+    """Understood, but not possible here; the message says why."""
+
+    exit_code = ExitCode.UNSUPPORTED

@@ -95,6 +95,19 @@ class Runner:
             raise command_error(result)
         return result
 
+    def spawn_detached(self, argv: Sequence[str | os.PathLike[str]], log: Path) -> int:
+        """Start a process that outlives this one (its own session, output appended to
+        `log`); its pid. For work a command hands to the background (--no-wait)."""
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [os.fspath(a) for a in argv],
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return proc.pid
+
 
 def command_error(result: Result) -> CommandFailed | NoSpace:
     """One line naming the program, its exit status and the last line it wrote."""

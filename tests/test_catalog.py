@@ -14,22 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import catalog, names
-from sigvirt.errors import ExitCode, InvalidName, NotFound, SigvirtError
-from sigvirt.names import ImageRef, Version, parse_image_ref
-from sigvirt.records import (
-    COMPLETED,
-    CREATING,
-    FAILED,
-    SUCCEEDED,
+from sigvirt.catalog import latest, names
+from sigvirt.catalog.fileio import atomic_write, file_lock, lock_is_held
+from sigvirt.catalog.names import ImageRef, Version, parse_image_ref
+from sigvirt.catalog.records import (
     Gallery,
     ImageVersion,
     Replica,
+    ReplicaState,
     Share,
+    VersionState,
     from_dict,
     to_dict,
 )
-from sigvirt.store import CorruptRecord, GalleryStore, atomic_write, file_lock, lock_is_held
+from sigvirt.catalog.store import CorruptRecord, GalleryStore
+from sigvirt.errors import ExitCode, InvalidName, NotFound, SigvirtError
+from sigvirt.galleries import definitions, galleries
 
 GALLERY_RULE = "use letters, digits, '_' and '.', with '_' and '.' only in the middle (no '-')"
 DEFINITION_RULE = (
@@ -154,15 +154,15 @@ def test_bad_image_references_say_why(text: str, message: str) -> None:
 
 
 # -- latest -----------------------------------------------------------------------------------
-def _version(name: str, state: str = SUCCEEDED, **kw: object) -> ImageVersion:
+def _version(name: str, state: str = VersionState.SUCCEEDED, **kw: object) -> ImageVersion:
     return ImageVersion("G", "D", name, state=state, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> GalleryStore:
     s = GalleryStore(tmp_path / "galleries")
-    catalog.create_gallery(s, "G")
-    catalog.create_definition(s, "G", "D", catalog.DefinitionInput("P", "O", "S"))
+    galleries.create_gallery(s, "G")
+    definitions.create_definition(s, "G", "D", definitions.DefinitionInput("P", "O", "S"))
     return s
 
 
@@ -179,10 +179,10 @@ def test_latest_is_the_highest_published_version_not_excluded(store: GalleryStor
         _version("1.9.0"),
         _version("1.10.0"),
         _version("1.11.0", exclude_from_latest=True),
-        _version("1.10.5", CREATING),
-        _version("2.0.0", FAILED),
+        _version("1.10.5", VersionState.CREATING),
+        _version("2.0.0", VersionState.FAILED),
     )
-    explained = catalog.explain_latest(store.list_versions("G", "D"))
+    explained = latest.explain_latest(store.list_versions("G", "D"))
     assert [(c.version, c.chosen, c.why) for c in explained] == [
         ("2.0.0", False, "not published (state failed)"),
         ("1.11.0", False, "excluded from latest"),
@@ -210,21 +210,23 @@ def test_references_resolve_through_the_catalog(
     _publish(
         store, _version("1.0.0"), _version("1.1.0"), _version("2.0.0", exclude_from_latest=True)
     )
-    assert catalog.resolve(store, parse_image_ref(text)).name == expected
+    assert latest.resolve(store, parse_image_ref(text)).name == expected
 
 
 def test_latest_past_end_of_life_is_still_chosen_and_says_so(store: GalleryStore) -> None:
     _publish(store, _version("1.0.0", end_of_life="2020-01-01"))
-    (only,) = catalog.explain_latest(store.list_versions("G", "D"))
+    (only,) = latest.explain_latest(store.list_versions("G", "D"))
     assert only.why == (
         "highest published version not excluded from latest (past end of life 2020-01-01)"
     )
 
 
 def test_no_eligible_version_is_not_found(store: GalleryStore) -> None:
-    _publish(store, _version("1.0.0", exclude_from_latest=True), _version("2.0.0", CREATING))
+    _publish(
+        store, _version("1.0.0", exclude_from_latest=True), _version("2.0.0", VersionState.CREATING)
+    )
     with pytest.raises(NotFound) as caught:
-        catalog.resolve(store, parse_image_ref("G/D"))
+        latest.resolve(store, parse_image_ref("G/D"))
     assert caught.value.message == (
         "image definition G/D has no published version that is not excluded from latest"
     )
@@ -237,7 +239,7 @@ def test_missing_levels_are_named(store: GalleryStore) -> None:
         ("nope/D", "gallery nope not found"),
     ]:
         with pytest.raises(NotFound) as caught:
-            catalog.resolve(store, parse_image_ref(text))
+            latest.resolve(store, parse_image_ref(text))
         assert caught.value.message == message
 
 
@@ -246,7 +248,7 @@ def test_records_round_trip_and_ignore_keys_from_newer_versions() -> None:
     rec = _version(
         "1.0.2",
         target_regions={"local": 2},
-        replicas=(Replica("local", "p", "v", "/p/v", COMPLETED, 100),),
+        replicas=(Replica("local", "p", "v", "/p/v", ReplicaState.COMPLETED, 100),),
         shares=(Share("ops", "reader"),),
         warnings=("1 leaked clusters",),
     )
@@ -348,9 +350,9 @@ def test_update_of_a_missing_resource_is_not_found_and_creates_nothing(
 ) -> None:
     before = sorted(store.root.rglob("*"))
     with pytest.raises(NotFound, match=r"^gallery nope not found$"):
-        catalog.update_gallery(store, "nope", "text")
+        galleries.update_gallery(store, "nope", "text")
     with pytest.raises(NotFound, match=r"^image definition G/nope not found$"):
-        catalog.update_definition(store, "G", "nope", description="text")
+        definitions.update_definition(store, "G", "nope", description="text")
     assert sorted(store.root.rglob("*")) == before
 
 

@@ -6,17 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import imagefactory as f
 import pytest
 
-pytest.register_assert_rewrite("catalog_fixtures")  # before the import: it is a plugin too
-
-from catalog_fixtures import SigEnv, tree, version_create  # noqa: E402
-
-from sigvirt.errors import ExitCode  # noqa: E402
-from sigvirt.records import SUCCEEDED, ImageVersion  # noqa: E402
-
-pytest_plugins = ["catalog_fixtures"]
+from sigvirt.catalog.records import ImageVersion, VersionState
+from sigvirt.errors import ExitCode
+from tests.support import imagefactory as f
+from tests.support.catalog import SigEnv, tree, version_create
 
 GALLERY_RULE = "use letters, digits, '_' and '.', with '_' and '.' only in the middle (no '-')"
 DEFINITION_RULE = (
@@ -111,23 +106,23 @@ def test_bad_definitions_are_refused(sig: SigEnv) -> None:
         ([*DEFINE[:-1], "MYSKU"], ExitCode.CONFLICT,  # publisher/offer/sku ignore case
          "publisher/offer/sku myPublisher/myOffer/MYSKU is already used by image definition "
          "myDef in gallery myGallery"),
-        (define("--os-state", "Sleepy"), ExitCode.INVALID_NAME,
+        (define("--os-state", "Sleepy"), ExitCode.INVALID_ARGUMENT,
          "--os-state must be one of Generalized, Specialized (got 'Sleepy')"),
-        (define("--hyper-v-generation", "V3"), ExitCode.INVALID_NAME,
+        (define("--hyper-v-generation", "V3"), ExitCode.INVALID_ARGUMENT,
          "--hyper-v-generation must be one of V1, V2 (got 'V3')"),
-        (define("--os-type", "Plan9"), ExitCode.INVALID_NAME,
+        (define("--os-type", "Plan9"), ExitCode.INVALID_ARGUMENT,
          "--os-type must be one of Linux, Windows (got 'Plan9')"),
-        (define("--architecture", "riscv"), ExitCode.INVALID_NAME,
+        (define("--architecture", "riscv"), ExitCode.INVALID_ARGUMENT,
          "--architecture must be one of x64, Arm64 (got 'riscv')"),
-        (define("--minimum-cpu-core", "4", "--maximum-cpu-core", "2"), ExitCode.INVALID_NAME,
+        (define("--minimum-cpu-core", "4", "--maximum-cpu-core", "2"), ExitCode.INVALID_ARGUMENT,
          "--minimum-cpu-core 4 is greater than --maximum-cpu-core 2"),
-        (define("--minimum-memory", "2048", "--maximum-memory", "1024"), ExitCode.INVALID_NAME,
+        (define("--minimum-memory", "2048", "--maximum-memory", "1024"), ExitCode.INVALID_ARGUMENT,
          "--minimum-memory 2048 is greater than --maximum-memory 1024"),
-        (define("--minimum-cpu-core", "0"), ExitCode.INVALID_NAME,
+        (define("--minimum-cpu-core", "0"), ExitCode.INVALID_ARGUMENT,
          "--minimum-cpu-core must be a positive number (got 0)"),
-        (define("--end-of-life-date", "2030-13-01"), ExitCode.INVALID_NAME,
+        (define("--end-of-life-date", "2030-13-01"), ExitCode.INVALID_ARGUMENT,
          "--end-of-life-date '2030-13-01' is not a date (use YYYY-MM-DD)"),
-        (define("--end-of-life-date", "next year"), ExitCode.INVALID_NAME,
+        (define("--end-of-life-date", "next year"), ExitCode.INVALID_ARGUMENT,
          "--end-of-life-date 'next year' is not a date (use YYYY-MM-DD)"),
         ([*DEFINE[:-5], "my publisher", *DEFINE[-4:]], ExitCode.INVALID_NAME,
          "publisher 'my publisher' is invalid: use letters, digits, '-', '_' and '.' "
@@ -137,10 +132,10 @@ def test_bad_definitions_are_refused(sig: SigEnv) -> None:
         (["sig", "image-definition", "show", "--gallery-name", "nope", *D],
          ExitCode.NOT_FOUND, "gallery nope not found"),
         (["sig", "image-definition", "update", *G, *D, "--minimum-cpu-core", "8",
-          "--maximum-cpu-core", "4"], ExitCode.INVALID_NAME,
+          "--maximum-cpu-core", "4"], ExitCode.INVALID_ARGUMENT,
          "--minimum-cpu-core 8 is greater than --maximum-cpu-core 4"),
         (["sig", "image-definition", "update", *G, *D, "--end-of-life-date", "2030-02-30"],
-         ExitCode.INVALID_NAME, "--end-of-life-date '2030-02-30' is not a date (use YYYY-MM-DD)"),
+         ExitCode.INVALID_ARGUMENT, "--end-of-life-date '2030-02-30' is not a date (use YYYY-MM-DD)"),
         (["sig", "image-definition", "update", *G, "--gallery-image-definition", "nope",
           "--description", "x"], ExitCode.NOT_FOUND, "image definition myGallery/nope not found"),
         (["sig", "image-definition", "delete", *G, "--gallery-image-definition", "nope"],
@@ -180,17 +175,17 @@ def test_bad_versions_are_refused(populated: SigEnv, tmp_path: Path) -> None:
          "image definition myGallery/nope not found"),
         (create("2.0.0", "--target-regions", "east"), ExitCode.NOT_FOUND,
          "region 'east' not found (known: local)"),
-        (create("2.0.0", "--target-regions", "local=0"), ExitCode.INVALID_NAME,
+        (create("2.0.0", "--target-regions", "local=0"), ExitCode.INVALID_ARGUMENT,
          "--target-regions 'local=0': replica count must be 1..100"),
-        (create("2.0.0", "--target-regions", "local=x"), ExitCode.INVALID_NAME,
+        (create("2.0.0", "--target-regions", "local=x"), ExitCode.INVALID_ARGUMENT,
          "--target-regions 'local=x': the count after '=' must be a number"),
-        (create("2.0.0", "--target-regions", "local=101"), ExitCode.INVALID_NAME,
+        (create("2.0.0", "--target-regions", "local=101"), ExitCode.INVALID_ARGUMENT,
          "--target-regions 'local=101': replica count must be 1..100"),
-        (create("2.0.0", "--replica-count", "0"), ExitCode.INVALID_NAME,
+        (create("2.0.0", "--replica-count", "0"), ExitCode.INVALID_ARGUMENT,
          "--replica-count must be 1..100 (got 0)"),
         (create("2.0.0", "--location", "mars"), ExitCode.NOT_FOUND,
          "region 'mars' not found (known: local)"),
-        (create("2.0.0", "--end-of-life-date", "31/12/2030"), ExitCode.INVALID_NAME,
+        (create("2.0.0", "--end-of-life-date", "31/12/2030"), ExitCode.INVALID_ARGUMENT,
          "--end-of-life-date '31/12/2030' is not a date (use YYYY-MM-DD)"),
         # image references given as the source: our own form and Azure resource ids
         (create(source="/nonexistent/disk.qcow2"), ExitCode.NOT_FOUND,
@@ -230,7 +225,7 @@ def test_bad_versions_are_refused(populated: SigEnv, tmp_path: Path) -> None:
           "--exclude-from-latest"], ExitCode.INVALID_NAME,
          f"image version 'latest' is invalid: {MMP}"),
         (["sig", "image-version", "update", *G, *D, "--gallery-image-version", "1.0.0",
-          "--end-of-life-date", "soon"], ExitCode.INVALID_NAME,
+          "--end-of-life-date", "soon"], ExitCode.INVALID_ARGUMENT,
          "--end-of-life-date 'soon' is not a date (use YYYY-MM-DD)"),
         (["sig", "image-version", "delete", *G, *D, "--gallery-image-version", "9.9.9"],
          ExitCode.NOT_FOUND, "image version myGallery/myDef/9.9.9 not found"),
@@ -363,7 +358,11 @@ def test_version_lifecycle(sig: SigEnv, tmp_path: Path) -> None:
     sig.definition()
     image = f.qcow2_v3_with_data(tmp_path)
     made = sig.cli(*version_create("1.0.0", image), "--end-of-life-date", "2031-01-01").json
-    assert (made["name"], made["state"], made["replication"]) == ("1.0.0", SUCCEEDED, "Completed")
+    assert (made["name"], made["state"], made["replication"]) == (
+        "1.0.0",
+        VersionState.SUCCEEDED,
+        "Completed",
+    )
     assert (made["end_of_life"], made["regions"]) == ("2031-01-01", {"local": "1/1"})
     assert made["source"] == f"file:{image}"
     (replica,) = made["replication_status"]["replicas"]
@@ -413,7 +412,9 @@ def test_show_latest_explains_every_candidate(populated: SigEnv, tmp_path: Path)
     populated.version("1.1.0", image)
     populated.version("2.0.0", image, "--exclude-from-latest")
     with populated.store.definition_lock("myGallery", "myDef"):  # a failed import's record
-        populated.store.create_version(ImageVersion("myGallery", "myDef", "3.0.0", state="failed"))
+        populated.store.create_version(
+            ImageVersion("myGallery", "myDef", "3.0.0", state=VersionState.FAILED)
+        )
     explained = populated.cli("sig", "image-version", "show-latest", *G, *D, "--explain",
                               "-o", "json").json  # fmt: skip
     assert explained == [

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import doctor
 from sigvirt.cli import main
 from sigvirt.errors import ExitCode
+from sigvirt.hosts import doctor
 
 
 def test_dev_kvm_with_wrong_mode_fails_and_names_the_fix(tmp_path: Path) -> None:

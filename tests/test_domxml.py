@@ -9,8 +9,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from sigvirt import domxml
-from sigvirt.domxml import Backing, DomainSpec, Network, Provenance
+from sigvirt.guests import domxml
+from sigvirt.guests.domxml import Backing, DomainSpec, Network, Provenance
+from sigvirt.hosts import xmlbuild
 
 EXPECTED = Path(__file__).parent / "data" / "xml"
 REGEN = os.environ.get("SIGVIRT_REGEN_XML") == "1"
@@ -128,9 +129,9 @@ def test_mac_is_stable_and_distinct_per_name() -> None:
 
 
 def test_overlay_volume_states_backing_format() -> None:
-    text = domxml.overlay_volume_xml("c.qcow2", 1 << 30, Path("/p/base.qcow2"))
+    text = xmlbuild.overlay_volume_xml("c.qcow2", 1 << 30, Path("/p/base.qcow2"))
     _check("volume-overlay", text)
 
 
 def test_dir_pool_xml() -> None:
-    _check("pool-dir", domxml.dir_pool_xml("sigvirt-local-a", Path("/var/lib/sigvirt/pools/a")))
+    _check("pool-dir", xmlbuild.dir_pool_xml("sigvirt-local-a", Path("/var/lib/sigvirt/pools/a")))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import LabPool, SshKey, place_base, unique
 
-from sigvirt import guest
 from sigvirt.errors import GuestFailed
-from sigvirt.guest import GuestSpec, PortAllocator
-from sigvirt.hypervisor import Hypervisor
+from sigvirt.guests import guest
+from sigvirt.guests.guest import GuestSpec, PortAllocator
+from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
+from tests.support.base import LabPool, SshKey, place_base, unique
 
 pytestmark = pytest.mark.guest
 
@@ -42,10 +42,10 @@ def host_for(g: guest.Guest) -> testinfra.host.Host:
 
 def _leftovers(hv: Hypervisor, pool: str, name: str) -> list[str]:
     found = [name] if hv.domain_exists(name) else []
-    hv.pool(pool).refresh(0)
-    for vol in hv.pool(pool).listAllVolumes(0):
-        if vol.name().startswith(name + "."):
-            found.append(vol.name())
+    hv.refresh_pool(pool)
+    for vol in hv.volumes(pool):
+        if vol.name.startswith(name + "."):
+            found.append(vol.name)
     return found
 
 
@@ -80,7 +80,7 @@ def test_linked_clone_boots_with_seeded_hostname_and_key(
         assert f"backing file: {tiny_base}" in info
         assert "backing file format: qcow2" in info
         # Under TCG the devices sit on pcie.0: libvirt added no root ports and no USB.
-        live = system_hv.domain(name).XMLDesc(0)
+        live = system_hv.domain(name).xml()
         if "type='qemu'" in live.split(">", 1)[0]:
             assert "pcie-root-port" not in live
             assert "<controller type='usb' index='0' model='none'" in live

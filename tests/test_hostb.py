@@ -19,9 +19,7 @@ import libvirt
 import paramiko
 import pytest
 
-# The `hostb` fixture comes from the plugin tests/conftest.py registers
-# (pytest_plugins = ["tests.lab.hostb"]).
-from tests.lab.hostb import STATE_PREFIX, HostB, lab_script, parse_env, running_hostb
+from tests.support.hostb import STATE_PREFIX, HostB, lab_script, parse_env, running_hostb
 
 pytestmark = pytest.mark.hostb
 

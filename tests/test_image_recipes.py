@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import images
 from sigvirt.errors import NotFound
+from sigvirt.hosts import recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,9 @@ def test_recipe_digest_changes_with_any_file(tmp_path: Path) -> None:
     (recipe / "files").mkdir(parents=True)
     (recipe / "build.sh").write_text("echo build\n")
     (recipe / "files" / "a").write_text("one")
-    r = images.recipe("mini", tmp_path)
+    r = recipes.recipe("mini", tmp_path)
     first = r.digest()
-    assert images.cached_path(r, tmp_path / "cache").name == f"mini-{first}.qcow2"
+    assert recipes.cached_path(r, tmp_path / "cache").name == f"mini-{first}.qcow2"
     (recipe / "files" / "a").write_text("two")
     assert r.digest() != first
     (recipe / "files" / "a").write_text("one")
@@ -41,5 +41,5 @@ def test_recipe_digest_changes_with_any_file(tmp_path: Path) -> None:
 
 def test_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(NotFound) as caught:
-        images.recipe("nope")
+        recipes.recipe("nope")
     assert caught.value.message == "image recipe 'nope' not found (available: debian, tiny)"

@@ -7,13 +7,13 @@ import os
 import time
 from pathlib import Path
 
-import imagefactory as f
 import pytest
 
 from sigvirt.errors import ExitCode, ImageRejected, NotFound
-from sigvirt.imagecheck import MAX_VIRTUAL_SIZE, ImageFacts, inspect, sniff, verify
-from sigvirt.qemuimg import QemuImg
+from sigvirt.hosts.qemuimg import QemuImg
 from sigvirt.runner import Runner
+from sigvirt.versions.imagecheck import MAX_VIRTUAL_SIZE, ImageFacts, inspect, sniff, verify
+from tests.support import imagefactory as f
 
 R = "image rejected: "
 STANDALONE = "; import a standalone image (qemu-img convert -O qcow2 IMAGE standalone.qcow2)"

@@ -12,15 +12,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from sigvirt import cli, regioncheck, regions
-from sigvirt.domxml import dir_pool_xml
+from sigvirt import cli
 from sigvirt.errors import ExitCode, RegionUnavailable
-from sigvirt.hypervisor import Hypervisor
-
-pytest.register_assert_rewrite("replication_fixtures")
-from replication_fixtures import Lab  # noqa: E402
-
-pytest_plugins = ["replication_fixtures"]
+from sigvirt.hosts import regioncheck, regions
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.xmlbuild import dir_pool_xml
+from tests.support.replication import Lab
 
 TWO_REGIONS = """\
 gallery_root: /var/tmp/nowhere
@@ -164,6 +161,30 @@ def test_init_writes_the_local_region_and_never_overwrites_without_force(
     assert [p.name for p in tmp_path.joinpath("etc", "sigvirt").iterdir()] == ["regions.yaml"]
 
 
+def test_the_shipped_regions_yaml_is_what_init_writes_on_a_fresh_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The repository's regions.yaml is the one default: it parses, holds region `local` on
+    qemu:///system with its two dir pools, and `region init` writes exactly it."""
+    shipped = Path(__file__).resolve().parents[1] / "regions.yaml"
+    cfg = regions.load(shipped, env={})
+    local = cfg.region("local")
+    assert (local.uri, local.accel, local.network.kind) == (
+        "qemu:///system",
+        "auto",
+        "user-forward",
+    )
+    assert [p.path for p in local.pools] == [
+        Path("/var/lib/sigvirt/pools/local-a"),
+        Path("/var/lib/sigvirt/pools/local-b"),
+    ]
+    path = tmp_path / "regions.yaml"
+    code, _, err = run(["region", "init", str(path)], capsys)
+    assert code == 0, err
+    assert path.read_bytes() == shipped.read_bytes()
+    assert regions.load(path, env={}).regions == cfg.regions
+
+
 def test_init_defaults_to_the_system_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["region", "init", "--help"], capsys)
     assert code == 0
@@ -229,14 +250,13 @@ def odd_pools(
 ) -> Iterator[dict[str, str]]:
     """A regions.yaml whose local region has an inactive pool, an undefined one, and one
     that sigvirt would create (check creates nothing: none of these directories appear)."""
-    from conftest import unique
+    from tests.support.base import unique
 
     tag = uuid.uuid4().hex[:6]
     names = {k: unique(f"chk{tag}-{k}") for k in ("inactive", "missing", "creatable")}
     where = {k: scratch / name for k, name in names.items()}
-    pool = system_hv.conn.storagePoolDefineXML(
-        dir_pool_xml(names["inactive"], where["inactive"]), 0
-    )
+    conn = libvirt.open(system_hv.uri)  # a pool defined and never started: raw libvirt
+    pool = conn.storagePoolDefineXML(dir_pool_xml(names["inactive"], where["inactive"]), 0)
     path = tmp_path / "regions.yaml"
     path.write_text(
         "regions:\n  local:\n    uri: qemu:///system\n    pools:\n"
@@ -250,6 +270,7 @@ def odd_pools(
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             pool.undefine()
+        conn.close()
 
 
 def test_check_names_inactive_and_missing_pools(

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import regions
-from sigvirt.domxml import Network
 from sigvirt.errors import ConfigError, ExitCode, NotFound
-from sigvirt.regions import (
-    DEFAULT_REGIONS_YAML,
+from sigvirt.hosts import regions
+from sigvirt.hosts.regions import (
+    SHIPPED_REGIONS,
+    Network,
     PoolConfig,
     RegionConfig,
     RegionsConfig,
@@ -150,7 +150,7 @@ BAD = [
     pytest.param(
         "regions:\n  local:\n    uri: xen:///system\n    pools: [a]\n",
         "regions.yaml:3: regions.local.uri: unsupported scheme 'xen' (expected qemu, qemu+ssh,"
-        " qemu+tcp, qemu+tls, qemu+unix, qemu+libssh2, qemu+libssh, qemu+ext, test)",
+        " qemu+tcp, qemu+tls, qemu+unix, qemu+libssh2, qemu+libssh, test)",
         id="bad-uri-scheme",
     ),
     pytest.param(
@@ -403,7 +403,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(regions, "SYSTEM_REGIONS", tmp_path / "absent.yaml")
     config = load(env={})
-    assert config.path is None
+    assert config.path == SHIPPED_REGIONS
     assert config.gallery_root == Path("/var/lib/sigvirt/galleries")
     assert list(config.regions) == ["local"]
     local = config.region("local")
@@ -421,7 +421,7 @@ def test_default_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert local.port_range == (22200, 23199)
     assert local.clones_per_replica == 0
     assert local.is_local
-    assert parse(DEFAULT_REGIONS_YAML) == config
+    assert parse(SHIPPED_REGIONS.read_text()).regions == config.regions
 
 
 def test_multi_region_sample() -> None:
@@ -478,7 +478,7 @@ def test_unknown_region_lists_known_ones() -> None:
 
 
 # -- dump and with_region -------------------------------------------------------------------
-@pytest.mark.parametrize("text", [DEFAULT_REGIONS_YAML, (DATA / "multi.yaml").read_text()])
+@pytest.mark.parametrize("text", [SHIPPED_REGIONS.read_text(), (DATA / "multi.yaml").read_text()])
 def test_dump_round_trips(text: str) -> None:
     config = parse(text)
     assert parse(dump(config)) == config
@@ -493,12 +493,12 @@ def test_dump_round_trips_awkward_values() -> None:
         clones_per_replica=3,
         description="two\nlines: with 'quotes' and a trailing space ",
     )
-    config = with_region(parse(DEFAULT_REGIONS_YAML), awkward)
+    config = with_region(parse(SHIPPED_REGIONS.read_text()), awkward)
     assert parse(dump(config)) == config
 
 
 def test_dump_is_readable() -> None:
-    text = dump(parse(DEFAULT_REGIONS_YAML))
+    text = dump(parse(SHIPPED_REGIONS.read_text()))
     assert "    pools:\n      - name: sigvirt-local-a\n" in text
     assert "      ports: 22200-23199\n" in text
 
@@ -549,7 +549,7 @@ def test_with_region_adds_at_end_and_replaces_in_place() -> None:
 )
 def test_with_region_refuses_what_parse_would(region: RegionConfig, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
-        with_region(parse(DEFAULT_REGIONS_YAML), region)
+        with_region(parse(SHIPPED_REGIONS.read_text()), region)
     assert info.value.message == expected
 
 

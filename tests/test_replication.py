@@ -20,17 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import cli, publish, replication
+from sigvirt import cli
+from sigvirt.catalog.names import ImageRef
+from sigvirt.catalog.records import ImageVersion, ReplicaState, aggregate
 from sigvirt.context import Context
-from sigvirt.domxml import overlay_volume_xml
 from sigvirt.errors import ExitCode, HasDependents, RegionUnavailable
-from sigvirt.names import ImageRef
-from sigvirt.records import COMPLETED, COPYING, DELETING, FAILED, ImageVersion, aggregate
+from sigvirt.hosts.xmlbuild import overlay_volume_xml
+from sigvirt.versions import publish, replication, targets
+from tests.support.replication import Gallery, Lab, MiB, random_qcow2, sha256, spread_chunks
 
-pytest.register_assert_rewrite("replication_fixtures")  # its helpers assert, too
-from replication_fixtures import Gallery, Lab, MiB, random_qcow2, sha256, spread_chunks  # noqa: E402
-
-pytest_plugins = ["replication_fixtures"]
 pytestmark = pytest.mark.hostb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +62,7 @@ def assert_completed_replicas_are_whole(
     """The invariant: a replica is completed only if its file is the version, byte for byte.
     `checked` skips replicas verified before (a completed replica's file never changes)."""
     for r in rec.replicas:
-        if r.state == COMPLETED and (checked is None or r.volume not in checked):
+        if r.state == ReplicaState.COMPLETED and (checked is None or r.volume not in checked):
             path = lab.pool_path(r.region, r.pool) / r.volume
             assert r.path == str(path)
             assert sha256(path) == rec.sha256, f"{r.volume} completed but its bytes differ"
@@ -84,19 +82,19 @@ def test_replicates_to_two_regions_with_counts_2_and_3(
     ea, eb = (p.name for p in lab.east)
     base = f"{gallery.gallery}-img-1.0.0"
     assert got == [
-        ("east", f"{base}-east-0.qcow2", ea, COMPLETED, 100),
-        ("east", f"{base}-east-1.qcow2", eb, COMPLETED, 100),
-        ("east", f"{base}-east-2.qcow2", ea, COMPLETED, 100),
-        ("local", f"{base}-local-0.qcow2", la, COMPLETED, 100),
-        ("local", f"{base}-local-1.qcow2", lb, COMPLETED, 100),
+        ("east", f"{base}-east-0.qcow2", ea, ReplicaState.COMPLETED, 100),
+        ("east", f"{base}-east-1.qcow2", eb, ReplicaState.COMPLETED, 100),
+        ("east", f"{base}-east-2.qcow2", ea, ReplicaState.COMPLETED, 100),
+        ("local", f"{base}-local-0.qcow2", la, ReplicaState.COMPLETED, 100),
+        ("local", f"{base}-local-1.qcow2", lb, ReplicaState.COMPLETED, 100),
     ]
     assert_completed_replicas_are_whole(lab, rec)
     assert _partials(lab) == []
     # libvirt on each host sees its replicas, as qcow2 (the bytes are a gated qcow2)
     for r in rec.replicas:
         vol = gallery.ctx.hv(r.region).volume(r.pool, r.volume)
-        assert "<format type='qcow2'/>" in vol.XMLDesc(0)
-        assert vol.path() == r.path
+        assert "<format type='qcow2'/>" in vol.xml()
+        assert str(vol.path) == r.path
 
     agg, rows = aggregate(rec)
     assert agg == "Completed"
@@ -128,7 +126,7 @@ def test_count_changes_add_and_remove_replicas(
         gallery.ctx, _ref(gallery, "1.0.0"), target_regions=["local", "east=2"]
     )
     assert sorted((r.region, r.state) for r in rec.replicas) == [
-        ("east", COMPLETED), ("east", COMPLETED), ("local", COMPLETED)
+        ("east", ReplicaState.COMPLETED), ("east", ReplicaState.COMPLETED), ("local", ReplicaState.COMPLETED)
     ]  # fmt: skip
     assert_completed_replicas_are_whole(lab, rec)
 
@@ -179,7 +177,7 @@ def replicator(
 
 
 def _copying(rec: ImageVersion) -> list[str]:
-    return [r.volume for r in rec.replicas if r.state == COPYING and r.progress > 0]
+    return [r.volume for r in rec.replicas if r.state == ReplicaState.COPYING and r.progress > 0]
 
 
 def test_killed_mid_copy_never_completes_a_partial_and_a_rerun_finishes(
@@ -205,12 +203,12 @@ def test_killed_mid_copy_never_completes_a_partial_and_a_rerun_finishes(
 
     killed = gallery.get("1.0.0")
     assert _copying(killed), [(r.volume, r.state, r.progress) for r in killed.replicas]
-    assert not all(r.state == COMPLETED for r in killed.replicas)
+    assert not all(r.state == ReplicaState.COMPLETED for r in killed.replicas)
     assert_completed_replicas_are_whole(lab, killed)
     for r in killed.replicas:
-        if r.state == COPYING:  # its bytes are under the temporary name only
+        if r.state == ReplicaState.COPYING:  # its bytes are under the temporary name only
             pool = lab.pool_path(r.region, r.pool)
-            assert (pool / replication.partial_name(r.volume)).exists()
+            assert (pool / targets.partial_name(r.volume)).exists()
             assert not (pool / r.volume).exists()
 
     with replicator(["sig", "image-version", "replicate", *gallery.cli_args("1.0.0"), "--quiet"],
@@ -218,7 +216,7 @@ def test_killed_mid_copy_never_completes_a_partial_and_a_rerun_finishes(
         assert proc.wait(timeout=300) == 0, log.read_text()
     rec = gallery.get("1.0.0")
     assert sorted((r.region, r.state) for r in rec.replicas) == [
-        ("east", COMPLETED), ("east", COMPLETED), ("local", COMPLETED), ("local", COMPLETED)
+        ("east", ReplicaState.COMPLETED), ("east", ReplicaState.COMPLETED), ("local", ReplicaState.COMPLETED), ("local", ReplicaState.COMPLETED)
     ]  # fmt: skip
     assert aggregate(rec)[0] == "Completed"
     assert_completed_replicas_are_whole(lab, rec)
@@ -234,9 +232,9 @@ def test_an_unreachable_region_fails_alone_with_its_reason(
     by_region = {
         reg: [r for r in rec.replicas if r.region == reg] for reg in ("local", "east", "west")
     }
-    assert [r.state for r in by_region["local"]] == [COMPLETED, COMPLETED]
-    assert [r.state for r in by_region["east"]] == [COMPLETED]
-    assert [r.state for r in by_region["west"]] == [FAILED, FAILED]
+    assert [r.state for r in by_region["local"]] == [ReplicaState.COMPLETED, ReplicaState.COMPLETED]
+    assert [r.state for r in by_region["east"]] == [ReplicaState.COMPLETED]
+    assert [r.state for r in by_region["west"]] == [ReplicaState.FAILED, ReplicaState.FAILED]
     for r in by_region["west"]:
         assert r.reason.startswith(
             "region west: connect: libvirt host qemu+tcp://127.0.0.1:1/system unreachable"
@@ -252,10 +250,15 @@ def test_an_unreachable_region_fails_alone_with_its_reason(
     assert "unreachable" in summary["west"].details
 
     # Running again retries only what is missing; the others are left alone.
-    before = {r.volume: r.updated for r in rec.replicas if r.state == COMPLETED}
+    before = {r.volume: r.updated for r in rec.replicas if r.state == ReplicaState.COMPLETED}
     rec = replication.run(gallery.ctx, rec)
-    assert [r.state for r in rec.replicas if r.region == "west"] == [FAILED, FAILED]
-    assert {r.volume: r.updated for r in rec.replicas if r.state == COMPLETED} == before
+    assert [r.state for r in rec.replicas if r.region == "west"] == [
+        ReplicaState.FAILED,
+        ReplicaState.FAILED,
+    ]
+    assert {
+        r.volume: r.updated for r in rec.replicas if r.state == ReplicaState.COMPLETED
+    } == before
 
     # Dropping the dead region forgets its never-completed replicas.
     rec = publish.update_version(
@@ -275,10 +278,10 @@ def test_a_copy_with_the_wrong_checksum_fails_and_leaves_nothing(
         gallery.gallery, "img", "1.0.0", lambda v: dataclasses.replace(v, sha256="0" * 64)
     )
     rec = publish.update_version(ctx, _ref(gallery, "1.0.0"), target_regions=["local=2", "east"])
-    failed = sorted((r.region, r.state) for r in rec.replicas if r.state != COMPLETED)
-    assert failed == [("east", FAILED), ("local", FAILED)]
+    failed = sorted((r.region, r.state) for r in rec.replicas if r.state != ReplicaState.COMPLETED)
+    assert failed == [("east", ReplicaState.FAILED), ("local", ReplicaState.FAILED)]
     for r in rec.replicas:
-        if r.state == FAILED:
+        if r.state == ReplicaState.FAILED:
             assert (
                 f"sha256 of the copy {real[:12]} differs from the version's 000000000000"
                 in r.reason
@@ -302,7 +305,9 @@ def test_an_interrupted_removal_is_finished_not_copied_again(
     doomed = rec.replicas[1]
 
     def half_removed(v: ImageVersion) -> ImageVersion:
-        reps = tuple(r.moved(DELETING) if r.key == doomed.key else r for r in v.replicas)
+        reps = tuple(
+            r.moved(ReplicaState.DELETING) if r.key == doomed.key else r for r in v.replicas
+        )
         return dataclasses.replace(v, replicas=reps, target_regions={"local": 1})
 
     gallery.ctx.store.update_version(gallery.gallery, "img", "1.0.0", half_removed)
@@ -368,7 +373,7 @@ def test_only_regions_that_shrink_are_asked_for_dependents(
     down = dataclasses.replace(lab.config.regions["east"], uri=lab.config.regions["west"].uri)
     config = dataclasses.replace(lab.config, regions={**lab.config.regions, "east": down})
     with Context(store=gallery.ctx.store, regions=config) as ctx:
-        assert replication.dependents_for(ctx, rec, {"local": 2, "east": 1, "west": 1}) == {}
+        assert targets.dependents_for(ctx, rec, {"local": 2, "east": 1, "west": 1}) == {}
         with pytest.raises(RegionUnavailable, match="region east: connect: libvirt host"):
-            replication.dependents_for(ctx, rec, {"local": 1})
-    assert replication.dependents_for(gallery.ctx, rec, {"local": 1}) == {}
+            targets.dependents_for(ctx, rec, {"local": 1})
+    assert targets.dependents_for(gallery.ctx, rec, {"local": 1}) == {}

@@ -8,22 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from sigvirt import replication
-from sigvirt.context import Context
-from sigvirt.dependents import Dependent
-from sigvirt.errors import ExitCode, InvalidName, NotFound
-from sigvirt.records import (
-    COMPLETED,
-    DELETING,
-    FAILED,
-    PENDING,
+from sigvirt.catalog.records import (
     ImageVersion,
     Replica,
+    ReplicaState,
+    VersionState,
     aggregate,
 )
-from sigvirt.regions import PoolConfig, RegionConfig, RegionsConfig
-from sigvirt.replication import Plan, parse_targets, plan
-from sigvirt.store import GalleryStore
+from sigvirt.catalog.store import GalleryStore
+from sigvirt.context import Context
+from sigvirt.errors import ExitCode, InvalidArgument, NotFound
+from sigvirt.hosts.regions import PoolConfig, RegionConfig, RegionsConfig
+from sigvirt.versions import replication, targets
+from sigvirt.versions.dependents import Dependent
+from sigvirt.versions.targets import Plan, parse_targets, plan
 
 
 def _region(name: str, *pools: str) -> RegionConfig:
@@ -82,15 +80,15 @@ def test_source_region_display_name_is_normalized_too() -> None:
     ],
 )
 def test_bad_counts_are_refused(item: str, message: str) -> None:
-    with pytest.raises(InvalidName) as err:
+    with pytest.raises(InvalidArgument) as err:
         parse_targets([item], None, "local", CONFIG)
     assert err.value.message == message
-    assert err.value.exit_code == ExitCode.INVALID_NAME
+    assert err.value.exit_code == ExitCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("count", [0, -1, 101])
 def test_bad_replica_count_is_refused(count: int) -> None:
-    with pytest.raises(InvalidName, match=r"--replica-count must be 1\.\.100"):
+    with pytest.raises(InvalidArgument, match=r"--replica-count must be 1\.\.100"):
         parse_targets(["east"], count, "local", CONFIG)
 
 
@@ -113,12 +111,12 @@ def test_update_with_regions_replaces_the_list() -> None:
 
 
 # -- plan -------------------------------------------------------------------------------------
-def _version(*replicas: tuple[str, int, str]) -> ImageVersion:
+def _version(*replicas: tuple[str, int, ReplicaState]) -> ImageVersion:
     """A version with replicas given as (region, index, state)."""
-    rec = ImageVersion("g", "d", "1.0.0", state="succeeded", source_region="local")
+    rec = ImageVersion("g", "d", "1.0.0", state=VersionState.SUCCEEDED, source_region="local")
     reps = []
     for region, index, state in replicas:
-        vol = replication.volume_name(rec, region, index)
+        vol = targets.volume_name(rec, region, index)
         pools = CONFIG.region(region).pools
         pool = pools[index % len(pools)].name
         reps.append(Replica(region, pool, vol, f"/{region}/{pool}/{vol}", state=state))
@@ -137,7 +135,7 @@ def _summary(p: Plan) -> tuple[list[tuple[str, str, str]], list[str]]:
 
 
 def test_plan_adds_round_robin_over_the_pools() -> None:
-    rec = _version(("local", 0, COMPLETED))
+    rec = _version(("local", 0, ReplicaState.COMPLETED))
     p = plan(rec, {"local": 2, "east": 4}, CONFIG, {}, _paths)
     added, removed = _summary(p)
     assert added == [
@@ -149,49 +147,66 @@ def test_plan_adds_round_robin_over_the_pools() -> None:
     ]
     assert removed == []
     assert p.add[0].path == "/local/lb/g-d-1.0.0-local-1.qcow2"
-    assert all(r.state == PENDING for r in p.add)
+    assert all(r.state == ReplicaState.PENDING for r in p.add)
     assert p.targets == {"local": 2, "east": 4}
 
 
 def test_plan_fills_the_lowest_free_index() -> None:
-    rec = _version(("local", 0, COMPLETED), ("local", 2, COMPLETED))
+    rec = _version(("local", 0, ReplicaState.COMPLETED), ("local", 2, ReplicaState.COMPLETED))
     added, _ = _summary(plan(rec, {"local": 4}, CONFIG, {}, _paths))
     assert [v for _r, _p, v in added] == ["g-d-1.0.0-local-1.qcow2", "g-d-1.0.0-local-3.qcow2"]
 
 
 def test_plan_keeps_the_index_of_a_replica_being_deleted() -> None:
-    rec = _version(("local", 0, COMPLETED), ("local", 1, DELETING))
+    rec = _version(("local", 0, ReplicaState.COMPLETED), ("local", 1, ReplicaState.DELETING))
     added, removed = _summary(plan(rec, {"local": 2}, CONFIG, {}, _paths))
     assert [v for _r, _p, v in added] == ["g-d-1.0.0-local-2.qcow2"]
     assert removed == []
 
 
 def test_plan_without_a_reachable_pool_records_no_path() -> None:
-    p = plan(_version(("local", 0, COMPLETED)), {"local": 1, "east": 1}, CONFIG, {}, None)
+    p = plan(
+        _version(("local", 0, ReplicaState.COMPLETED)), {"local": 1, "east": 1}, CONFIG, {}, None
+    )
     assert p.add[0].path == ""
     p = plan(
-        _version(("local", 0, COMPLETED)), {"local": 1, "east": 1}, CONFIG, {}, lambda r, q: None
+        _version(("local", 0, ReplicaState.COMPLETED)),
+        {"local": 1, "east": 1},
+        CONFIG,
+        {},
+        lambda r, q: None,
     )
     assert p.add[0].path == ""
 
 
 def test_plan_removes_unfinished_replicas_first_then_the_highest_index() -> None:
     rec = _version(
-        ("east", 0, COMPLETED), ("east", 1, COMPLETED), ("east", 2, FAILED), ("east", 3, COMPLETED)
+        ("east", 0, ReplicaState.COMPLETED),
+        ("east", 1, ReplicaState.COMPLETED),
+        ("east", 2, ReplicaState.FAILED),
+        ("east", 3, ReplicaState.COMPLETED),
     )
     _, removed = _summary(plan(rec, {"local": 0, "east": 2}, CONFIG, {}, _paths))
     assert removed == ["g-d-1.0.0-east-2.qcow2", "g-d-1.0.0-east-3.qcow2"]
 
 
 def test_plan_removes_a_region_no_longer_targeted() -> None:
-    rec = _version(("local", 0, COMPLETED), ("east", 0, COMPLETED), ("east", 1, PENDING))
+    rec = _version(
+        ("local", 0, ReplicaState.COMPLETED),
+        ("east", 0, ReplicaState.COMPLETED),
+        ("east", 1, ReplicaState.PENDING),
+    )
     p = plan(rec, {"local": 1}, CONFIG, {}, _paths)
     assert _summary(p) == ([], ["g-d-1.0.0-east-1.qcow2", "g-d-1.0.0-east-0.qcow2"])
     assert p.blocked == ()
 
 
 def test_plan_never_removes_a_replica_with_dependents() -> None:
-    rec = _version(("east", 0, COMPLETED), ("east", 1, COMPLETED), ("east", 2, COMPLETED))
+    rec = _version(
+        ("east", 0, ReplicaState.COMPLETED),
+        ("east", 1, ReplicaState.COMPLETED),
+        ("east", 2, ReplicaState.COMPLETED),
+    )
     on_2 = Dependent("volume", "ea/clone.qcow2", rec.replicas[2].path)
     p = plan(rec, {"local": 0, "east": 2}, CONFIG, {on_2.replica: [on_2]}, _paths)
     assert _summary(p) == ([], ["g-d-1.0.0-east-1.qcow2"])
@@ -199,7 +214,11 @@ def test_plan_never_removes_a_replica_with_dependents() -> None:
 
 
 def test_plan_lists_what_blocks_a_reduction_below_the_depended_on_replicas() -> None:
-    rec = _version(("east", 0, COMPLETED), ("east", 1, COMPLETED), ("east", 2, COMPLETED))
+    rec = _version(
+        ("east", 0, ReplicaState.COMPLETED),
+        ("east", 1, ReplicaState.COMPLETED),
+        ("east", 2, ReplicaState.COMPLETED),
+    )
     on_0 = Dependent("domain", "vm1", rec.replicas[0].path)
     on_2 = Dependent("volume", "eb/clone.qcow2", rec.replicas[2].path)
     deps = {on_0.replica: [on_0], on_2.replica: [on_2]}
@@ -214,26 +233,31 @@ def test_plan_lists_what_blocks_a_reduction_below_the_depended_on_replicas() -> 
 
 
 def test_plan_is_empty_when_counts_match() -> None:
-    rec = _version(("local", 0, COMPLETED), ("east", 0, FAILED))
+    rec = _version(("local", 0, ReplicaState.COMPLETED), ("east", 0, ReplicaState.FAILED))
     p = plan(rec, {"local": 1, "east": 1}, CONFIG, {}, _paths)
     assert p.empty
 
 
 def test_retired_replicas_reach_deleting_from_any_state() -> None:
-    for state in (PENDING, FAILED, COMPLETED):
+    for state in (ReplicaState.PENDING, ReplicaState.FAILED, ReplicaState.COMPLETED):
         r = _version(("local", 0, state)).replicas[0]
-        assert replication._retire(r).state == DELETING
-    copying = _version(("local", 0, PENDING)).replicas[0].moved("copying")
-    assert replication._retire(copying).state == DELETING
+        assert replication._retire(r).state == ReplicaState.DELETING
+    copying = _version(("local", 0, ReplicaState.PENDING)).replicas[0].moved(ReplicaState.COPYING)
+    assert replication._retire(copying).state == ReplicaState.DELETING
 
 
 def test_aggregate_states() -> None:
-    rec = _version(("local", 0, COMPLETED), ("east", 0, COMPLETED), ("east", 1, FAILED))
+    rec = _version(
+        ("local", 0, ReplicaState.COMPLETED),
+        ("east", 0, ReplicaState.COMPLETED),
+        ("east", 1, ReplicaState.FAILED),
+    )
     rec = dataclasses.replace(rec, target_regions={"local": 1, "east": 2})
     rec = dataclasses.replace(
         rec,
         replicas=tuple(
-            dataclasses.replace(r, reason="boom") if r.state == FAILED else r for r in rec.replicas
+            dataclasses.replace(r, reason="boom") if r.state == ReplicaState.FAILED else r
+            for r in rec.replicas
         ),
     )
     agg, rows = aggregate(rec)
@@ -249,7 +273,7 @@ def test_wait_gives_up_when_no_replicator_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = GalleryStore(tmp_path)
-    rec = _version(("local", 0, COMPLETED), ("local", 1, PENDING))
+    rec = _version(("local", 0, ReplicaState.COMPLETED), ("local", 1, ReplicaState.PENDING))
     (store.versions_dir("g", "d")).mkdir(parents=True)
     store.put_version(rec)
     monkeypatch.setattr(replication, "REPLICATOR_GONE_AFTER", 0.3)
@@ -265,7 +289,7 @@ def test_wait_gives_up_when_no_replicator_runs(
 
 def test_wait_returns_when_nothing_is_left(tmp_path: Path) -> None:
     store = GalleryStore(tmp_path)
-    rec = _version(("local", 0, COMPLETED), ("east", 0, FAILED))
+    rec = _version(("local", 0, ReplicaState.COMPLETED), ("east", 0, ReplicaState.FAILED))
     store.versions_dir("g", "d").mkdir(parents=True)
     store.put_version(rec)
     ctx = Context(store=store, regions=CONFIG)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PREFIX, unique
 
-from sigvirt.hypervisor import Hypervisor
+from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
+from tests.support.base import PREFIX, unique
 
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 G, D = "shareGallery", "tiny"
@@ -150,8 +150,8 @@ def world(scratch: Path, tiny_image: Path, system_hv: Hypervisor) -> Iterator[Wo
             assert res.returncode == 0, (argv, res.stderr)
         yield w
         for dom in system_hv.domains():
-            if dom.name().startswith(PREFIX + "-sh"):
-                system_hv.destroy_and_undefine(dom.name())
+            if dom.name.startswith(PREFIX + "-sh"):
+                system_hv.destroy_and_undefine(dom.name)
         for v in ("1.0.1", "1.0.0"):
             root_cli(w, "sig", "image-version", "delete", "-r", G, "-i", D, "-e", v)
         system_hv.delete_pool(pools[0])

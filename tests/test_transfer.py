@@ -12,17 +12,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
-from sigvirt import domxml, transfer
 from sigvirt.errors import NotFound
-from sigvirt.hypervisor import Hypervisor
-
-pytest.register_assert_rewrite("replication_fixtures")
-from replication_fixtures import Lab, MiB, random_qcow2, sha256  # noqa: E402
-
-pytest_plugins = ["replication_fixtures"]
+from sigvirt.hosts import hostshell, streams, xmlbuild
+from sigvirt.hosts.hypervisor import Hypervisor, Volume
+from sigvirt.versions import transfer
+from tests.support.replication import Lab, MiB, random_qcow2, sha256
 
 # data extents of the sparse test file: odd sizes and a trailing hole on purpose
 EXTENTS = [(0, 1 * MiB), (64 * MiB, 8 * MiB + 4096), (150 * MiB, 3 * MiB), (200 * MiB, 12 * 4096)]
@@ -129,9 +125,9 @@ def test_sha256_file_equals_hashlib(src: Path) -> None:
 
 # -- libvirt streams --------------------------------------------------------------------------
 @contextlib.contextmanager
-def raw_volume(hv: Hypervisor, pool: str, size: int) -> Iterator[libvirt.virStorageVol]:
+def raw_volume(hv: Hypervisor, pool: str, size: int) -> Iterator[Volume]:
     name = f"xfer-{uuid.uuid4().hex[:8]}.raw"
-    vol = hv.create_volume(pool, domxml.raw_volume_xml(name, size, mode=0o644))
+    vol = hv.create_volume(pool, xmlbuild.raw_volume_xml(name, size, mode=0o644))
     try:
         yield vol
     finally:
@@ -155,24 +151,24 @@ def test_upload_and_download_through_hostb_round_trip_sparse(
 ) -> None:
     pool = lab.east[0]
     with raw_volume(east_hv, pool.name, SIZE) as vol:
-        sent = transfer.upload_file(east_hv.conn, vol, src)
+        sent = streams.upload_file(vol, src)
         assert sent.sha256 == sha256(src)
         assert sent.size == SIZE
         assert sent.bytes_moved == data_bytes()
-        landed = Path(vol.path())  # hostB's pools are on this machine's disk: look directly
+        landed = vol.path  # hostB's pools are on this machine's disk: look directly
         assert landed.parent == pool.path
         assert sha256(landed) == sha256(src)
         assert allocated(landed) < data_bytes() + MiB
 
         back = src.with_suffix(".back")
         try:
-            got = transfer.download_file(east_hv.conn, vol, back)
+            got = streams.download_file(vol, back)
             assert back.read_bytes() == src.read_bytes()
             assert got.sha256 == sent.sha256
             assert data_bytes() <= got.bytes_moved <= data_bytes() * 1.05
             assert allocated(back) < data_bytes() + MiB
 
-            hashed = transfer.hash_volume(east_hv.conn, vol)
+            hashed = streams.hash_volume(vol)
             assert (hashed.sha256, hashed.size) == (sent.sha256, SIZE)
             assert hashed.bytes_moved == got.bytes_moved
         finally:
@@ -186,15 +182,13 @@ def test_stream_copy_between_two_daemons_moves_only_data(
         raw_volume(local_hv, lab.local[0].name, SIZE) as a,
         raw_volume(east_hv, lab.east[1].name, SIZE) as b,
     ):
-        transfer.upload_file(local_hv.conn, a, src)
+        streams.upload_file(a, src)
         seen: list[int] = []
-        result = transfer.stream_copy(
-            local_hv.conn, a, east_hv.conn, b, SIZE, lambda d, t: seen.append(d)
-        )
-        assert result.sha256 == sha256(src) == sha256(b.path())
+        result = streams.stream_copy(a, b, SIZE, lambda d, t: seen.append(d))
+        assert result.sha256 == sha256(src) == sha256(b.path)
         assert data_bytes() <= result.bytes_moved <= data_bytes() * 1.05
         assert seen[-1] == SIZE
-        assert allocated(Path(b.path())) < data_bytes() + MiB
+        assert allocated(b.path) < data_bytes() + MiB
 
 
 def test_download_of_a_vanished_volume_says_so_and_leaves_no_file(
@@ -202,11 +196,11 @@ def test_download_of_a_vanished_volume_says_so_and_leaves_no_file(
 ) -> None:
     pool = lab.east[0].name
     with raw_volume(east_hv, pool, SIZE) as vol:
-        transfer.upload_file(east_hv.conn, vol, src)
+        streams.upload_file(vol, src)
         back = src.with_suffix(".back")
-        vol.delete(0)  # gone under our feet
-        with pytest.raises(NotFound, match="size of a volume: not found"):
-            transfer.download_file(east_hv.conn, vol, back)
+        vol.delete()  # gone under our feet
+        with pytest.raises(NotFound, match=r"size of volume .*: not found"):
+            streams.download_file(vol, back)
         assert not back.exists()
 
 
@@ -217,11 +211,11 @@ def qcow2_image(lab: Lab) -> Path:
 
 
 def _upload_as_qcow2(hv: Hypervisor, pool: str, name: str, image: Path) -> None:
-    vol = hv.create_volume(pool, domxml.raw_volume_xml(name, image.stat().st_size, 0o644))
-    transfer.upload_file(hv.conn, vol, image)
+    vol = hv.create_volume(pool, xmlbuild.raw_volume_xml(name, image.stat().st_size, 0o644))
+    streams.upload_file(vol, image)
     # After a refresh libvirt has probed the bytes: it now takes the volume for a qcow2.
-    hv.pool(pool).refresh(0)
-    assert "<format type='qcow2'/>" in hv.volume(pool, name).XMLDesc(0)
+    hv.refresh_pool(pool)
+    assert "<format type='qcow2'/>" in hv.volume(pool, name).xml()
 
 
 def test_rename_over_ssh_moves_the_file_in_place(
@@ -232,7 +226,7 @@ def test_rename_over_ssh_moves_the_file_in_place(
     _upload_as_qcow2(east_hv, pool.name, old, qcow2_image)
     inode = (pool.path / old).stat().st_ino
     try:
-        east_hv.rename_volume(pool.name, old, new)
+        hostshell.rename_volume(east_hv, pool.name, old, new)
         assert (pool.path / new).stat().st_ino == inode  # metadata only: no byte copied
         assert not (pool.path / old).exists()
         assert sha256(pool.path / new) == sha256(qcow2_image)
@@ -250,7 +244,7 @@ def test_rename_without_ssh_keeps_a_qcow2_byte_identical(lab: Lab, qcow2_image: 
         assert hv.ssh_target is None
         _upload_as_qcow2(hv, pool.name, old, qcow2_image)
         try:
-            hv.rename_volume(pool.name, old, new)
+            hostshell.rename_volume(hv, pool.name, old, new)
             assert sha256(pool.path / new) == sha256(qcow2_image)
             assert not hv.volume_exists(pool.name, old)
             assert (pool.path / new).stat().st_size == qcow2_image.stat().st_size
@@ -266,7 +260,7 @@ def test_host_copy_is_made_and_hashed_by_the_host(
     name, copy = f"hc-{uuid.uuid4().hex[:8]}.qcow2", f"hc-{uuid.uuid4().hex[:8]}.qcow2"
     _upload_as_qcow2(east_hv, a.name, name, qcow2_image)
     try:
-        result = east_hv.host_copy(a.path / name, b.name, copy)
+        result = hostshell.host_copy(east_hv, a.path / name, b.name, copy)
         assert result.sha256 == sha256(qcow2_image) == sha256(b.path / copy)
         assert result.size == qcow2_image.stat().st_size
         assert result.bytes_moved == 0  # nothing crossed between hosts

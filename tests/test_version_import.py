@@ -14,28 +14,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import imagefactory as f
 import pytest
-from conftest import unique
 
-pytest.register_assert_rewrite("catalog_fixtures")  # before the import: it is a plugin too
-
-from catalog_fixtures import (  # noqa: E402
+from sigvirt.catalog.records import ImageVersion, VersionState
+from sigvirt.errors import ExitCode
+from sigvirt.guests import domxml
+from sigvirt.hosts import qemuconf as perms
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.runner import Runner
+from tests.support import imagefactory as f
+from tests.support.base import unique
+from tests.support.catalog import (
     PYTHON,
     SigEnv,
     qemu_info,
     sha256sum,
     version_create,
 )
-from test_imagecheck import EXPECTED  # noqa: E402
-
-from sigvirt import domxml, perms  # noqa: E402
-from sigvirt.errors import ExitCode  # noqa: E402
-from sigvirt.hypervisor import Hypervisor  # noqa: E402
-from sigvirt.records import CREATING, SUCCEEDED, ImageVersion  # noqa: E402
-from sigvirt.runner import Runner  # noqa: E402
-
-pytest_plugins = ["catalog_fixtures"]
+from tests.test_imagecheck import EXPECTED
 
 MiB = f.MiB
 AZURE = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Compute/galleries"
@@ -61,7 +57,7 @@ def big_source(scratch: Path) -> Path:
 def assert_published(sig: SigEnv, rec: ImageVersion, source: Path, source_fmt: str) -> Path:
     """The version is published with one standalone, verified, protected qcow2 replica whose
     guest-visible content equals the source's."""
-    assert rec.state == SUCCEEDED and rec.published
+    assert rec.state == VersionState.SUCCEEDED and rec.published
     (replica,) = rec.replicas
     path = Path(replica.path)
     assert replica.state == "completed" and path.parent == sig.pools.replicas[0].path
@@ -140,7 +136,7 @@ def test_raw_file(declared: list[str], definition: SigEnv, tmp_path: Path) -> No
 def test_pool_volume(definition: SigEnv, tmp_path: Path) -> None:
     pool = definition.pools.source
     image = f.qcow2(pool.path / "golden.qcow2", data=True)
-    definition.hv.pool(pool.name).refresh(0)
+    definition.hv.refresh_pool(pool.name)
     rec = definition.version("1.0.0", f"{pool.name}/golden.qcow2")
     assert rec.source == f"volume:{pool.name}/golden.qcow2"
     assert_published(definition, rec, image, "qcow2")
@@ -229,7 +225,7 @@ def test_two_processes_race_for_one_version(
         time.sleep(0.005)
     results = sorted((p.returncode, *p.communicate()) for p in procs)
     assert [code for code, _out, _err in results] == [ExitCode.OK, ExitCode.CONFLICT]
-    assert json.loads(results[0][1])["state"] == SUCCEEDED
+    assert json.loads(results[0][1])["state"] == VersionState.SUCCEEDED
     assert results[1][1:] in [
         ("", f"sigvirt: error: image version myGallery/myDef/1.0.0 {why}\n")
         for why in ("is being created by another process", "already exists")
@@ -263,7 +259,10 @@ def test_killed_import_is_not_published_and_a_retry_cleans_up(
 
     listed = definition.cli("sig", "image-version", "list", "--gallery-name", "myGallery",
                             "--gallery-image-definition", "myDef", "-o", "json").json  # fmt: skip
-    assert [(v["name"], v["state"]) for v in listed] == [("1.0.0", SUCCEEDED), ("2.0.0", CREATING)]
+    assert [(v["name"], v["state"]) for v in listed] == [
+        ("1.0.0", VersionState.SUCCEEDED),
+        ("2.0.0", VersionState.CREATING),
+    ]
     latest = ["sig", "image-version", "show-latest", "--gallery-name", "myGallery",
               "--gallery-image-definition", "myDef", "-o", "json"]  # fmt: skip
     assert definition.cli(*latest).json["name"] == "1.0.0"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import testinfra
-from conftest import PREFIX, SshKey, unique
 
-from sigvirt import guest, vms
-from sigvirt import ssh as sshlib
 from sigvirt.cli import main
 from sigvirt.context import Context
-from sigvirt.hypervisor import Hypervisor
-from sigvirt.regions import load
+from sigvirt.guests import guest, vms
+from sigvirt.hosts import ssh as sshlib
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import load
 from sigvirt.runner import Runner
-from tests.lab.hostb import HostB
+from tests.support.base import PREFIX, SshKey, unique
+from tests.support.hostb import HostB
 
 pytestmark = pytest.mark.guest
 G, D = "vmGallery", "tiny"
@@ -71,8 +71,8 @@ def lab(scratch: Path, system_hv: Hypervisor, tiny_image: Path, ssh_key: SshKey)
         assert code == 0
         yield Lab(root, pools, ssh_key)
         for dom in system_hv.domains():
-            if dom.name().startswith(PREFIX):
-                main(["vm", "delete", "-n", dom.name()])
+            if dom.name.startswith(PREFIX):
+                main(["vm", "delete", "-n", dom.name])
         main(["sig", "image-version", "delete", "-r", G, "-i", D, "-e", "1.0.0"])
     for pool in pools:
         system_hv.delete_pool(pool)
@@ -92,9 +92,9 @@ def host(vm: dict[str, object], key: SshKey) -> testinfra.host.Host:
 
 
 def overlay_of(hv: Hypervisor, name: str) -> str:
-    from sigvirt import guest
+    from sigvirt.guests import guest
 
-    prov = guest.provenance_of(hv, hv.domain(name))
+    prov = guest.provenance_of(hv.domain(name))
     assert prov is not None
     return str(hv.volume_path(prov.overlay_pool, prov.overlay))
 
@@ -272,7 +272,7 @@ def test_vm_on_the_second_host_is_created_reached_and_deleted(
         assert code == 0 and name in [v["name"] for v in json.loads(out)], err
         with Context.from_config(load(regions)) as ctx:
             hv, _r, dom = vms.find(ctx, name, "east")
-            prov = guest.provenance_of(hv, dom)
+            prov = guest.provenance_of(dom)
             assert prov is not None
             ep = vms.endpoint_of(hv, prov)
             assert ep is not None

@@ -106,4 +106,9 @@ if [ ! -f /etc/sudoers.d/sigvirt ] || [ "$(cat /etc/sudoers.d/sigvirt)" != "$rul
   mv /etc/sudoers.d/sigvirt.tmp /etc/sudoers.d/sigvirt
 fi
 mkdir -p /var/lib/sigvirt
+# The shipped regions.yaml (one region: this machine) becomes the host's, unless it has one.
+if [ ! -e /etc/sigvirt/regions.yaml ]; then
+  install -D -m 0644 "$here/regions.yaml" /etc/sigvirt/regions.yaml
+  log "installed /etc/sigvirt/regions.yaml (edit it to add regions)"
+fi
 log "ready: $venv/bin/sigvirt"

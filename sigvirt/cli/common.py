@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sigvirt import regions
-from sigvirt.roles import Caller
-from sigvirt.store import GalleryStore
+from sigvirt.catalog.policy import Caller
+from sigvirt.catalog.store import GalleryStore
+from sigvirt.hosts import regions
 
 # Commands that only read or write metadata must start fast (`image-version list` on 10,000
 # versions answers in under a second): libvirt, paramiko and rich.progress load on use.
 if TYPE_CHECKING:
+    from sigvirt.catalog.records import Replica
     from sigvirt.context import Context
-    from sigvirt.records import Replica
-    from sigvirt.replication import ReplicaProgress
+    from sigvirt.versions.replication import ReplicaProgress
 
 GalleryOpt = Annotated[str, typer.Option("--gallery-name", "-r", help="gallery name")]
 DefinitionOpt = Annotated[

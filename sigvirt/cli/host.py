@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from sigvirt import doctor as doctor_lib
-from sigvirt import images
 from sigvirt.cli.render import Output, OutputOpt, emit, note
 from sigvirt.errors import ExitCode
+from sigvirt.hosts import doctor as doctor_lib
+from sigvirt.hosts import recipes
 from sigvirt.runner import Runner
 
 image_app = typer.Typer(
@@ -28,7 +28,7 @@ def doctor(
     output: OutputOpt = Output.table,
 ) -> None:
     """Check libvirtd, virtlogd, KVM or TCG, /dev/kvm, qemu-img, image cache and free disk."""
-    paths = [Path("/var/lib/sigvirt"), images.DEFAULT_CACHE, *(path or [])]
+    paths = [Path("/var/lib/sigvirt"), recipes.DEFAULT_CACHE, *(path or [])]
     checks = doctor_lib.run_checks(uri, Runner(), paths)
     emit(checks, output, ["status", "name", "detail", "fix"])
     failed = [c for c in checks if c.status == "fail"]
@@ -44,8 +44,8 @@ def image_build(
     output: OutputOpt = Output.table,
 ) -> None:
     """Build a guest image from its recipe (cached by a hash of the recipe) and print its path."""
-    r = images.recipe(name)
-    path = images.ensure_built(r, Runner())
+    r = recipes.recipe(name)
+    path = recipes.ensure_built(r, Runner())
     emit({"recipe": name, "digest": r.digest(), "path": path}, output)
 
 
@@ -53,8 +53,8 @@ def image_build(
 def image_list(output: OutputOpt = Output.table) -> None:
     """List the recipes and whether the current version of each is built."""
     rows = []
-    for script in sorted(images.recipes_dir().glob("*/build.sh")):
-        r = images.recipe(script.parent.name)
-        path = images.cached_path(r)
+    for script in sorted(recipes.recipes_dir().glob("*/build.sh")):
+        r = recipes.recipe(script.parent.name)
+        path = recipes.cached_path(r)
         rows.append({"recipe": r.name, "digest": r.digest(), "built": path.exists(), "path": path})
     emit(rows, output, title="image recipes")

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from sigvirt import regioncheck, regions
 from sigvirt.cli.common import regions_path
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
+from sigvirt.hosts import regioncheck, regions
 
 app = typer.Typer(
     help="Regions: libvirt hosts and their storage pools (regions.yaml).", no_args_is_help=True

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from sigvirt import access
-from sigvirt.access import Caller
+from sigvirt.catalog.policy import Caller, Policy, scope_of
 from sigvirt.cli.common import GalleryOpt, context
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
+from sigvirt.sharing import check, share
 
 app = typer.Typer(
     help="Share galleries, definitions and versions with Unix groups.", no_args_is_help=True
@@ -27,7 +27,7 @@ RoleOpt = Annotated[str, typer.Option("--role", help="reader, contributor or own
 SHARE_COLUMNS = ["group", "role", "scope"]
 
 
-def _scope_rows(policy: access.Policy, scope: str) -> list[dict[str, str]]:
+def _scope_rows(policy: Policy, scope: str) -> list[dict[str, str]]:
     rows = (
         [{"group": policy.owner_group, "role": "owner", "scope": "(owner group)"}]
         if policy.owner_group
@@ -48,7 +48,7 @@ def share_add(
 ) -> None:  # fmt: skip
     """Give a group a role on a gallery, a definition or a version (files follow at once)."""
     with context() as ctx:
-        policy = access.share(
+        policy = share.share(
             ctx.store, Caller.current(), ctx.runner, gallery, definition, version, group, role
         )
     emit(_scope_rows(policy, ""), output, SHARE_COLUMNS, title=f"shares of {gallery}")
@@ -61,7 +61,7 @@ def share_remove(
 ) -> None:  # fmt: skip
     """Take a group's share away (files follow at once)."""
     with context() as ctx:
-        policy = access.share(
+        policy = share.share(
             ctx.store, Caller.current(), ctx.runner, gallery, definition, version, group, None
         )
     emit(_scope_rows(policy, ""), output, SHARE_COLUMNS, title=f"shares of {gallery}")
@@ -74,8 +74,8 @@ def share_list(
 ) -> None:  # fmt: skip
     """List the shares of a gallery (or those made on one definition or version)."""
     with context() as ctx:
-        policy = access.load(ctx.store, gallery)
-    scope = access.scope_of(definition, version) if definition else ""
+        policy = ctx.store.policy(gallery)
+    scope = scope_of(definition, version) if definition else ""
     emit(_scope_rows(policy, scope), output, SHARE_COLUMNS, title=f"shares of {gallery}")
 
 
@@ -87,7 +87,7 @@ def check_access(
 ) -> None:
     """For each replica: can QEMU and each shared group read it, and what fixes it."""
     with context() as ctx:
-        rows = access.check_access(ctx.store, gallery, definition, version)
+        rows = check.check_access(ctx.store, gallery, definition, version)
     emit(rows, output, ["path", "principal", "can_read", "why", "fix"], title="access")
     if not all(r.can_read for r in rows):
         raise typer.Exit(ExitCode.PERMISSION)
@@ -96,7 +96,7 @@ def check_access(
 def access_sync(gallery: GalleryOpt, output: OutputOpt = Output.table) -> None:
     """Make the gallery's file ACLs match its shares (root, or through the sudo helper)."""
     with context() as ctx:
-        problems = access.sync_files(ctx.store, gallery, ctx.runner)
+        problems = share.sync_files(ctx.store, gallery, ctx.runner)
     emit({"gallery": gallery, "problems": problems}, output)
     if problems:
         raise typer.Exit(ExitCode.HOST_ACCESS)

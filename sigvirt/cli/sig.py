@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from sigvirt import catalog, names
-from sigvirt.catalog import DefinitionInput
+from sigvirt.catalog import latest, names
+from sigvirt.catalog.names import ImageRef
+from sigvirt.catalog.records import ImageVersion, aggregate
 from sigvirt.cli.common import (
     DefinitionOpt,
     DescriptionOpt,
@@ -20,8 +21,8 @@ from sigvirt.cli.common import (
 )
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
-from sigvirt.names import ImageRef
-from sigvirt.records import ImageVersion, aggregate
+from sigvirt.galleries import definitions, galleries
+from sigvirt.galleries.definitions import DefinitionInput
 
 # publish and replication (libvirt, paramiko) are imported by the commands that use them:
 # metadata-only commands start without them.
@@ -57,11 +58,11 @@ def gallery_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Create a gallery."""
-    from sigvirt import replication
+    from sigvirt.versions import targets
 
     with context() as ctx:
-        location = replication.normalize_region(location, ctx.regions)
-        rec = catalog.create_gallery(ctx.store, gallery, description or "", location, owner_group)
+        location = targets.normalize_region(location, ctx.regions)
+        rec = galleries.create_gallery(ctx.store, gallery, description or "", location, owner_group)
     emit(rec, output, GALLERY_COLUMNS)
 
 
@@ -89,7 +90,7 @@ def gallery_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a gallery's description."""
-    rec = catalog.update_gallery(store(), gallery, description)
+    rec = galleries.update_gallery(store(), gallery, description)
     emit(rec, output)
 
 
@@ -135,7 +136,7 @@ def definition_create(
         min_cpu, max_cpu, min_mem, max_mem, end_of_life, eula, release_note_uri,
         description or "",
     )  # fmt: skip
-    rec = catalog.create_definition(store(), gallery, definition, spec)
+    rec = definitions.create_definition(store(), gallery, definition, spec)
     emit(rec, output, DEFINITION_COLUMNS)
 
 
@@ -176,7 +177,7 @@ def definition_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a definition's recommendations, end of life, EULA or description."""
-    rec = catalog.update_definition(
+    rec = definitions.update_definition(
         store(), gallery, definition,
         min_vcpus=min_cpu, max_vcpus=max_cpu, min_memory_mib=min_mem, max_memory_mib=max_mem,
         end_of_life=end_of_life, eula=eula, release_note_uri=release_note_uri,
@@ -289,7 +290,7 @@ def version_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Publish a version: gate the source, store it in the source region, replicate it."""
-    from sigvirt import publish
+    from sigvirt.versions import publish
 
     src = source or managed_image
     if not src:
@@ -358,10 +359,10 @@ def version_show_latest(
     """The version `latest` resolves to: highest Major.Minor.Patch not excluded from latest."""
     gallery_store = store()
     if explain:
-        rows = catalog.explain_latest(gallery_store.list_versions(gallery, definition))
+        rows = latest.explain_latest(gallery_store.list_versions(gallery, definition))
         emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
         return
-    rec = catalog.resolve(gallery_store, ImageRef(gallery, definition))
+    rec = latest.resolve(gallery_store, ImageRef(gallery, definition))
     emit(version_row(rec), output)
 
 
@@ -381,7 +382,7 @@ def version_update(
     output: OutputOpt = Output.table,
 ) -> None:
     """Change target regions and replica counts (resumes missing replicas), latest, end of life."""
-    from sigvirt import publish
+    from sigvirt.versions import publish
 
     with context() as ctx, replica_progress(output is Output.table) as bars:
         rec = publish.update_version(
@@ -403,7 +404,7 @@ def version_replicate(
     output: OutputOpt = Output.table,
 ) -> None:
     """Bring every missing or failed replica to completed (what --no-wait runs, and resume)."""
-    from sigvirt import publish
+    from sigvirt.versions import publish
 
     with context() as ctx, replica_progress(not quiet) as bars:
         rec = publish.replicate(ctx, _ref(gallery, definition, version), bars)
@@ -421,7 +422,7 @@ def version_wait(
     output: OutputOpt = Output.table,
 ) -> None:
     """Wait until no replica of the version is pending or copying."""
-    from sigvirt import replication
+    from sigvirt.versions import replication
 
     with context() as ctx:
         rec = replication.wait(ctx, ctx.store.get_version(gallery, definition, version), timeout)
@@ -437,7 +438,7 @@ def version_delete(
     output: OutputOpt = Output.table,
 ) -> None:
     """Delete a version and its replicas (refused while clones depend on them)."""
-    from sigvirt import publish
+    from sigvirt.versions import publish
 
     with context() as ctx:
         rec = publish.delete_version(ctx, _ref(gallery, definition, version))
@@ -452,7 +453,7 @@ def version_dependents(
     output: OutputOpt = Output.table,
 ) -> None:
     """Domains and volumes whose backing chain reaches one of the version's replicas."""
-    from sigvirt import vms
+    from sigvirt.guests import vms
 
     with context() as ctx:
         rows = vms.version_dependents(ctx, gallery, definition, version)

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from sigvirt import scalesets, vms
 from sigvirt.cli.common import ResourceGroupOpt, context
 from sigvirt.cli.render import Output, OutputOpt, emit, note
-from sigvirt.errors import ExitCode, SigvirtError
-from sigvirt.vms import VmRequest
+from sigvirt.errors import ExitCode
+from sigvirt.guests import scalesets, seed, vms
+from sigvirt.guests.vms import VmRequest
 
 app = typer.Typer(
     help="Virtual machines on linked clones of image versions (az vm).", no_args_is_help=True
@@ -55,12 +55,7 @@ def _request(
     size: str | None, admin: str | None, key: str | None, gen: bool,
     custom_data: Path | None, force: bool, no_wait: bool, timeout: float,
 ) -> VmRequest:  # fmt: skip
-    data = None
-    if custom_data is not None:
-        try:
-            data = custom_data.read_bytes()
-        except OSError as err:
-            raise SigvirtError(f"--custom-data {custom_data}: {err.strerror}") from None
+    data = None if custom_data is None else seed.load_custom_data(custom_data)
     return VmRequest(
         name, image, region, vcpus, memory, size, admin, key, gen, data, force, not no_wait,
         timeout,

@@ -1,0 +1,1 @@
+"""The catalog: names, records and their states, the file store, who may do what."""

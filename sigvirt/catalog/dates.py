@@ -1,0 +1,28 @@
+"""Dates as az takes them (end of life), and whether one has passed."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sigvirt.errors import InvalidArgument
+
+
+def parse_date(text: str | None, what: str = "--end-of-life-date") -> str | None:
+    """ISO date or datetime (as az accepts); stored as given, normalized to ISO."""
+    if text is None or text == "":
+        return None
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text).isoformat()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r} is not a date (use YYYY-MM-DD)") from None
+
+
+def past_end_of_life(eol: str | None, today: datetime | None = None) -> bool:
+    if not eol:
+        return False
+    moment = datetime.fromisoformat(eol if "T" in eol else eol + "T00:00:00+00:00")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment <= (today or datetime.now(UTC))

@@ -1,0 +1,1 @@
+"""Use cases on galleries and image definitions."""

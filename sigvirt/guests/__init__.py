@@ -1,0 +1,1 @@
+"""Guests: domain XML, seeds, VMs and scale sets on linked clones."""

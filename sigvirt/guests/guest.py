@@ -1,0 +1,255 @@
+"""Booting real guests from linked clones: overlay, seed, domain, port forward, SSH wait.
+
+Everything a guest owns (domain, overlay, seed, console log) is named after the domain and
+recorded in its <metadata>; a guest that fails to come up leaves none of it behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sigvirt.catalog.records import Firmware
+from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, SigvirtError
+from sigvirt.guests import domxml
+from sigvirt.guests.domxml import Backing, DomainSpec, Provenance
+from sigvirt.guests.seed import SeedSpec, seed_iso
+from sigvirt.hosts import ssh, streams, xmlbuild
+from sigvirt.hosts.hypervisor import Domain, Hypervisor
+from sigvirt.hosts.libvirterrors import PortInUse
+from sigvirt.hosts.ports import PortAllocator
+from sigvirt.hosts.regions import Accel, Network
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    name: str
+    pool: str  # where the overlay, seed and console log go: the base's own pool
+    base: Path
+    admin_user: str
+    ssh_public_keys: tuple[str, ...]
+    base_format: str = "qcow2"
+    memory_mib: int = 256
+    vcpus: int = 1
+    firmware: Firmware = "bios"
+    network: Network = field(default_factory=Network)
+    hostname: str = ""  # default: the domain name
+    custom_data: bytes | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    tb_cache_mib: int = 64
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    endpoint: ssh.Endpoint | None  # None until an address is known (bridged, --no-wait)
+    overlay: Path
+    provenance: Provenance
+    boot_seconds: float | None = None
+
+
+def provenance_of(dom: Domain) -> Provenance | None:
+    text = dom.metadata(domxml.XMLNS)
+    return Provenance.from_xml(text) if text else None
+
+
+def ports_in_use(hv: Hypervisor) -> set[int]:
+    ports = set()
+    for dom in hv.domains():
+        prov = provenance_of(dom)
+        if prov and prov.ssh_port:
+            ports.add(prov.ssh_port)
+    return ports
+
+
+def jump_for(hv: Hypervisor) -> ssh.Jump | None:
+    """Guests of a qemu+ssh host listen on *that* host's loopback: tunnel through its sshd."""
+    target = hv.ssh_target
+    if target is None:
+        return None
+    user, host, port = target
+    return ssh.Jump(host=host, port=port, user=user, key_path=hv.uri_keyfile)
+
+
+_accel_cache: dict[str, Accel] = {}
+
+
+def detect_accel(hv: Hypervisor) -> Accel:
+    if hv.uri not in _accel_cache:
+        _accel_cache[hv.uri] = hv.accel()
+    return _accel_cache[hv.uri]
+
+
+def _names(name: str) -> tuple[str, str, str]:
+    return f"{name}.qcow2", f"{name}.cidata.iso", f"{name}.console.log"
+
+
+def console_tail(hv: Hypervisor, pool: str, console_vol: str, lines: int = 25) -> str:
+    try:
+        data = streams.download_tail(hv, pool, console_vol)
+    except SigvirtError:
+        return ""
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def create(
+    hv: Hypervisor,
+    spec: GuestSpec,
+    key_path: Path,
+    *,
+    ports: PortAllocator,
+    accel: Accel | None = None,
+    wait: bool = True,
+    timeout: float = 300.0,
+    on_defined: Callable[[str], None] | None = None,
+) -> Guest:
+    """Create and start a guest on a linked clone of spec.base; wait for SSH unless told not to.
+
+    On any failure everything created so far is removed and GuestFailed carries the tail of
+    the serial console.
+    """
+    if hv.domain_exists(spec.name):
+        raise Conflict(f"a domain named {spec.name} already exists on {hv.uri}")
+    overlay_name, seed_name, console_name = _names(spec.name)
+    for vol in (overlay_name, seed_name, console_name):
+        if hv.volume_exists(spec.pool, vol):
+            raise Conflict(f"volume {spec.pool}/{vol} already exists (left from an earlier guest?)")
+
+    undo: list[Callable[[], object]] = []
+    port = 0
+    try:
+        base_vol = hv.volume_by_path(spec.base)
+        if base_vol is None:
+            raise NotFound(f"base image {spec.base} is not a volume of any pool on {hv.uri}")
+        overlay = hv.create_volume(
+            spec.pool,
+            xmlbuild.overlay_volume_xml(
+                overlay_name, base_vol.capacity, spec.base, spec.base_format
+            ),
+        )
+        undo.append(lambda: hv.delete_volume(spec.pool, overlay_name))
+        seed = SeedSpec(
+            instance_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+            hostname=spec.hostname or spec.name,
+            admin_user=spec.admin_user,
+            ssh_public_keys=spec.ssh_public_keys,
+            custom_data=spec.custom_data,
+        )
+        seed_path = streams.upload_bytes(hv, spec.pool, seed_name, seed_iso(seed), mode=0o600)
+        undo.append(lambda: hv.delete_volume(spec.pool, seed_name))
+        console_path = streams.upload_bytes(hv, spec.pool, console_name, b"", mode=0o600)
+        undo.append(lambda: hv.delete_volume(spec.pool, console_name))
+
+        chosen_accel = accel or detect_accel(hv)
+        prov = replace(
+            spec.provenance,
+            overlay_pool=spec.pool,
+            overlay=overlay_name,
+            seed=seed_name,
+            console=console_name,
+            admin_user=spec.admin_user,
+            created=spec.provenance.created or datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        avoid: set[int] = set()
+        for _attempt in range(5):
+            if spec.network.kind == "user-forward":
+                port = ports.allocate(ports_in_use(hv) | avoid, local=hv.is_local, where=hv.uri)
+            dom_spec = DomainSpec(
+                name=spec.name,
+                memory_mib=spec.memory_mib,
+                vcpus=spec.vcpus,
+                disk=overlay.path,
+                backing=(Backing(spec.base, spec.base_format),),
+                seed=seed_path,
+                console_log=console_path,
+                network=replace(spec.network, host_port=port),
+                accel=chosen_accel,
+                firmware=spec.firmware,
+                tb_cache_mib=spec.tb_cache_mib,
+                provenance=replace(prov, ssh_port=port),
+            )
+            dom = hv.define(domxml.domain_xml(dom_spec))
+            undo.append(lambda: hv.destroy_and_undefine(spec.name))
+            if on_defined:
+                on_defined(spec.name)
+            try:
+                dom.start()
+                break
+            except PortInUse as err:
+                if spec.network.kind != "user-forward":
+                    raise GuestFailed(f"{spec.name}: libvirt could not start it: {err}") from None
+                # Another process took the port between our check and QEMU's bind: next one.
+                hv.destroy_and_undefine(spec.name)
+                undo.pop()
+                ports.release(port)
+                avoid.add(port)
+            except HostError as err:
+                raise GuestFailed(
+                    f"{spec.name}: libvirt could not start it: {err.message}"
+                ) from None
+        else:
+            raise GuestFailed(f"{spec.name}: no loopback port could be bound after 5 attempts")
+
+        endpoint = None
+        if spec.network.kind == "user-forward":
+            endpoint = ssh.Endpoint("127.0.0.1", port, spec.admin_user, key_path, jump_for(hv))
+        guest = Guest(spec.name, endpoint, overlay.path, dom_spec.provenance or prov)
+        if wait:
+            guest = wait_for_ssh(hv, guest, timeout)
+        return guest
+    except BaseException as err:
+        tail = console_tail(hv, spec.pool, console_name)
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                step()
+        if port:
+            ports.release(port)
+        if isinstance(err, GuestFailed):
+            raise GuestFailed(err.message, console_tail=tail or err.console_tail) from None
+        if isinstance(err, SigvirtError | KeyboardInterrupt):
+            raise
+        raise GuestFailed(f"{spec.name}: {err}", console_tail=tail) from err
+
+
+def wait_for_ssh(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
+    if guest.endpoint is None:
+        raise GuestFailed(f"{guest.name}: no SSH endpoint known (bridged guest without address)")
+    dom = hv.domain(guest.name)
+    try:
+        seconds = ssh.wait_ready(guest.endpoint, timeout, dom.is_active)
+    except TimeoutError as err:
+        raise GuestFailed(f"{guest.name}: {err}") from None
+    return replace(guest, boot_seconds=seconds)
+
+
+def delete(hv: Hypervisor, name: str) -> list[str]:
+    """Remove a guest's domain and every volume its provenance names; what was removed."""
+    removed: list[str] = []
+    try:
+        dom = hv.domain(name)
+    except NotFound:
+        return removed
+    prov = provenance_of(dom)
+    if hv.destroy_and_undefine(name):
+        removed.append(f"domain {name}")
+    if prov and prov.overlay_pool:
+        for vol in (prov.overlay, prov.seed, prov.console):
+            if vol and hv.delete_volume(prov.overlay_pool, vol):
+                removed.append(f"volume {prov.overlay_pool}/{vol}")
+    return removed
+
+
+def wait_until_stopped(hv: Hypervisor, name: str, timeout: float) -> bool:
+    dom = hv.domain(name)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not dom.is_active():
+            return True
+        time.sleep(0.5)
+    return False

@@ -1,0 +1,121 @@
+"""NoCloud seeds: meta-data and user-data as real cloud-init reads them, packed as an ISO9660
+volume labelled `cidata` (pycdlib, no external tools)."""
+
+from __future__ import annotations
+
+import email.mime.multipart
+import email.mime.text
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycdlib
+import yaml
+
+from sigvirt.errors import HostAccessDenied, InvalidArgument, NotFound
+
+# Azure refuses custom data over 64 KB (before base64); so does sigvirt, before reading more.
+MAX_CUSTOM_DATA = 64 * 1024
+
+
+class BadCustomData(InvalidArgument):
+    template = "custom data: {detail}"
+
+
+def load_custom_data(path: Path) -> bytes:
+    """`--custom-data FILE`: at most 64 KB, and no more than that is read (a device such as
+    /dev/zero would never end)."""
+    shown = str(path) if len(str(path)) <= 100 else str(path)[:97] + "..."
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CUSTOM_DATA + 1)
+    except FileNotFoundError:
+        raise NotFound(f"--custom-data {shown}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"--custom-data {shown}: is a directory") from None
+    except PermissionError:
+        raise HostAccessDenied(f"--custom-data {shown}: permission denied") from None
+    except OSError as err:
+        raise InvalidArgument(f"--custom-data {shown}: {err.strerror or err}") from None
+    if len(data) > MAX_CUSTOM_DATA:
+        raise BadCustomData(f"{shown} is larger than 64 KB (Azure's limit too)")
+    return data
+
+
+@dataclass(frozen=True)
+class SeedSpec:
+    instance_id: str
+    hostname: str
+    admin_user: str
+    ssh_public_keys: tuple[str, ...]
+    custom_data: bytes | None = None  # user's own user-data (`--custom-data FILE`)
+
+
+def meta_data(spec: SeedSpec) -> str:
+    return yaml.safe_dump(
+        {"instance-id": spec.instance_id, "local-hostname": spec.hostname}, sort_keys=False
+    )
+
+
+def _base_config(spec: SeedSpec) -> dict[str, object]:
+    # The same shape as the users module documents, so stock cloud images accept it.
+    return {
+        "hostname": spec.hostname,
+        "users": [
+            {
+                "name": spec.admin_user,
+                "ssh_authorized_keys": list(spec.ssh_public_keys),
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+            }
+        ],
+        "ssh_pwauth": False,
+    }
+
+
+def _cloud_config(doc: dict[str, object]) -> str:
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def user_data(spec: SeedSpec) -> str:
+    """The admin user and key, merged with the user's custom data the way Azure does it:
+    a #cloud-config is merged (our user first), anything else travels as a MIME part."""
+    base = _base_config(spec)
+    if spec.custom_data is None:
+        return _cloud_config(base)
+    try:
+        text = spec.custom_data.decode()
+    except UnicodeDecodeError:
+        raise BadCustomData("not UTF-8 text") from None
+    if text.startswith("#cloud-config"):
+        try:
+            theirs = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise BadCustomData(f"not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(theirs, dict):
+            raise BadCustomData("#cloud-config must be a mapping")
+        merged = {**theirs, **{k: v for k, v in base.items() if k != "users"}}
+        merged["hostname"] = theirs.get("hostname", spec.hostname)
+        merged["users"] = base["users"] + list(theirs.get("users") or [])  # type: ignore[operator]
+        return _cloud_config(merged)
+    msg = email.mime.multipart.MIMEMultipart()
+    msg.attach(email.mime.text.MIMEText(_cloud_config(base), "cloud-config"))
+    subtype = "x-shellscript" if text.startswith("#!") else "x-include-url"
+    if not text.startswith(("#!", "#include")):
+        raise BadCustomData("must start with #cloud-config, #! or #include")
+    msg.attach(email.mime.text.MIMEText(text, subtype))
+    return msg.as_string()
+
+
+def seed_iso(spec: SeedSpec) -> bytes:
+    """ISO9660 with Rock Ridge and Joliet, volume id `cidata`, as cloud-init's NoCloud expects."""
+    files = {"meta-data": meta_data(spec).encode(), "user-data": user_data(spec).encode()}
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name, data in files.items():
+        iso_name = "/" + name.upper().replace("-", "_") + ".;1"
+        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path="/" + name)
+    out = io.BytesIO()
+    iso.write_fp(out)
+    iso.close()
+    return out.getvalue()

@@ -1,0 +1,1 @@
+"""Libvirt hosts: the one handle every libvirt call goes through, regions, host chores."""

@@ -1,0 +1,160 @@
+"""Host checks: is this machine ready to run sigvirt guests, and what fixes it if not."""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sigvirt.errors import SigvirtError
+from sigvirt.hosts import recipes
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.runner import Runner
+
+Status = Literal["ok", "warn", "fail"]
+MIN_FREE = 2 << 30
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def _daemon_fix(unit: str, binary: str) -> str:
+    if Path("/run/systemd/system").is_dir():
+        return f"systemctl start {unit}"
+    return f"{binary} -d"
+
+
+def check_libvirtd(uri: str) -> tuple[Check, Hypervisor | None]:
+    try:
+        hv = Hypervisor.open(uri)
+    except SigvirtError as err:
+        fix = err.hint or _daemon_fix("libvirtd", "libvirtd")
+        return Check("libvirtd", "fail", err.message, fix), None
+    return Check("libvirtd", "ok", f"{uri} answers (libvirt {hv.libvirt_version()})"), hv
+
+
+def check_virtlogd() -> Check:
+    sock = Path("/run/libvirt/virtlogd-sock")
+    if sock.is_socket():
+        return Check("virtlogd", "ok", f"{sock} present")
+    return Check(
+        "virtlogd",
+        "fail",
+        "virtlogd is not running: guests fail to start",
+        _daemon_fix("virtlogd", "virtlogd"),
+    )
+
+
+def check_dev_kvm(path: Path = Path("/dev/kvm")) -> Check:
+    if not path.exists():
+        return Check(
+            "/dev/kvm", "warn", "absent: guests run under TCG (slow)", "load kvm_intel or kvm_amd"
+        )
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    if group == "kvm" and mode & 0o060 == 0o060:
+        return Check("/dev/kvm", "ok", f"root:{group} {mode:04o}")
+    return Check(
+        "/dev/kvm",
+        "fail",
+        f"{group} {mode:04o}: libvirt re-probes QEMU on every call (defines take ~1 min)",
+        "chgrp kvm /dev/kvm && chmod 0660 /dev/kvm",
+    )
+
+
+def check_accel(hv: Hypervisor | None) -> Check:
+    if hv is None:
+        return Check("accelerator", "warn", "unknown (libvirtd not reachable)")
+    if hv.kvm_usable():
+        return Check("accelerator", "ok", "KVM: hardware virtualization available")
+    return Check(
+        "accelerator",
+        "warn",
+        "TCG fallback: no usable KVM (no vmx/svm in the host CPU, or libvirt offers no kvm)",
+        "enable VT-x/AMD-V (or nested virtualization) for this host",
+    )
+
+
+def check_qemu_img(runner: Runner) -> Check:
+    if not shutil.which("qemu-img"):
+        return Check("qemu-img", "fail", "not installed", "apt-get install qemu-utils")
+    out = runner.run(["qemu-img", "--version"]).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    if not m or (int(m[1]), int(m[2])) < (6, 0):
+        return Check(
+            "qemu-img", "fail", f"too old: {out.splitlines()[0]}", "apt-get install qemu-utils"
+        )
+    return Check("qemu-img", "ok", out.splitlines()[0])
+
+
+def check_image_cache(cache: Path = recipes.DEFAULT_CACHE) -> list[Check]:
+    checks = []
+    root = recipes.recipes_dir()
+    for script in sorted(root.glob("*/build.sh")):
+        r = recipes.recipe(script.parent.name, root)
+        path = recipes.cached_path(r, cache)
+        if path.exists():
+            checks.append(
+                Check(f"image {r.name}", "ok", f"{path} ({path.stat().st_size >> 20} MiB)")
+            )
+        else:
+            checks.append(
+                Check(
+                    f"image {r.name}",
+                    "warn",
+                    "not built for the current recipe",
+                    f"sigvirt image build {r.name}",
+                )
+            )
+    return checks
+
+
+def check_free_space(paths: list[Path]) -> list[Check]:
+    checks = []
+    for path in paths:
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        status: Status = "ok" if free >= MIN_FREE else "fail"
+        fix = "" if status == "ok" else f"free space on the filesystem of {probe}"
+        checks.append(Check(f"free space {path}", status, f"{free / (1 << 30):.1f} GiB free", fix))
+    return checks
+
+
+def run_checks(uri: str, runner: Runner, paths: list[Path]) -> list[Check]:
+    libvirtd, hv = check_libvirtd(uri)
+    steps: list[Callable[[], Check | list[Check]]] = [
+        check_virtlogd,
+        check_dev_kvm,
+        lambda: check_accel(hv),
+        lambda: check_qemu_img(runner),
+        check_image_cache,
+        lambda: check_free_space(paths),
+    ]
+    checks = [libvirtd]
+    try:
+        for step in steps:
+            got = step()
+            checks.extend(got if isinstance(got, list) else [got])
+    finally:
+        if hv is not None:
+            hv.close()
+    if os.geteuid() != 0:
+        checks.append(Check("user", "ok", f"running as uid {os.geteuid()} (sharing rules apply)"))
+    return checks

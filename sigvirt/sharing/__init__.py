@@ -1,0 +1,1 @@
+"""Sharing through Unix groups: ACLs the kernel enforces, checks, share use cases."""

@@ -1,0 +1,146 @@
+"""Sharing use cases: add or remove a group's role, and keep the files' ACLs in step,
+here when we may (root) or through the root helper lab hosts let everyone run."""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from sigvirt.catalog import names
+from sigvirt.catalog.policy import ROLES, Caller, Grant, Policy, Role, require, scope_of
+from sigvirt.catalog.store import GalleryStore
+from sigvirt.errors import HostAccessDenied, InvalidArgument, NotFound, PermissionRefused
+from sigvirt.runner import Runner
+from sigvirt.sharing.plan import apply_plan, locked, plan
+
+
+def load(store: GalleryStore, gallery: str) -> Policy:
+    return store.policy(gallery)
+
+
+def save(store: GalleryStore, policy: Policy) -> None:
+    store.save_policy(policy)
+
+
+def check_group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise NotFound(f"group {name!r} does not exist on this host") from None
+
+
+def with_grant(policy: Policy, group: str, role: str, scope: str) -> Policy:
+    roles: dict[str, Role] = {r: r for r in ROLES}
+    if role not in roles:
+        raise InvalidArgument(f"--role must be one of {', '.join(ROLES)} (got {role!r})")
+    check_group(group)
+    kept = tuple(g for g in policy.grants if not (g.group == group and g.scope == scope))
+    return replace(policy, grants=(*kept, Grant(group, roles[role], scope)))
+
+
+def without_grant(policy: Policy, group: str, scope: str) -> Policy:
+    kept = tuple(g for g in policy.grants if not (g.group == group and g.scope == scope))
+    if len(kept) == len(policy.grants):
+        where = f"{policy.gallery}/{scope}" if scope else policy.gallery
+        raise NotFound(f"group {group} has no share on {where}")
+    return replace(policy, grants=kept)
+
+
+SYNC_HELPER = "sigvirt-access-sync"
+
+
+def sync(store: GalleryStore, gallery: str) -> list[str]:
+    """Make the gallery's files say what its access.json says; problems as lines."""
+    with locked(store, gallery):
+        return apply_plan(plan(store, load(store, gallery)))
+
+
+def sync_files(store: GalleryStore, gallery: str, runner: Runner) -> list[str]:
+    """sync(), here if we may (root), else through the root helper that lab hosts allow
+    everyone to run with sudo (it only ever applies what owners wrote in access.json)."""
+    if os.geteuid() == 0:
+        return sync(store, gallery)
+    helper = shutil.which(SYNC_HELPER) or str(Path(sys.executable).parent / SYNC_HELPER)
+    res = runner.run(
+        ["sudo", "-n", helper, "--gallery-root", str(store.root), gallery], check=False
+    )
+    if res.returncode != 0:
+        raise HostAccessDenied(
+            f"could not update the file ACLs of gallery {gallery}: "
+            f"{(res.stderr.strip().splitlines() or ['sudo failed'])[-1]}",
+            hint=f"the lab host needs the sudo rule from `make install-shared` for {SYNC_HELPER}",
+        )
+    return [ln for ln in res.stdout.splitlines() if ln.strip()]
+
+
+def share(
+    store: GalleryStore,
+    caller: Caller,
+    runner: Runner,
+    gallery: str,
+    definition: str | None,
+    version: str | None,
+    group: str,
+    role: str | None,
+) -> Policy:
+    """Add (role given) or remove (role None) a group's share; files follow at once."""
+    scope = scope_of(definition, version)
+    _exists(store, gallery, definition, version)
+    policy = load(store, gallery)
+    require(policy, caller, "owner", scope, "share")
+    policy = with_grant(policy, group, role, scope) if role else without_grant(policy, group, scope)
+    save(store, policy)
+    sync_files(store, gallery, runner)
+    return policy
+
+
+def _exists(store: GalleryStore, gallery: str, definition: str | None, version: str | None) -> None:
+    if version is not None and definition is not None:
+        store.get_version(gallery, definition, version)
+    elif definition is not None:
+        store.get_definition(gallery, definition)
+    else:
+        store.get_gallery(gallery)
+
+
+# -- the root helper -------------------------------------------------------------------------
+def trusted(path: Path) -> str | None:
+    """Why a directory can't be trusted as root's, or None: every component owned by root
+    and writable only by root (sticky world-writable dirs like /var/tmp are fine)."""
+    for p in [*reversed(path.parents), path]:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            return f"{p} is a symbolic link"
+        if st.st_uid != 0:
+            return f"{p} is not owned by root"
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and not st.st_mode & stat.S_ISVTX:
+            return f"{p} is writable by others"
+    return None
+
+
+def made_by_root(gallery: Path) -> str | None:
+    """A gallery directory is root's (only root can create one in a trusted root); its
+    owners may write in it, which is how they change its sharing."""
+    st = os.lstat(gallery)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return f"{gallery} is not a directory"
+    if st.st_uid != 0:
+        return f"{gallery} is not owned by root"
+    return None
+
+
+def sync_as_root_helper(root: Path, gallery: str) -> list[str]:
+    """What `sudo sigvirt-access-sync` does for any user: sync one gallery of a root that
+    only root can have prepared; PermissionRefused says why a root or gallery isn't."""
+    names.gallery_name(gallery)
+    root = root.resolve()
+    problem = trusted(root) or made_by_root(root / gallery)
+    if problem:
+        raise PermissionRefused(f"refused: {problem}")
+    return sync(GalleryStore(root), gallery)

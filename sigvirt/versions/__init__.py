@@ -1,0 +1,1 @@
+"""Image versions: the import gate, publishing, replication, moving bytes, dependents."""

@@ -1,0 +1,165 @@
+"""Where a new version's bytes come from: a file, a pool volume, a VM's disk or another
+version; parsed once, then gated and converted into a standalone qcow2."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sigvirt.catalog import latest, names
+from sigvirt.catalog.records import ImageVersion
+from sigvirt.context import Context
+from sigvirt.errors import Conflict, InvalidName, NotFound, Unsupported
+from sigvirt.hosts import streams
+from sigvirt.versions import imagecheck, transfer
+from sigvirt.versions.transfer import ChecksumMismatch
+
+SourceKind = Literal["file", "volume", "vm", "version"]
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: SourceKind
+    ref: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+def parse_source(text: str) -> Source:
+    """A file, `pool/volume`, `vm:NAME`, or another version (`G/D/V` or an Azure id).
+    Explicit prefixes (`file:`, `volume:`, `vm:`, `version:`) settle any ambiguity."""
+    for kind in ("file", "volume", "vm", "version"):
+        if text.startswith(kind + ":"):
+            return Source(kind, text[len(kind) + 1 :])
+    if text.startswith("/subscriptions/"):
+        return Source("version", text)
+    if os.path.lexists(text):
+        return Source("file", text)
+    parts = text.split("/")
+    if len(parts) == 3:
+        with contextlib.suppress(InvalidName):
+            names.parse_image_ref(text)
+            return Source("version", text)
+    if len(parts) == 2 and all(parts) and not text.startswith("."):
+        return Source("volume", text)
+    raise NotFound(f"--source {text}: no such file, pool/volume, vm:NAME or image version")
+
+
+def resolve_source(ctx: Context, text: str) -> tuple[Source, ImageVersion | None]:
+    """The source as it will be read, and the version it copies (for a version source):
+    `G/D` names the latest version of that definition, resolved now and recorded."""
+    src = parse_source(text)
+    if src.kind == "volume" and _names_definition(ctx, src.ref):
+        src = Source("version", src.ref)
+    if src.kind != "version":
+        return src, None
+    copy_of = latest.resolve(ctx.store, names.parse_image_ref(src.ref))
+    if not copy_of.published_ok:
+        raise Conflict(f"--source {src.ref}: version {copy_of.ref} is not published")
+    return Source("version", copy_of.ref), copy_of
+
+
+def _names_definition(ctx: Context, ref: str) -> bool:
+    g, _, d = ref.partition("/")
+    try:
+        names.gallery_name(g)
+        names.definition_name(d)
+        ctx.store.get_definition(g, d)
+    except (InvalidName, NotFound):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Imported:
+    sha256: str
+    virtual_size: int
+    allocated_size: int
+    warnings: tuple[str, ...]
+
+
+def _local_source_path(
+    ctx: Context, src: Source, region: str, staging: Path
+) -> tuple[Path, str | None]:
+    """A local file qemu-img can read for this source, and the format to declare (None = detect)."""
+    if src.kind == "file":
+        return Path(src.ref), None
+    hv = ctx.hv(region)
+    if src.kind == "volume":
+        pool, _, vol = src.ref.partition("/")
+        v = hv.volume(pool, vol)
+        if hv.is_local:
+            return v.path, None
+        streams.download_file(v, staging)
+        return staging, None
+    if src.kind == "vm":
+        return _vm_disk(ctx, src.ref, region), "vm"
+    raise AssertionError(src.kind)
+
+
+def _vm_disk(ctx: Context, name: str, region: str) -> Path:
+    hv = ctx.hv(region)
+    if not hv.is_local:
+        raise Unsupported(f"vm:{name}: capturing a VM's disk works on local regions only")
+    dom = hv.domain(name)
+    if dom.is_active():
+        raise Conflict(f"vm:{name} is running; stop it first (sigvirt vm stop --name {name})")
+    root = ET.fromstring(dom.xml(inactive=True))
+    for disk in root.findall("./devices/disk[@device='disk']"):
+        src = disk.find("source")
+        driver = disk.find("driver")
+        if (
+            src is not None
+            and src.get("file")
+            and (driver is None or driver.get("type") == "qcow2")
+        ):
+            return Path(src.get("file", ""))
+    raise NotFound(f"vm:{name} has no qcow2 file disk to capture")
+
+
+def import_into(
+    ctx: Context, src: Source, declared: str | None, region: str, partial: Path
+) -> Imported:
+    """Gate the source, convert it to a standalone qcow2 at `partial` (a local path)."""
+    staging = ctx.tmpdir / f".sigvirt-staging-{os.getpid()}-{partial.name}"
+    try:
+        path, detected = _local_source_path(ctx, src, region, staging)
+        if detected == "vm":
+            # A VM's disk is an overlay: flatten the chain libvirt runs it with, then gate
+            # the standalone result like any user image.
+            ctx.qemu_img.convert(path, "qcow2", partial, "qcow2")
+            warnings: tuple[str, ...] = ()
+        else:
+            verified = imagecheck.inspect(path, declared, ctx.qemu_img)
+            ctx.qemu_img.convert(path, verified.format, partial, "qcow2")
+            # convert opened the path again: refuse unless it still names the file the gate
+            # passed (a swap to a qcow2 with a backing file would copy that file's bytes).
+            imagecheck.verify(path, verified.facts, ctx.qemu_img)
+            warnings = verified.warnings
+        final = imagecheck.inspect(partial, "qcow2", ctx.qemu_img)
+        sha = transfer.sha256_file(partial)
+        st = partial.stat()
+        return Imported(sha, final.virtual_size, st.st_blocks * 512, warnings + final.warnings)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def copy_version(ctx: Context, other: ImageVersion, dest: Path) -> Imported:
+    """Another version's bytes, from one of its completed replicas (already gated)."""
+    replicas = other.completed_replicas()
+    if not replicas:
+        raise NotFound(f"--source {other.ref}: version {other.ref} has no completed replica")
+    local = [r for r in replicas if ctx.regions.region(r.region).is_local]
+    if local:
+        result = transfer.local_copy(Path(local[0].path), dest)
+    else:
+        r = replicas[0]
+        result = streams.download_file(ctx.hv(r.region).volume(r.pool, r.volume), dest)
+    if result.sha256 != other.sha256:
+        raise ChecksumMismatch(volume=dest.name, got=result.sha256, want=other.sha256)
+    return Imported(result.sha256, other.virtual_size, dest.stat().st_blocks * 512, ())

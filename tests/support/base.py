@@ -1,0 +1,128 @@
+"""Shared fixtures: real libvirt pools in a scratch directory, built guest images, SSH keys.
+
+Everything a test creates in libvirt is named with this run's prefix and is destroyed at
+the end even when tests fail (a session finalizer sweeps whatever a test forgot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from sigvirt.errors import SigvirtError
+from sigvirt.hosts import recipes
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.runner import Runner
+from sigvirt.sharing.plan import protect_replica
+
+SYSTEM_URI = "qemu:///system"
+RUN_ID = uuid.uuid4().hex[:6]
+PREFIX = f"svt{RUN_ID}"
+SCRATCH = Path(os.environ.get("SIGVIRT_TEST_SCRATCH", "/var/tmp")) / f"sigvirt-test-{RUN_ID}"
+
+
+def unique(name: str) -> str:
+    """A libvirt-wide unique name for this test run."""
+    return f"{PREFIX}-{name}"
+
+
+@dataclass(frozen=True)
+class SshKey:
+    private: Path
+    public: str
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Iterator[Path]:
+    # Under /var/tmp, not pytest's tmp_path: QEMU runs as libvirt-qemu and must traverse
+    # the directories to reach backing files (tmp_path's parents are 0700).
+    SCRATCH.mkdir(parents=True, mode=0o755)
+    os.chmod(SCRATCH, 0o755)
+    yield SCRATCH
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ssh_key(scratch: Path) -> SshKey:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = scratch / "id_ed25519"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    text = pub.decode() + " sigvirt-test"
+    path.with_suffix(".pub").write_text(text + "\n")
+    return SshKey(path, text)
+
+
+@pytest.fixture(scope="session")
+def system_hv() -> Iterator[Hypervisor]:
+    hv = Hypervisor.open(SYSTEM_URI)
+    yield hv
+    _sweep(hv)
+    hv.close()
+
+
+def _sweep(hv: Hypervisor) -> None:
+    """Destroy every domain and pool of this run, whatever a test left behind."""
+    for dom in hv.domains():
+        if dom.name.startswith(PREFIX):
+            hv.destroy_and_undefine(dom.name)
+    for pool in hv.pools():
+        if pool.startswith(PREFIX):
+            with contextlib.suppress(SigvirtError):
+                hv.delete_pool(pool)
+
+
+@dataclass(frozen=True)
+class LabPool:
+    name: str
+    path: Path
+
+
+@pytest.fixture(scope="session")
+def lab_pool(system_hv: Hypervisor, scratch: Path) -> Iterator[LabPool]:
+    name = unique("pool")
+    path = scratch / "pool"
+    system_hv.ensure_dir_pool(name, path)
+    yield LabPool(name, path)
+    system_hv.delete_pool(name)
+
+
+def _built(recipe: str) -> Path:
+    return recipes.ensure_built(recipes.recipe(recipe), Runner())
+
+
+@pytest.fixture(scope="session")
+def tiny_image() -> Path:
+    return _built("tiny")
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    return _built("debian")
+
+
+def place_base(hv: Hypervisor, pool: LabPool, image: Path, name: str) -> Path:
+    """Copy a built image into a pool as a base (replica-like: 0640 + ACL for QEMU)."""
+    dest = pool.path / name
+    shutil.copyfile(image, dest)
+    protect_replica(dest)
+    hv.refresh_pool(pool.name)
+    return dest
