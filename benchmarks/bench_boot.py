@@ -43,7 +43,7 @@ def boot(lab: guestlab.Lab, base: Path, name: str, ports: PortAllocator, memory:
     start = time.perf_counter()
     g = guest.create(
         lab.hv, spec, lab.key, ports=ports, timeout=300,
-        on_defined=lambda _n: marks.setdefault("defined", time.perf_counter()),
+        on_defined=lambda _n: marks.__setitem__("defined", time.perf_counter()),
     )  # fmt: skip
     end = time.perf_counter()
     return {

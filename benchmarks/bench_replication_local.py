@@ -38,7 +38,7 @@ from sigvirt.context import Context
 from sigvirt.galleries import definitions, galleries
 from sigvirt.hosts import regions
 from sigvirt.hosts.regions import Network, PoolConfig, RegionConfig, RegionsConfig
-from sigvirt.versions import publish, replication
+from sigvirt.versions import publish, replication, targets
 
 GOAL = 0.9  # cp time / sigvirt time
 
@@ -92,9 +92,9 @@ class BenchLab:
     def add_replica(self, rec: ImageVersion, region: str) -> tuple[ImageVersion, Replica]:
         """Plan and record one more replica in `region` (pending); returns it."""
         rec = self.ctx.store.get_version(rec.gallery, rec.definition, rec.name)
-        targets = dict(rec.target_regions)
-        targets[region] = targets.get(region, 0) + 1
-        p = targets.plan(rec, targets, self.ctx.regions, {}, replication.pool_path_lookup(self.ctx))
+        wanted = dict(rec.target_regions)
+        wanted[region] = wanted.get(region, 0) + 1
+        p = targets.plan(rec, wanted, self.ctx.regions, {}, targets.pool_path_lookup(self.ctx))
         rec = replication.apply(self.ctx, rec, p)
         return rec, p.add[0]
 
@@ -113,7 +113,9 @@ def _region(name: str, uri: str, pools: list[PoolConfig], ports: tuple[int, int]
 
 
 @contextlib.contextmanager
-def bench_lab(remote_uri: str | None = None, remote_pools: list[str] = ()) -> Iterator[BenchLab]:
+def bench_lab(
+    remote_uri: str | None = None, remote_pools: tuple[str, ...] = ()
+) -> Iterator[BenchLab]:
     """Region `local` (qemu:///system, two dir pools of our own) and, given a URI, region
     `east` with the named (existing) pools."""
     tag = uuid.uuid4().hex[:6]

@@ -45,8 +45,8 @@ from bench_replication_local import (
 )
 
 from sigvirt.catalog.records import ImageVersion
+from sigvirt.hosts import streams
 from sigvirt.hosts.xmlbuild import dir_pool_xml
-from sigvirt.versions import transfer
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_BYTES = 1.05  # bytes moved / allocated bytes
@@ -117,13 +117,13 @@ def wire_bytes() -> int:
 
 
 class PayloadCounter:
-    """Records what transfer.upload_file reports (the bytes handed to the libvirt stream)."""
+    """Records what streams.upload_file reports (the bytes handed to the libvirt stream)."""
 
     def __init__(self) -> None:
-        self.results: list[transfer.CopyResult] = []
-        self.real = transfer.upload_file
+        self.results: list[streams.CopyResult] = []
+        self.real = streams.upload_file
 
-    def __call__(self, *args: object, **kwargs: object) -> transfer.CopyResult:
+    def __call__(self, *args: object, **kwargs: object) -> streams.CopyResult:
         result = self.real(*args, **kwargs)  # type: ignore[arg-type]
         self.results.append(result)
         return result
@@ -163,7 +163,7 @@ def main() -> int:
             Path(env["SIGVIRT_HOSTB_STATE_DIR"]) / "pools" / "east",
         )
         hostb_pool(env["SIGVIRT_HOSTB_TCP_URI"], pool, pool_path)
-        with bench_lab(env["SIGVIRT_HOSTB_URI"], [pool]) as lab:
+        with bench_lab(env["SIGVIRT_HOSTB_URI"], (pool,)) as lab:
             image = random_qcow2(lab.root / "source.qcow2", int(args.gib * GiB))
             rec = lab.publish(image)
             src = Path(rec.replicas[0].path)
@@ -171,7 +171,7 @@ def main() -> int:
             print(f"image: {alloc / GiB:.2f} GiB allocated, file {size / GiB:.2f} GiB; "
                   f"hostB {env['SIGVIRT_HOSTB_URI'].split('?')[0]}; {load()}")  # fmt: skip
             counter = PayloadCounter()
-            transfer.upload_file = counter  # type: ignore[assignment]  # count, then delegate
+            streams.upload_file = counter  # count, then delegate
             rows = []
             for i in range(args.runs):
                 if i % 2 == 0:
@@ -185,16 +185,16 @@ def main() -> int:
                       f"scp/sigvirt {t_scp / t_sig:5.2f}  moved/allocated {sent / alloc:5.3f}  "
                       f"ssh wire/allocated {wire / alloc:5.3f}")  # fmt: skip
             t_scp, t_sig = (statistics.median(c) for c in list(zip(*rows, strict=True))[:2])
-            moved = max(r[2] for r in rows) / alloc
-            wire = max(r[3] for r in rows) / alloc
+            moved_ratio = max(r[2] for r in rows) / alloc
+            wire_ratio = max(r[3] for r in rows) / alloc
             print(
                 f"\nmedian: scp {t_scp:.2f} s, sigvirt {t_sig:.2f} s "
                 f"(ratio scp_time/sigvirt_time {t_scp / t_sig:.2f})"
             )
-            print(f"bytes moved / allocated: {moved:.3f} through the stream, {wire:.3f} on the "
-                  f"ssh connection (goal <= {GOAL_BYTES}: "
-                  f"{'met' if moved <= GOAL_BYTES else 'NOT met'})")  # fmt: skip
-            return 0 if moved <= GOAL_BYTES else 1
+            print(f"bytes moved / allocated: {moved_ratio:.3f} through the stream, "
+                  f"{wire_ratio:.3f} on the ssh connection (goal <= {GOAL_BYTES}: "
+                  f"{'met' if moved_ratio <= GOAL_BYTES else 'NOT met'})")  # fmt: skip
+            return 0 if moved_ratio <= GOAL_BYTES else 1
 
 
 if __name__ == "__main__":

@@ -39,11 +39,11 @@ from pathlib import Path
 import guestlab
 
 from sigvirt.context import Context
-from sigvirt.guests import scalesets
-from sigvirt.guests.guest import PortAllocator
+from sigvirt.guests import guest, scalesets
 from sigvirt.guests.seed import SeedSpec, seed_iso
 from sigvirt.guests.vms import VmRequest
 from sigvirt.hosts import ssh
+from sigvirt.hosts.ports import PortAllocator
 from sigvirt.hosts.regions import load as load_regions
 
 RSS_PER_GUEST_MIB = 230  # tiny guest under TCG with a 64 MiB tb-cache (HOST-PROBE §5)
@@ -107,7 +107,7 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
             )  # fmt: skip
             spec = SeedSpec(f"{name}-1", name, "bench", (lab.public_key,))
             seed.write_bytes(seed_iso(spec))
-            port = ports.allocate(hv)
+            port = ports.allocate(guest.ports_in_use(hv), local=True)
             netdev = f"user,id=vinet0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
             device = "virtio-net-pci,netdev=vinet0,id=vinic0,bus=pcie.0,addr=0x10"
             argv = [
@@ -128,7 +128,7 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
             phase.tool.append(time.perf_counter() - tool_start)
             ep = ssh.Endpoint("127.0.0.1", port, "bench", lab.key)
             dom = hv.domain(name)
-            ssh.wait_ready(ep, 600, lambda d=dom: bool(d.isActive()))
+            ssh.wait_ready(ep, 600, dom.is_active)
             phase.per_guest.append(time.perf_counter() - start)
             phase.cpu += guestlab.qemu_cpu_seconds([name]).get(name, 0.0)
             ports.release(port)

@@ -23,10 +23,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import libvirt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sigvirt.guests import guest
+from sigvirt.guests import guest, sshkeys
 from sigvirt.hosts import recipes
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
@@ -130,20 +128,8 @@ class Lab:
         return self
 
     def _write_key(self) -> None:
-        key = ed25519.Ed25519PrivateKey.generate()
-        self.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.OpenSSH,
-                serialization.NoEncryption(),
-            )
-        )
-        self.key.chmod(0o600)
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        self.public_key = pub.decode() + " sigvirt-bench"
-        self.key.with_suffix(".pub").write_text(self.public_key + "\n")
+        sshkeys.generate(self.key, comment="sigvirt-bench")
+        self.public_key = self.key.with_suffix(".pub").read_text().strip()
 
     def base_in_pool(self) -> Path:
         """The tiny image as a base in the lab's own pool, protected like a replica."""
@@ -194,8 +180,7 @@ class Lab:
     # -- teardown ----------------------------------------------------------------------------
     def domains(self) -> list[str]:
         assert self.hv is not None
-        doms = self.hv.conn.listAllDomains(0)
-        return [d.name() for d in doms if d.name().startswith(self.prefix)]
+        return [d.name for d in self.hv.domains() if d.name.startswith(self.prefix)]
 
     def sweep_domains(self) -> None:
         """Destroy and undefine every domain of this run, with the volumes sigvirt recorded."""
@@ -220,7 +205,8 @@ class Lab:
                 self.hv.close()
                 self.hv = Hypervisor.open(URI)
                 self.sweep_domains()
-                for pool in self.hv.conn.listAllStoragePools(0):
+                conn = libvirt.open(URI)  # pools by path: virt-install's are not sigvirt's
+                for pool in conn.listAllStoragePools(0):
                     # virt-install (the scale-set baseline) defines a pool per disk directory,
                     # named after the directory: sweep by path as well as by prefix.
                     if pool.name().startswith(self.prefix) or self._pool_is_ours(pool):
@@ -228,6 +214,7 @@ class Lab:
                             if pool.isActive():
                                 pool.destroy()
                             pool.undefine()
+                conn.close()
                 self.hv.close()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

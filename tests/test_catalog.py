@@ -22,7 +22,6 @@ from sigvirt.catalog.records import (
     ImageVersion,
     Replica,
     ReplicaState,
-    Share,
     VersionState,
     from_dict,
     to_dict,
@@ -30,6 +29,8 @@ from sigvirt.catalog.records import (
 from sigvirt.catalog.store import CorruptRecord, GalleryStore
 from sigvirt.errors import ExitCode, InvalidName, NotFound, SigvirtError
 from sigvirt.galleries import definitions, galleries
+
+pytestmark = pytest.mark.offline
 
 GALLERY_RULE = "use letters, digits, '_' and '.', with '_' and '.' only in the middle (no '-')"
 DEFINITION_RULE = (
@@ -249,7 +250,6 @@ def test_records_round_trip_and_ignore_keys_from_newer_versions() -> None:
         "1.0.2",
         target_regions={"local": 2},
         replicas=(Replica("local", "p", "v", "/p/v", ReplicaState.COMPLETED, 100),),
-        shares=(Share("ops", "reader"),),
         warnings=("1 leaked clusters",),
     )
     data = json.loads(json.dumps(to_dict(rec)))
@@ -292,7 +292,7 @@ def test_a_failed_write_removes_its_temp_file(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""\
     import dataclasses, sys
     from pathlib import Path
-    from sigvirt.store import GalleryStore
+    from sigvirt.catalog.store import GalleryStore
     store = GalleryStore(Path(sys.argv[1]))
     for _ in range(int(sys.argv[2])):
         store.update_version(

@@ -13,6 +13,8 @@ import typer
 from sigvirt import cli
 from sigvirt.errors import ExitCode
 
+pytestmark = pytest.mark.offline
+
 
 def _paths() -> list[list[str]]:
     root = typer.main.get_command(cli.build())

@@ -53,7 +53,9 @@ def check_refusals(sig: SigEnv, cases: list[tuple[list[str], ExitCode, str]]) ->
 
 
 # -- refusals ---------------------------------------------------------------------------------
-def test_bad_galleries_are_refused(sig: SigEnv) -> None:
+@pytest.mark.offline
+def test_bad_galleries_are_refused(offline_sig: SigEnv) -> None:
+    sig = offline_sig
     sig.gallery()
     sig.definition()
     sig.definition(name="second")
@@ -81,7 +83,9 @@ def test_bad_galleries_are_refused(sig: SigEnv) -> None:
     check_refusals(sig, cases)
 
 
-def test_bad_definitions_are_refused(sig: SigEnv) -> None:
+@pytest.mark.offline
+def test_bad_definitions_are_refused(offline_sig: SigEnv) -> None:
+    sig = offline_sig
     sig.gallery()
     sig.definition(sku="mySku")
     sig.cli("sig", "create", "--gallery-name", "empty")
@@ -254,7 +258,9 @@ def test_show_latest_without_a_candidate_is_not_found(populated: SigEnv) -> None
         ["sig", "image-version", "frobnicate"],
     ],
 )
-def test_usage_errors_exit_2_and_write_nothing(sig: SigEnv, argv: list[str]) -> None:
+@pytest.mark.offline
+def test_usage_errors_exit_2_and_write_nothing(offline_sig: SigEnv, argv: list[str]) -> None:
+    sig = offline_sig
     sig.gallery()
     sig.definition()
     before = tree(sig.root)
@@ -315,7 +321,9 @@ def test_gallery_lifecycle(sig: SigEnv) -> None:
     assert not (sig.root / "myGallery").exists()
 
 
-def test_definition_lifecycle(sig: SigEnv) -> None:
+@pytest.mark.offline
+def test_definition_lifecycle(offline_sig: SigEnv) -> None:
+    sig = offline_sig
     sig.gallery()
     made = sig.cli(
         "sig", "image-definition", "create", *G, *D, "--publisher", "myPublisher",
@@ -331,7 +339,7 @@ def test_definition_lifecycle(sig: SigEnv) -> None:
         "hyper_v_generation": "V2", "architecture": "x64", "min_vcpus": 1, "max_vcpus": 4,
         "min_memory_mib": 512, "max_memory_mib": 4096, "end_of_life": "2030-12-31",
         "eula": "be nice", "release_note_uri": "https://example.com/notes",
-        "description": "web", "shares": [],
+        "description": "web",
     }  # fmt: skip
     assert sig.store.get_definition("myGallery", "myDef").firmware == "uefi"
     assert sig.cli("sig", "image-definition", "show", *G, *D, "-o", "json").json == made

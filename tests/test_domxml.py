@@ -13,6 +13,8 @@ from sigvirt.guests import domxml
 from sigvirt.guests.domxml import Backing, DomainSpec, Network, Provenance
 from sigvirt.hosts import xmlbuild
 
+pytestmark = pytest.mark.offline
+
 EXPECTED = Path(__file__).parent / "data" / "xml"
 REGEN = os.environ.get("SIGVIRT_REGEN_XML") == "1"
 

@@ -15,6 +15,8 @@ from sigvirt.runner import Runner
 from sigvirt.versions.imagecheck import MAX_VIRTUAL_SIZE, ImageFacts, inspect, sniff, verify
 from tests.support import imagefactory as f
 
+pytestmark = pytest.mark.offline
+
 R = "image rejected: "
 STANDALONE = "; import a standalone image (qemu-img convert -O qcow2 IMAGE standalone.qcow2)"
 IMPLAUSIBLE = R + "qcow2 header is implausible: "

@@ -21,6 +21,8 @@ from sigvirt.hosts.regions import (
     with_region,
 )
 
+pytestmark = pytest.mark.offline
+
 DATA = Path(__file__).parent / "data" / "regions"
 
 # Lines 1-4 of most bad inputs below; what follows starts on line 5.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from sigvirt.hosts.regions import PoolConfig, RegionConfig, RegionsConfig
 from sigvirt.versions import replication, targets
 from sigvirt.versions.dependents import Dependent
 from sigvirt.versions.targets import Plan, parse_targets, plan
+
+pytestmark = pytest.mark.offline
 
 
 def _region(name: str, *pools: str) -> RegionConfig:
@@ -294,3 +297,18 @@ def test_wait_returns_when_nothing_is_left(tmp_path: Path) -> None:
     store.put_version(rec)
     ctx = Context(store=store, regions=CONFIG)
     assert replication.wait(ctx, rec, timeout=1) == rec
+
+
+def test_the_update_hint_keeps_every_other_region() -> None:
+    """A hint is a command a user pastes: `--target-regions` replaces the whole list, so the
+    hint must name every region the version has, or pasting it deletes replicas."""
+    rec = dataclasses.replace(_version(), target_regions={"local": 2, "east": 3})
+    hint = targets.update_command(rec, "westcentralus", 1)
+    argv = shlex.split(hint)
+    assert argv[:4] == ["sigvirt", "sig", "image-version", "update"]
+    listed = argv[argv.index("--target-regions") + 1 :]
+    assert parse_targets(listed, None, "local", CONFIG) == {
+        "local": 2,
+        "east": 3,
+        "westcentralus": 1,
+    }

@@ -136,6 +136,7 @@ def test_raw_file(declared: list[str], definition: SigEnv, tmp_path: Path) -> No
 def test_pool_volume(definition: SigEnv, tmp_path: Path) -> None:
     pool = definition.pools.source
     image = f.qcow2(pool.path / "golden.qcow2", data=True)
+    assert definition.hv is not None
     definition.hv.refresh_pool(pool.name)
     rec = definition.version("1.0.0", f"{pool.name}/golden.qcow2")
     assert rec.source == f"volume:{pool.name}/golden.qcow2"

@@ -238,10 +238,13 @@ def test_region_without_completed_replica_is_refused(
     got, _out, err = cli(capsys, "vm", "create", "-n", unique("west"), "--image", f"{G}/{D}",
                          "--region", "west", "--ssh-key-value", key)  # fmt: skip
     assert got == 4
-    assert err.strip() == (
-        f"sigvirt: error: image version {G}/{D}/1.0.0 has no completed replica in region west "
-        "(replicate it: sig image-version update --target-regions west)"
-    )
+    # The hint keeps the other regions' replicas: --target-regions replaces the whole list.
+    assert err.splitlines() == [
+        f"sigvirt: error: image version {G}/{D}/1.0.0 has no completed replica in region west",
+        f"sigvirt: hint: sigvirt sig image-version update --gallery-name {G} "
+        f"--gallery-image-definition {D} --gallery-image-version 1.0.0 "
+        "--target-regions local=2 west=1",
+    ]
 
 
 @pytest.mark.hostb

@@ -72,18 +72,11 @@ def now() -> str:
 
 
 @dataclass(frozen=True)
-class Share:
-    group: str
-    role: Literal["reader", "contributor", "owner"]
-
-
-@dataclass(frozen=True)
 class Gallery:
     name: str
     description: str = ""
     location: str = "local"  # home region: default source region of its versions
     owner_group: str = ""
-    shares: tuple[Share, ...] = ()
     created: str = ""
 
 
@@ -106,7 +99,6 @@ class Definition:
     eula: str = ""
     release_note_uri: str = ""
     description: str = ""
-    shares: tuple[Share, ...] = ()
     created: str = ""
 
     @property
@@ -155,7 +147,6 @@ class ImageVersion:
     allocated_size: int = 0
     format: str = "qcow2"
     replicas: tuple[Replica, ...] = ()
-    shares: tuple[Share, ...] = ()
     reason: str = ""  # why creation failed
     warnings: tuple[str, ...] = ()
     created: str = ""

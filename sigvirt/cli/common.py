@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,14 +36,9 @@ ResourceGroupOpt = Annotated[
 DescriptionOpt = Annotated[str | None, typer.Option("--description", help="free text")]
 
 
-def regions_path() -> Path | None:
-    env = os.environ.get("SIGVIRT_REGIONS")
-    return Path(env) if env else None
-
-
 def store() -> GalleryStore:
     """The gallery store alone, for commands that touch metadata only."""
-    return GalleryStore(regions.load(regions_path()).gallery_root, Caller.current())
+    return GalleryStore(regions.load().gallery_root, Caller.current())
 
 
 @contextmanager
@@ -53,7 +46,7 @@ def context() -> Iterator[Context]:
     """The context of one command: regions.yaml, the gallery store, libvirt on demand."""
     from sigvirt.context import Context
 
-    cfg = regions.load(regions_path())
+    cfg = regions.load()
     ctx = Context.from_config(cfg)
     ctx.store.caller = Caller.current()  # the CLI acts for a person: their roles apply
     try:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from sigvirt.cli.common import regions_path
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
 from sigvirt.hosts import regioncheck, regions
@@ -25,14 +24,14 @@ NameArg = Annotated[str, typer.Argument(help="region name (Azure display names w
 @app.command("list")
 def region_list(output: OutputOpt = Output.table) -> None:
     """List the regions of regions.yaml ($SIGVIRT_REGIONS, /etc/sigvirt, or the default)."""
-    rows = regioncheck.summarize(regions.load(regions_path()))
+    rows = regioncheck.summarize(regions.load())
     emit(rows, output, LIST_COLUMNS, title="regions")
 
 
 @app.command("show")
 def region_show(name: NameArg, output: OutputOpt = Output.table) -> None:
     """Show one region's settings."""
-    emit(regioncheck.describe(regions.load(regions_path()), name), output)
+    emit(regioncheck.describe(regions.load(), name), output)
 
 
 @app.command("init")
@@ -65,7 +64,7 @@ def region_check(
     output: OutputOpt = Output.table,
 ) -> None:
     """Check each region: reachable, pools active, free space, accel (kvm/tcg), libvirt."""
-    rows = regioncheck.check(regions.load(regions_path()), names)
+    rows = regioncheck.check(regions.load(), names)
     emit(rows, output, CHECK_COLUMNS, title="regions")
     if regioncheck.unavailable(rows):
         raise typer.Exit(ExitCode.REGION_UNAVAILABLE)

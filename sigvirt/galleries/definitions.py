@@ -97,7 +97,6 @@ def update_definition(store: GalleryStore, gallery: str, name: str, **changes: A
 
     def change(d: Definition) -> Definition:
         merged = _validated({**dataclasses.asdict(d), **given})
-        merged["shares"] = d.shares
         return Definition(**merged)
 
     return store.update_definition(gallery, name, change)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sigvirt.catalog import names
 from sigvirt.context import Context
-from sigvirt.errors import Conflict, InvalidName, NotFound, SigvirtError
+from sigvirt.errors import Conflict, InvalidArgument, NotFound, SigvirtError
 from sigvirt.guests import guest, vms
 from sigvirt.guests.vms import Placement, Vm, VmRequest
 from sigvirt.hosts.hypervisor import Hypervisor
@@ -87,7 +87,7 @@ def _create_many(
 def create(ctx: Context, name: str, count: int, base: VmRequest) -> ScaleResult:
     names.vm_name(name)
     if not 1 <= count <= MAX_INSTANCES:
-        raise InvalidName(f"--instance-count must be 1..{MAX_INSTANCES} (got {count})")
+        raise InvalidArgument(f"--instance-count must be 1..{MAX_INSTANCES} (got {count})")
     if instances(ctx, name):
         raise Conflict(f"scale set {name} already exists")
     probe = vms.prepare(ctx, replace(base, name=instance_name(name, 0)))
@@ -122,7 +122,7 @@ def _model(ctx: Context, name: str) -> tuple[VmRequest, str, list[Vm]]:
 def scale(ctx: Context, name: str, capacity: int, *, wait: bool = True) -> ScaleResult:
     """Up: add instances after the highest index. Down: delete the newest first."""
     if not 1 <= capacity <= MAX_INSTANCES:
-        raise InvalidName(
+        raise InvalidArgument(
             f"--new-capacity must be 1..{MAX_INSTANCES} (delete the scale set to remove all)"
         )
     req, region, members = _model(ctx, name)

@@ -8,7 +8,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sigvirt.errors import InvalidName, NotFound
+from sigvirt.errors import InvalidArgument, NotFound
 
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519", "sk-ecdsa-sha2-")
 
@@ -30,11 +30,11 @@ def _check_public(text: str, origin: str) -> tuple[str, ...]:
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
     )
     if not keys or not all(k.startswith(KEY_TYPES) and len(k.split()) >= 2 for k in keys):
-        raise InvalidName(f"{origin}: not an OpenSSH public key (expected 'ssh-ed25519 AAAA…')")
+        raise InvalidArgument(f"{origin}: not an OpenSSH public key (expected 'ssh-ed25519 AAAA…')")
     return keys
 
 
-def generate(path: Path) -> Path:
+def generate(path: Path, comment: str | None = None) -> Path:
     """An ed25519 key pair at path / path.pub (0600 / 0644), like ssh-keygen would write."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
@@ -50,9 +50,8 @@ def generate(path: Path) -> Path:
     pub = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    path.with_suffix(".pub").write_text(
-        pub.decode() + f" {os.environ.get('USER', 'sigvirt')}@sigvirt\n"
-    )
+    comment = comment or f"{os.environ.get('USER', 'sigvirt')}@sigvirt"
+    path.with_suffix(".pub").write_text(f"{pub.decode()} {comment}\n")
     return path
 
 

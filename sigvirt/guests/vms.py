@@ -27,6 +27,7 @@ from sigvirt.errors import (
     Conflict,
     GuestFailed,
     HostError,
+    InvalidArgument,
     InvalidName,
     NotFound,
     OutOfRange,
@@ -38,7 +39,7 @@ from sigvirt.guests import domxml, guest, sshkeys
 from sigvirt.guests.domxml import Provenance
 from sigvirt.hosts import ssh
 from sigvirt.hosts.hypervisor import Domain, Hypervisor
-from sigvirt.versions import dependents
+from sigvirt.versions import dependents, targets
 from sigvirt.versions.dependents import Dependent
 
 # Azure sizes people type, plus the lab's own small ones: (vCPUs, MiB).
@@ -95,7 +96,7 @@ class Vm:
 def choose_size(req: VmRequest, d: Definition) -> tuple[int, int]:
     if req.size:
         if req.size not in SIZES:
-            raise InvalidName(f"--size {req.size!r} is unknown (known: {', '.join(SIZES)})")
+            raise InvalidArgument(f"--size {req.size!r} is unknown (known: {', '.join(SIZES)})")
         vcpus, mem = SIZES[req.size]
     else:
         vcpus = req.vcpus or max(DEFAULT_VCPUS, d.min_vcpus or 0)
@@ -141,7 +142,8 @@ class Placement:
         self._lock = threading.Lock()
         self._inflight: Counter[str] = Counter()
 
-    def pick(self, hv: Hypervisor, replicas: list[Replica], budget: int) -> Replica:
+    def pick(self, hv: Hypervisor, rec: ImageVersion, region: str, budget: int) -> Replica:
+        replicas = rec.completed_replicas(region)
         with self._lock:
             counts = clones_per_replica(hv, [r.path for r in replicas])
             for path, n in self._inflight.items():
@@ -149,10 +151,11 @@ class Placement:
             open_ = [r for r in replicas if not budget or counts[r.path] < budget]
             if not open_:
                 listing = ", ".join(f"{Path(r.path).name}={counts[r.path]}" for r in replicas)
+                more = rec.target_regions.get(region, len(replicas)) + 1
                 raise CapacityExhausted(
-                    f"every replica is at its budget of {budget} clones ({listing}); add "
-                    "replicas (sig image-version update --target-regions REGION=N) or raise "
-                    "clones_per_replica"
+                    f"every replica in region {region} is at its budget of {budget} clones "
+                    f"({listing}); add a replica or raise clones_per_replica in regions.yaml",
+                    hint=targets.update_command(rec, region, more),
                 )
             choice = min(open_, key=lambda r: (counts[r.path], r.volume))
             self._inflight[choice.path] += 1
@@ -182,13 +185,11 @@ def clones_per_replica(hv: Hypervisor, paths: list[str]) -> Counter[str]:
 
 def pick_region(ctx: Context, rec: ImageVersion, region: str | None) -> str:
     if region:
-        from sigvirt.versions.targets import normalize_region
-
-        region = normalize_region(region, ctx.regions)
+        region = targets.normalize_region(region, ctx.regions)
         if not rec.completed_replicas(region):
             raise NotFound(
-                f"image version {rec.ref} has no completed replica in region {region} "
-                f"(replicate it: sig image-version update --target-regions {region})"
+                f"image version {rec.ref} has no completed replica in region {region}",
+                hint=targets.update_command(rec, region, rec.target_regions.get(region, 1)),
             )
         return region
     gallery = ctx.store.get_gallery(rec.gallery)
@@ -265,7 +266,7 @@ def create_prepared(
     if hv.domain_exists(p.request.name):
         raise Conflict(f"a VM named {p.request.name} already exists in region {p.region}")
     cfg = ctx.regions.region(p.region)
-    replica = placement.pick(hv, p.version.completed_replicas(p.region), cfg.clones_per_replica)
+    replica = placement.pick(hv, p.version, p.region, cfg.clones_per_replica)
     try:
         prov = Provenance(
             kind=kind,

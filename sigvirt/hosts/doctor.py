@@ -10,15 +10,12 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from sigvirt.errors import SigvirtError
 from sigvirt.hosts import recipes
 from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regioncheck import LOW_SPACE, Status
 from sigvirt.runner import Runner
-
-Status = Literal["ok", "warn", "fail"]
-MIN_FREE = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ def check_free_space(paths: list[Path]) -> list[Check]:
         while not probe.exists():
             probe = probe.parent
         free = shutil.disk_usage(probe).free
-        status: Status = "ok" if free >= MIN_FREE else "fail"
+        status: Status = "ok" if free >= LOW_SPACE else "fail"
         fix = "" if status == "ok" else f"free space on the filesystem of {probe}"
         checks.append(Check(f"free space {path}", status, f"{free / (1 << 30):.1f} GiB free", fix))
     return checks

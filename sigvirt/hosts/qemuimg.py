@@ -53,13 +53,6 @@ class QemuImg:
             args += ["-o", options]
         self._run(*args, src, dst, limits=limits)
 
-    def create(self, path: Path, size: int, fmt: str = "qcow2") -> None:
-        self._run("create", "-q", "-f", fmt, path, str(size))
-
-    def create_overlay(self, path: Path, backing: Path, backing_fmt: str = "qcow2") -> None:
-        """A qcow2 overlay; used only for local scratch files (guests get theirs from libvirt)."""
-        self._run("create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b", backing, path)
-
     def rebase_flatten(self, path: Path) -> None:
         """Pull every backing cluster into path and drop the backing file (offline flatten)."""
         self._run("rebase", "-f", "qcow2", "-b", "", path, timeout=None)

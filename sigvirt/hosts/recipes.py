@@ -1,4 +1,8 @@
-"""Guest image recipes under images/: built from Debian packages, cached by a hash of the recipe."""
+"""Guest image recipes under images/: built from Debian packages, cached by a hash of the recipe.
+
+A recipe is a directory images/NAME/ with a build.sh; the recipes share shell functions in
+images/lib/, so the cache key covers both the recipe's own files and the shared library.
+"""
 
 from __future__ import annotations
 
@@ -29,15 +33,33 @@ class Recipe:
     def script(self) -> Path:
         return self.directory / "build.sh"
 
+    @property
+    def lib(self) -> Path:
+        """The shared library of the recipes (images/lib/), sourced by every build.sh."""
+        return self.directory.parent / "lib"
+
     def digest(self) -> str:
-        """Hash of every file of the recipe (names and contents): a changed recipe rebuilds."""
+        """Hash of every file of the recipe and of the shared library (names and contents):
+        a changed recipe, or a change in images/lib/, rebuilds.
+
+        Recipe files are named relative to the recipe directory, library files relative to
+        images/ (lib/...). A missing lib/ adds nothing.
+        """
         h = hashlib.sha256()
-        for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
-            if "__pycache__" in path.parts:
-                continue
-            h.update(str(path.relative_to(self.directory)).encode() + b"\0")
+        files = [(p, p.relative_to(self.directory)) for p in _files(self.directory)]
+        files += [(p, p.relative_to(self.lib.parent)) for p in _files(self.lib)]
+        for path, name in files:
+            h.update(str(name).encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
         return h.hexdigest()[:16]
+
+
+def _files(directory: Path) -> list[Path]:
+    """The files under directory (recursively, sorted; none if it does not exist), without
+    __pycache__."""
+    return sorted(
+        p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
 
 
 def recipe(name: str, root: Path | None = None) -> Recipe:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # libvirt loads only for `check`: list/show/init are metadata
     from sigvirt.hosts.hypervisor import Hypervisor
 
 Status = Literal["ok", "warn", "fail"]
-LOW_SPACE = 2 << 30  # below this a pool can't take a typical image's replica
+LOW_SPACE = 2 << 30  # below this a pool (or doctor's paths) can't take a typical replica
 CHECK_TIMEOUT = 60.0  # seconds a host may take to answer (an ssh that hangs, a dead route)
 GiB = 1 << 30
 

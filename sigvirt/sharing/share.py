@@ -73,7 +73,7 @@ def sync_files(store: GalleryStore, gallery: str, runner: Runner) -> list[str]:
         raise HostAccessDenied(
             f"could not update the file ACLs of gallery {gallery}: "
             f"{(res.stderr.strip().splitlines() or ['sudo failed'])[-1]}",
-            hint=f"the lab host needs the sudo rule from `make install-shared` for {SYNC_HELPER}",
+            hint=f"as root, run tools/setup-host.sh: it adds the sudo rule for {SYNC_HELPER}",
         )
     return [ln for ln in res.stdout.splitlines() if ln.strip()]
 

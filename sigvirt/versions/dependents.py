@@ -19,6 +19,19 @@ class Dependent:
     replica: str  # the replica path it depends on
 
 
+def how_to_release(found: list[Dependent]) -> str:
+    """Commands that free a replica: a VM is flattened (it keeps running) or deleted; a
+    volume sigvirt didn't make is the business of whoever made it."""
+    steps = []
+    for d in found:
+        if d.kind == "domain":
+            steps.append(f"sigvirt vm flatten -n {d.name} (or sigvirt vm delete -n {d.name})")
+        else:
+            pool, _, vol = d.name.partition("/")
+            steps.append(f"virsh vol-delete --pool {pool} {vol} (a volume backed by it)")
+    return "; ".join(dict.fromkeys(steps))
+
+
 def _chain_paths(disk: ET.Element) -> list[str]:
     paths = []
     node: ET.Element | None = disk

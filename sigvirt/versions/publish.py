@@ -34,7 +34,7 @@ from sigvirt.hosts import hostshell, streams, xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.sharing import share
 from sigvirt.sharing.plan import protect_replica
-from sigvirt.versions import replication, targets
+from sigvirt.versions import dependents, replication, targets
 from sigvirt.versions.sources import Imported, Source, copy_version, import_into, resolve_source
 from sigvirt.versions.transfer import ChecksumMismatch
 
@@ -338,10 +338,11 @@ def delete_version(ctx: Context, ref: ImageRef) -> ImageVersion:
         rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
         deps = targets.find_dependents(ctx, list(rec.replicas))
         if deps:
-            listing = ", ".join(f"{d.kind} {d.name}" for ds in deps.values() for d in ds)
+            found = [d for ds in deps.values() for d in ds]
             raise HasDependents(
-                f"image version {rec.ref} has dependents: {listing}; delete them or flatten "
-                "them (sigvirt vm flatten) first"
+                f"image version {rec.ref} has dependents: "
+                + ", ".join(f"{d.kind} {d.name}" for d in found),
+                hint=dependents.how_to_release(found),
             )
         for r in rec.replicas:
             hv = ctx.hv(r.region)

@@ -77,6 +77,19 @@ def parse_targets(
     return targets
 
 
+def update_command(rec: ImageVersion, region: str, count: int) -> str:
+    """The `image-version update` that sets `region` to `count` replicas and keeps every
+    other target region as it is (`--target-regions` replaces the whole list: a hint that
+    named only one region would delete the others' replicas)."""
+    wanted = {**rec.target_regions, region: count}
+    listing = " ".join(f"{r}={n}" for r, n in wanted.items())
+    return (
+        f"sigvirt sig image-version update --gallery-name {rec.gallery} "
+        f"--gallery-image-definition {rec.definition} --gallery-image-version {rec.name} "
+        f"--target-regions {listing}"
+    )
+
+
 # -- planning ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:

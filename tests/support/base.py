@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sigvirt.errors import SigvirtError
+from sigvirt.guests import sshkeys
 from sigvirt.hosts import recipes
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
@@ -53,21 +52,8 @@ def scratch() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def ssh_key(scratch: Path) -> SshKey:
-    key = ed25519.Ed25519PrivateKey.generate()
-    path = scratch / "id_ed25519"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    text = pub.decode() + " sigvirt-test"
-    path.with_suffix(".pub").write_text(text + "\n")
+    path = sshkeys.generate(scratch / "id_ed25519", comment="sigvirt-test")
+    text = path.with_suffix(".pub").read_text().strip()
     return SshKey(path, text)
 
 

@@ -8,6 +8,7 @@ a fresh gallery root, and the pools are emptied after it, so tests don't see eac
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -72,8 +73,9 @@ class SigEnv:
     root: Path
     pools: SigPools
     capsys: pytest.CaptureFixture[str]
-    hv: Hypervisor
+    hv: Hypervisor | None  # None: the offline tier (plain directories, no libvirt)
     env: dict[str, str] = field(default_factory=dict)
+    owner_group: str = ""  # galleries made by gallery() belong to it (the caller's group)
 
     @property
     def store(self) -> GalleryStore:
@@ -131,7 +133,9 @@ class SigEnv:
 
     # -- shortcuts for the resources most tests need ------------------------------------------
     def gallery(self, name: str = "myGallery") -> None:
-        assert self.cli("sig", "create", "--gallery-name", name).code == 0
+        group = ("--owner-group", self.owner_group) if self.owner_group else ()
+        ran = self.cli("sig", "create", "--gallery-name", name, *group)
+        assert ran.code == 0, ran.err
 
     def definition(self, gallery: str = "myGallery", name: str = "myDef", sku: str = "") -> None:
         ran = self.cli(
@@ -220,3 +224,28 @@ def sig(
             path.unlink()
         system_hv.refresh_pool(pool.name)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def offline_sig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> SigEnv:
+    """A gallery root and regions.yaml in tmp_path whose pools are plain directories: for
+    commands that are refused (or only touch metadata) before any libvirt host is asked.
+    Galleries are made with the caller's own group as owner group, so the tier runs as any
+    user, root or not."""
+    pools = tuple(LabPool(f"offline-{n}", tmp_path / "pools" / n) for n in ("a", "b", "src"))
+    for pool in pools:
+        pool.path.mkdir(parents=True)
+    regions_file = tmp_path / "regions.yaml"
+    regions_file.write_text(
+        "regions:\n  local:\n    uri: qemu:///system\n    pools:\n"
+        + "".join(f"      - name: {p.name}\n        path: {p.path}\n" for p in pools[:2])
+    )
+    root = tmp_path / "galleries"
+    monkeypatch.setenv(regions.ENV_GALLERY_ROOT, str(root))
+    monkeypatch.setenv(regions.ENV_REGIONS, str(regions_file))
+    group = grp.getgrgid(os.getegid()).gr_name
+    return SigEnv(
+        root, SigPools(regions_file, pools[:2], pools[2]), capsys, None, dict(os.environ), group
+    )
