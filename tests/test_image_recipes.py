@@ -39,6 +39,29 @@ def test_recipe_digest_changes_with_any_file(tmp_path: Path) -> None:
     assert r.digest() == first
 
 
+def test_recipe_digest_covers_the_shared_lib(tmp_path: Path) -> None:
+    for name in ("mini", "other"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "build.sh").write_text(f". ../lib/common.sh # {name}\n")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "common.sh").write_text("f() { :; }\n")
+    mini, other = recipes.recipe("mini", tmp_path), recipes.recipe("other", tmp_path)
+    assert mini.lib == lib
+    first = {r.name: r.digest() for r in (mini, other)}
+    (lib / "common.sh").write_text("f() { true; }\n")
+    changed = {r.name: r.digest() for r in (mini, other)}
+    assert all(changed[n] != first[n] for n in first), "a lib change rebuilds every recipe"
+    (lib / "extra.sh").write_text("")
+    assert mini.digest() not in (first["mini"], changed["mini"]), "a new lib file counts too"
+    (lib / "extra.sh").unlink()
+    (lib / "common.sh").write_text("f() { :; }\n")
+    assert {r.name: r.digest() for r in (mini, other)} == first
+    # The name is part of the key: the same bytes under another name in lib/ differ.
+    (lib / "common.sh").rename(lib / "shared.sh")
+    assert mini.digest() != first["mini"]
+
+
 def test_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(NotFound) as caught:
         recipes.recipe("nope")

@@ -11,43 +11,22 @@
 # No mounts, no loop devices: mkfs.fat + mtools, mke2fs -d, sfdisk and dd on image files.
 # Guest packages are fetched with `apt-get download` into WORKDIR (kept if given, and reused on
 # the next run; else a temp dir that is removed). Host tools: see images/README.md.
-set -euo pipefail
+#
+# Shared prelude, boot partition and disk assembly: images/lib/common.sh.
+# shellcheck disable=SC2086,SC2015
+# (word lists such as $pkgs, $modules are split on purpose; `A && B || { log ...; exit 1; }`
+# is an assertion)
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source-path=SCRIPTDIR source=../lib/common.sh
+. "$here/../lib/common.sh"
+build_begin tiny "$@"
+require_tools apt-cache debugfs cpio gzip readelf
 
-usage() { echo "usage: $0 OUT.qcow2 [WORKDIR]" >&2; exit 2; }
-[ $# -ge 1 ] && [ $# -le 2 ] || usage
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=$1
-case "$out" in /*) ;; *) out=$PWD/$out ;; esac
-t0=$(date +%s.%N)
-
-if [ $# -eq 2 ]; then
-  work=$2; mkdir -p "$work"; work=$(cd "$work" && pwd); keep_work=1
-else
-  work=$(mktemp -d /var/tmp/tiny-build.XXXXXX); keep_work=0
-fi
-stage=$work/stage            # everything but the downloaded .debs is rebuilt on every run
-cleanup() {
-  rm -rf "$stage" "$out.tmp.$$"
-  [ "$keep_work" = 1 ] || rm -rf "$work"
-}
-trap cleanup EXIT
-rm -rf "$stage"; mkdir -p "$work/debs" "$stage"
-
-log() { printf 'tiny-build: %s\n' "$*" >&2; }
-for tool in apt-get apt-cache dpkg-deb mkfs.fat mcopy mmd mke2fs debugfs sfdisk cpio gzip readelf objcopy objdump od qemu-img; do
-  command -v "$tool" >/dev/null || { log "missing host tool: $tool (see images/README.md)"; exit 1; }
-done
-
-# Reproducibility: fixed timestamps, UUIDs and seeds
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1735689600}   # 2025-01-01
-export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
+# Reproducibility (besides SOURCE_DATE_EPOCH): fixed UUIDs and seeds
 ROOT_UUID=5f1b6a7e-7b64-4d1e-9f3c-0c1d2e3f4a5b
 HASH_SEED=2a3b4c5d-6e7f-4081-92a3-b4c5d6e7f809
 
 # ---- packages ---------------------------------------------------------------------------------
-# apt here may be configured without a package cache (Dir::Cache::pkgcache ""), which makes every
-# apt call rebuild it (1.5 s): keep one for this build.
-aptopts=(-o "Dir::Cache::pkgcache=$stage/apt-pkgcache.bin" -o "Dir::Cache::srcpkgcache=$stage/apt-srcpkgcache.bin")
 kpkg=$(apt-cache "${aptopts[@]}" depends linux-image-cloud-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
 [ -n "$kpkg" ] || { log "cannot resolve linux-image-cloud-amd64 (run apt-get update)"; exit 1; }
 kver=${kpkg#linux-image-}
@@ -55,16 +34,9 @@ kver=${kpkg#linux-image-}
 libdeps() { apt-cache "${aptopts[@]}" depends "$@" 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^(lib|zlib)/ { print $2 }' | sort -u; }
 l1=$(libdeps dropbear-bin openssh-sftp-server)
 l2=$(libdeps $l1)
-pkgs=$(printf '%s\n' busybox-static dropbear-bin openssh-sftp-server syslinux syslinux-common systemd-boot-efi $l1 $l2 | sort -u)
-log "kernel $kver; downloading: $kpkg $(echo $pkgs)"
-(cd "$work/debs" && apt-get "${aptopts[@]}" -q -o APT::Sandbox::User=root download "$kpkg" $pkgs >/dev/null)
-debfile() {
-  local f
-  f=$(ls "$work/debs/${1}_"*.deb 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$f" ] || { log "no .deb for $1"; exit 1; }
-  echo "$f"
-}
-x=$stage/x; mkdir -p "$x"
+pkgs=$(printf '%s\n' busybox-static dropbear-bin openssh-sftp-server $BOOT_PKGS $l1 $l2 | sort -u)
+log "kernel $kver; downloading: $kpkg" $pkgs
+fetch_debs "$kpkg" $pkgs
 # the kernel package: only the kernel and the module directories the initrd draws from, in the
 # background (xz, ~1.5 s) while the small packages are unpacked
 kdeb=$(debfile "$kpkg")
@@ -73,9 +45,7 @@ kpatterns=("./boot/vmlinuz-$kver")
 for d in $kmdirs; do kpatterns+=("./lib/modules/$kver/kernel/$d/*"); done
 (dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$x" --wildcards "${kpatterns[@]}") &
 kpid=$!
-for p in $pkgs; do
-  dpkg-deb -x "$(debfile "$p")" "$x"
-done
+extract_debs $pkgs
 wait "$kpid" || { log "unpacking $kdeb failed"; exit 1; }
 bb=$x/bin/busybox
 kmods=$x/lib/modules/$kver
@@ -164,61 +134,17 @@ printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 : > "$r/etc/resolv.conf"
 printf 'NAME="sigvirt tiny"\nID=sigvirt-tiny\nVERSION_ID=1\nPRETTY_NAME="sigvirt tiny (busybox, dropbear, Debian kernel %s)"\n' "$kver" > "$r/etc/os-release"
 find "$r" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-mke2fs -q -t ext4 -L tinyroot -U "$ROOT_UUID" -E "root_owner=0:0,hash_seed=$HASH_SEED" -d "$r" "$stage/root.img" 464M >/dev/null
+root_ext4 "$r" "$stage/root.img" 464 tinyroot "$ROOT_UUID" "$HASH_SEED"
 # mke2fs copies each file's ctime, which touch cannot set: fix it up with debugfs
 (cd "$r" && find . -mindepth 1) | sed 's|^\.||' |
   awk -v t="$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime @%s\n", $0, t }' > "$stage/ctime.debugfs"
 debugfs -w -f "$stage/ctime.debugfs" "$stage/root.img" >/dev/null 2>"$stage/debugfs.err"
 if grep -v '^debugfs [0-9]' "$stage/debugfs.err" >&2; then log "debugfs failed"; exit 1; fi
 
-# ---- boot partition: syslinux for BIOS, a unified kernel image for UEFI ------------------------------
-# UEFI: syslinux.efi was tried first; it needs >= 224 MiB of guest RAM under OVMF ("Failed to
-# allocate memory for kernel image") and boots slower. systemd-boot 252 raises #UD under OVMF/TCG.
-# The UKI (systemd-boot-efi's linuxx64.efi.stub + .osrel/.cmdline/.linux/.initrd sections) boots
-# with >= 160 MiB.
+# ---- boot partition and disk -------------------------------------------------------------------------
+# 1 MiB gap | p1 48 MiB FAT16, bootable | p2 464 MiB Linux
 cmdline=$(cat "$here/files/cmdline")
-printf 'DEFAULT tiny\nPROMPT 0\nTIMEOUT 0\nLABEL tiny\n  KERNEL /vmlinuz\n  INITRD /initrd.gz\n  APPEND %s\n' "$cmdline" > "$stage/syslinux.cfg"
-printf '%s' "$cmdline" > "$stage/cmdline.txt"
-cp "$x/boot/vmlinuz-$kver" "$stage/vmlinuz"
-stub=$x/usr/lib/systemd/boot/efi/linuxx64.efi.stub
-# section addresses: after the stub's own sections, 64 KiB aligned
-vma=0
-while read -r size addr; do e=$(( 0x$addr + 0x$size )); [ $e -gt $vma ] && vma=$e; done \
-  < <(objdump -h "$stub" | awk '$1 ~ /^[0-9]+$/ { print $3, $4 }')
-align() { echo $(( ($1 + 0xffff) & ~0xffff )); }
-v_osrel=$(align "$vma"); v_cmd=$(align $((v_osrel + $(stat -c %s "$r/etc/os-release"))))
-v_linux=$(align $((v_cmd + ${#cmdline}))); v_initrd=$(align $((v_linux + $(stat -c %s "$stage/vmlinuz"))))
-objcopy \
-  --add-section .osrel="$r/etc/os-release" --change-section-vma .osrel="$(printf 0x%x "$v_osrel")" \
-  --add-section .cmdline="$stage/cmdline.txt" --change-section-vma .cmdline="$(printf 0x%x "$v_cmd")" \
-  --add-section .linux="$stage/vmlinuz" --change-section-vma .linux="$(printf 0x%x "$v_linux")" \
-  --add-section .initrd="$stage/initrd.gz" --change-section-vma .initrd="$(printf 0x%x "$v_initrd")" \
-  "$stub" "$stage/BOOTX64.EFI"
-# objcopy stamps the PE header with the current time: TimeDateStamp := SOURCE_DATE_EPOCH and
-# CheckSum := 0 (PE32+: e_lfanew + 8 and + 88; UEFI does not check the PE checksum)
-le32() { local v=$1; printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $((v & 255)) $((v >> 8 & 255)) $((v >> 16 & 255)) $((v >> 24 & 255)))"; }
-lfanew=$(od -An -tu4 -j60 -N4 "$stage/BOOTX64.EFI" | tr -d ' ')
-le32 "$SOURCE_DATE_EPOCH" | dd of="$stage/BOOTX64.EFI" bs=1 seek=$((lfanew + 8)) conv=notrunc status=none
-le32 0 | dd of="$stage/BOOTX64.EFI" bs=1 seek=$((lfanew + 88)) conv=notrunc status=none
-touch -d "@$SOURCE_DATE_EPOCH" "$stage/syslinux.cfg" "$stage/vmlinuz" "$stage/initrd.gz" "$stage/BOOTX64.EFI"
-mkfs.fat -F 16 -n TINYBOOT -i 5a1b0000 --invariant -C "$stage/boot.img" $((48 * 1024)) >/dev/null
-export MTOOLS_SKIP_CHECK=1
-mcopy -m -i "$stage/boot.img" "$stage/vmlinuz" "$stage/initrd.gz" "$stage/syslinux.cfg" ::/
-mmd -i "$stage/boot.img" ::/EFI ::/EFI/BOOT
-mcopy -m -i "$stage/boot.img" "$stage/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-sysl=$x/usr/bin/syslinux
-[ -x "$sysl" ] || sysl=$(command -v syslinux)
-"$sysl" --install "$stage/boot.img"
-
-# ---- disk ------------------------------------------------------------------------------------------
-# 1 MiB gap | p1 48 MiB FAT16 (type 0x0e: FAT16 LBA), bootable | p2 464 MiB Linux
-truncate -s $((1 + 48 + 464))M "$stage/disk.raw"
-printf 'label: dos\nlabel-id: 0x5167a1b0\nstart=2048, size=98304, type=e, bootable\nstart=100352, size=950272, type=83\n' |
-  sfdisk -q "$stage/disk.raw"
-dd if="$x/usr/lib/syslinux/mbr/mbr.bin" of="$stage/disk.raw" bs=440 count=1 conv=notrunc status=none
-dd if="$stage/boot.img" of="$stage/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
-dd if="$stage/root.img" of="$stage/disk.raw" bs=1M seek=49 conv=notrunc,sparse status=none
-mkdir -p "$(dirname "$out")"
-qemu-img convert -q -c -f raw -O qcow2 "$stage/disk.raw" "$out.tmp.$$"
-mv -f "$out.tmp.$$" "$out"
-log "$out: $(stat -c %s "$out") bytes, kernel $kver, built in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+boot_files tiny "$cmdline" "$x/boot/vmlinuz-$kver" "$stage/initrd.gz" initrd.gz "$r/etc/os-release"
+boot_fat "$stage/boot.img" 48 TINYBOOT 5a1b0000
+disk_qcow2 0x5167a1b0 "$stage/boot.img" 48 "$stage/root.img" 464
+build_done "kernel $kver"

@@ -57,9 +57,7 @@ class Recipe:
 def _files(directory: Path) -> list[Path]:
     """The files under directory (recursively, sorted; none if it does not exist), without
     __pycache__."""
-    return sorted(
-        p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
+    return sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
 def recipe(name: str, root: Path | None = None) -> Recipe:
