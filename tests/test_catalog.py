@@ -26,7 +26,7 @@ from sigvirt.catalog.records import (
     from_dict,
     to_dict,
 )
-from sigvirt.catalog.store import CorruptRecord, GalleryStore
+from sigvirt.catalog.store import CorruptRecord, Damaged, GalleryStore
 from sigvirt.errors import ExitCode, InvalidName, NotFound, SigvirtError
 from sigvirt.galleries import definitions, galleries
 
@@ -325,7 +325,7 @@ def test_concurrent_writers_serialize_and_readers_always_parse(store: GallerySto
         (b"[]", "expected a JSON object, found list"),
         (b'{"gallery": "G"}', "ImageVersion record has no definition, name"),
         (b'{"gallery": "G", "definition": "D", "name": "1.0.0", "replicas": [1]}',
-         "expected a JSON object, found int"),
+         "replicas[0]: expected a JSON object, found integer 1"),
         (b'{"a": "\xff"}',
          "'utf-8' codec can't decode byte 0xff in position 7: invalid start byte"),
     ],
@@ -333,16 +333,19 @@ def test_concurrent_writers_serialize_and_readers_always_parse(store: GallerySto
 def test_unreadable_record_is_a_clear_error(
     store: GalleryStore, content: bytes, detail: str
 ) -> None:
-    _publish(store, _version("1.0.0"))
+    """Asked for by name, a damaged record is the error; a listing skips it and hands it
+    over in `damaged` (one bad file must not break commands on the others)."""
+    _publish(store, _version("1.0.0"), _version("2.0.0"))
     path = store.version_path("G", "D", "1.0.0")
     path.write_bytes(content)
-    for read in (
-        lambda: store.get_version("G", "D", "1.0.0"),
-        lambda: store.list_versions("G", "D"),
-    ):
-        with pytest.raises(CorruptRecord) as caught:
-            read()
-        assert caught.value.message == f"metadata file {path} is unreadable: {detail}"
+    with pytest.raises(CorruptRecord) as caught:
+        store.get_version("G", "D", "1.0.0")
+    assert caught.value.message == f"metadata file {path} is unreadable: {detail}"
+    assert caught.value.exit_code == ExitCode.CORRUPT_METADATA
+    damaged: list[Damaged] = []
+    assert [v.name for v in store.list_versions("G", "D", damaged)] == ["2.0.0"]
+    assert [(d.name, d.path, d.reason) for d in damaged] == [("1.0.0", str(path), detail)]
+    assert [v.name for v in store.list_versions("G", "D")] == ["2.0.0"]
 
 
 def test_update_of_a_missing_resource_is_not_found_and_creates_nothing(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+from sigvirt.catalog.names import shorten
 from sigvirt.errors import InvalidArgument
 
 
@@ -16,7 +17,7 @@ def parse_date(text: str | None, what: str = "--end-of-life-date") -> str | None
             return date.fromisoformat(text).isoformat()
         return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
     except ValueError:
-        raise InvalidArgument(f"{what} {text!r} is not a date (use YYYY-MM-DD)") from None
+        raise InvalidArgument(f"{what} {shorten(text)} is not a date (use YYYY-MM-DD)") from None
 
 
 def past_end_of_life(eol: str | None, today: datetime | None = None) -> bool:
@@ -26,3 +27,12 @@ def past_end_of_life(eol: str | None, today: datetime | None = None) -> bool:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment <= (today or datetime.now(UTC))
+
+
+def stored_date_problem(text: str) -> str | None:
+    """Why an end of life read from a record cannot be compared with today (None: it can)."""
+    try:
+        past_end_of_life(text)
+    except ValueError:
+        return f"expected an ISO date, found {shorten(text, 40)}"
+    return None

@@ -13,14 +13,23 @@ _DEFINITION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_-])?")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9_-])?")
 _VM = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?")
 INT32_MAX = 2**31 - 1
+# An Azure image id is ~170 characters (subscription GUID, resource group, names): error lines
+# show one whole, and cut only what no real id reaches.
+REF_LIMIT = 200
+
+
+def shorten(value: str, limit: int = 100) -> str:
+    """`value` quoted as repr() quotes it, cut after `limit` characters with '…': an error line
+    shows what was typed (or found in a file) without repeating 10,000 characters of it."""
+    return repr(value) if len(value) <= limit else repr(value[:limit] + "…")
 
 
 def gallery_name(name: str) -> str:
     if len(name) > 80:
-        raise InvalidName(f"gallery name {name!r} is longer than 80 characters")
+        raise InvalidName(f"gallery name {shorten(name)} is longer than 80 characters")
     if not _GALLERY.fullmatch(name):
         raise InvalidName(
-            f"gallery name {name!r} is invalid: use letters, digits, '_' and '.', "
+            f"gallery name {shorten(name)} is invalid: use letters, digits, '_' and '.', "
             "with '_' and '.' only in the middle (no '-')"
         )
     return name
@@ -28,11 +37,11 @@ def gallery_name(name: str) -> str:
 
 def definition_name(name: str) -> str:
     if len(name) > 80:
-        raise InvalidName(f"image definition name {name!r} is longer than 80 characters")
+        raise InvalidName(f"image definition name {shorten(name)} is longer than 80 characters")
     if not _DEFINITION.fullmatch(name):
         raise InvalidName(
-            f"image definition name {name!r} is invalid: use letters, digits, '-', '_' and '.', "
-            "starting with a letter or digit and not ending with '.'"
+            f"image definition name {shorten(name)} is invalid: use letters, digits, '-', '_' "
+            "and '.', starting with a letter or digit and not ending with '.'"
         )
     return name
 
@@ -41,7 +50,8 @@ def identifier(kind: str, value: str) -> str:
     """publisher / offer / sku."""
     if not _IDENTIFIER.fullmatch(value):
         raise InvalidName(
-            f"{kind} {value!r} is invalid: use letters, digits, '-', '_' and '.' (at most 128)"
+            f"{kind} {shorten(value)} is invalid: "
+            "use letters, digits, '-', '_' and '.' (at most 128)"
         )
     return value
 
@@ -50,7 +60,7 @@ def vm_name(name: str) -> str:
     """VM and scale set names double as hostnames and libvirt domain names."""
     if not _VM.fullmatch(name):
         raise InvalidName(
-            f"VM name {name!r} is invalid: use letters, digits and '-', "
+            f"VM name {shorten(name)} is invalid: use letters, digits and '-', "
             "starting with a letter or digit, at most 63 characters"
         )
     return name
@@ -68,14 +78,15 @@ class Version:
         parts = text.split(".")
         if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
             raise InvalidName(
-                f"image version {text!r} is invalid: use Major.Minor.Patch, e.g. 1.0.2"
+                f"image version {shorten(text)} is invalid: use Major.Minor.Patch, e.g. 1.0.2"
             )
         if any(len(p) > 1 and p.startswith("0") for p in parts):
-            raise InvalidName(f"image version {text!r} is invalid: no leading zeros")
-        nums = [int(p) for p in parts]
+            raise InvalidName(f"image version {shorten(text)} is invalid: no leading zeros")
+        # Lengths first: int() refuses more than 4300 digits with a ValueError of its own.
+        nums = [int(p) if len(p) <= 10 else INT32_MAX + 1 for p in parts]
         if any(n > INT32_MAX for n in nums):
             raise InvalidName(
-                f"image version {text!r} is invalid: each part must be at most {INT32_MAX}"
+                f"image version {shorten(text)} is invalid: each part must be at most {INT32_MAX}"
             )
         return cls(*nums)
 
@@ -115,7 +126,7 @@ def parse_image_ref(text: str) -> ImageRef:
         parts = text.strip("/").split("/")
         lower = [p.lower() for p in parts]
         bad_id = InvalidName(
-            f"image id {text!r} is invalid: expected "
+            f"image id {shorten(text, REF_LIMIT)} is invalid: expected "
             "/subscriptions/…/galleries/GALLERY/images/DEFINITION[/versions/VERSION]"
         )
         try:
@@ -131,7 +142,7 @@ def parse_image_ref(text: str) -> ImageRef:
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
             raise InvalidName(
-                f"image {text!r} is invalid: use GALLERY/DEFINITION[/VERSION] "
+                f"image {shorten(text, REF_LIMIT)} is invalid: use GALLERY/DEFINITION[/VERSION] "
                 "or an Azure-style image id"
             )
         gallery, definition = parts[0], parts[1]

@@ -7,17 +7,19 @@ list (tests/test_layers.py checks that no other code sets a state).
 from __future__ import annotations
 
 import dataclasses
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
-from functools import cache
-from typing import Any, Literal, TypeVar
+from enum import StrEnum
+from typing import Any, Literal
 
+# Reading and writing records is the codec's (catalog/codec.py); its functions are named here
+# too, where callers have always found them.
+from sigvirt.catalog.codec import MAX_INT as MAX_INT
+from sigvirt.catalog.codec import RecordError as RecordError
+from sigvirt.catalog.codec import from_dict as from_dict
+from sigvirt.catalog.codec import loads as loads
+from sigvirt.catalog.codec import to_dict as to_dict
 from sigvirt.errors import InternalError
-
-T = TypeVar("T")
 
 OsType = Literal["Linux", "Windows"]
 OsState = Literal["Generalized", "Specialized"]
@@ -49,6 +51,7 @@ class ReplicaState(StrEnum):
     VERIFYING = "verifying"
     COMPLETED = "completed"  # sha256 of its bytes equals the version's, final name
     FAILED = "failed"  # with the reason
+    CORRUPT = "corrupt"  # a scrub found bytes that differ: never copied from, never cloned
     DELETING = "deleting"  # marked before a byte of it is removed
 
 
@@ -57,8 +60,9 @@ REPLICA_TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
     _R.PENDING: frozenset({_R.COPYING, _R.FAILED}),
     _R.COPYING: frozenset({_R.VERIFYING, _R.FAILED, _R.PENDING}),  # PENDING: resumed after a kill
     _R.VERIFYING: frozenset({_R.COMPLETED, _R.FAILED, _R.PENDING}),
-    _R.COMPLETED: frozenset({_R.DELETING}),
+    _R.COMPLETED: frozenset({_R.DELETING, _R.CORRUPT}),
     _R.FAILED: frozenset({_R.PENDING, _R.DELETING}),
+    _R.CORRUPT: frozenset({_R.PENDING, _R.DELETING}),  # PENDING: healed, copied again
     _R.DELETING: frozenset({_R.FAILED}),
 }
 
@@ -116,6 +120,9 @@ class Replica:
     progress: int = 0  # percent, while copying
     reason: str = ""  # why it failed
     updated: str = ""
+    error: int = 0  # the exit code of the failure (8 unreachable, 12 no space, ...)
+    verified: str = ""  # when its bytes last hashed to the version's sha256
+    fingerprint: str = ""  # size:mtime_ns:inode of the file then (local replicas)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -219,114 +226,3 @@ def aggregate(rec: ImageVersion) -> tuple[str, list[RegionStatus]]:
     else:
         agg = "Failed"
     return agg, rows
-
-
-# -- (de)serialization: plain JSON-able dicts, tolerant of unknown keys from newer versions ---
-
-
-def to_dict(record: Any) -> dict[str, Any]:
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple | list):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        return v
-
-    result: dict[str, Any] = conv(record)
-    return result
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """The record `data` describes; TypeError names what does not fit the record's shape."""
-    if not isinstance(data, dict):
-        raise TypeError(f"expected a JSON object, found {type(data).__name__}")
-    shape = _shape(cls)  # type: ignore[arg-type]  # classes hash
-    if shape.names.issuperset(data):
-        values = dict(data)
-    else:  # keys from a newer sigvirt: ignored
-        values = {k: v for k, v in data.items() if k in shape.names}
-    for name, decode in shape.decoders:
-        if name in values:
-            values[name] = decode(values[name])
-    if len(values) < len(shape.names):
-        if missing := shape.required - values.keys():
-            raise TypeError(f"{cls.__name__} record has no {', '.join(sorted(missing))}")
-        values = {**shape.defaults, **values}
-        for name, factory in shape.factories:
-            if name not in values:
-                values[name] = factory()
-    if not shape.plain:
-        return cls(**values)
-    # A frozen dataclass's __init__ sets each field through object.__setattr__, which made
-    # it most of the cost of listing 10,000 versions; with every field present and no
-    # __post_init__, filling __dict__ builds the same record.
-    record: T = object.__new__(cls)
-    record.__dict__.update(values)
-    return record
-
-
-Decoder = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class _Shape:
-    names: frozenset[str]
-    required: frozenset[str]
-    defaults: dict[str, Any]
-    factories: tuple[tuple[str, Callable[[], Any]], ...]
-    decoders: tuple[tuple[str, Decoder], ...]  # fields whose JSON value needs converting
-    plain: bool  # no __post_init__ or __slots__: __dict__ may be filled directly
-
-
-@cache
-def _shape(cls: Any) -> _Shape:
-    # Resolved once per class: get_type_hints per record made listing 10,000 versions slow.
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    decoders = [(f.name, _decoder(hints[f.name])) for f in fields]
-    return _Shape(
-        names=frozenset(f.name for f in fields),
-        required=frozenset(
-            f.name
-            for f in fields
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ),
-        defaults={f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
-        factories=tuple(
-            (f.name, f.default_factory)
-            for f in fields
-            if f.default_factory is not dataclasses.MISSING
-        ),
-        decoders=tuple((name, d) for name, d in decoders if d is not None),
-        plain=not hasattr(cls, "__post_init__") and "__slots__" not in vars(cls),
-    )
-
-
-def _decoder(hint: Any) -> Decoder | None:
-    """How to turn the JSON value of a field into its Python value; None: as it is."""
-    if typing.get_origin(hint) is tuple:
-        inner = _decoder(typing.get_args(hint)[0])
-
-        def to_tuple(value: Any) -> Any:
-            if not isinstance(value, list):
-                return value
-            return tuple(value) if inner is None else tuple(inner(v) for v in value)
-
-        return to_tuple
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        members = hint._value2member_map_  # a dict lookup: 40,000 of these in a long listing
-
-        def to_member(value: Any) -> Any:
-            try:
-                return members[value]
-            except (KeyError, TypeError):
-                allowed = ", ".join(map(str, members))
-                raise ValueError(f"{value!r} is not one of {allowed}") from None
-
-        return to_member
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        record: type[Any] = hint
-        return lambda value: from_dict(record, value)
-    return None

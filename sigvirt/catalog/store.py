@@ -8,46 +8,100 @@ Every write is atomic (temp file, fsync, rename, fsync of the directory) and mad
 file lock, so the metadata always parses and concurrent writers serialize. Each resource
 has its own file and directory, so a gallery, a definition and a version can carry
 different Unix groups and ACLs.
+
+Every read is checked: the JSON against the record's dataclass (records.from_dict), and the
+record against where it lies (a version record must name the gallery, definition and version
+of its path; sharing/plan.py computes ACLs from records, so one that claims another gallery is
+refused). A damaged record is a CorruptRecord (exit 17) for whoever asks for it by name, and
+listings skip it (handing it to the caller in `damaged`), so one bad file breaks no command
+on the others.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sigvirt.catalog import names
+from sigvirt.catalog.codec import loads, to_dict
 from sigvirt.catalog.fileio import (
     DIR_MODE,
     FILE_MODE,
+    CorruptRecord,
     access_error,
     atomic_write,
     file_lock,
     fsync_dir,
-    read_bytes,
+    lock_error,
+    open_dir,
+    read_record,
+    remove_stale_temps,
     remove_tree,
 )
 from sigvirt.catalog.policy import Caller, Policy, Role, can_see, require, role_of
-from sigvirt.catalog.records import Definition, Gallery, ImageVersion, from_dict, to_dict
+from sigvirt.catalog.records import Definition, Gallery, ImageVersion
 from sigvirt.errors import (
     Conflict,
-    ExitCode,
     HasDependents,
     HostAccessDenied,
+    InvalidName,
     NotFound,
     PermissionRefused,
     SigvirtError,
 )
 
 T = TypeVar("T")
+# Where a record lies, as (field, what the field names, the value its path gives it).
+Place = tuple[tuple[str, str, str], ...]
+# A version file's name: Major.Minor.Patch without leading zeros (32-bit parts: checked apart).
+_VERSION_FILE = re.compile(r"(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.json")
 
 
-class CorruptRecord(SigvirtError):
-    template = "metadata file {path} is unreadable: {detail}"
-    exit_code = ExitCode.CORRUPT_METADATA
+@dataclass(frozen=True)
+class Damaged:
+    """A record a listing skipped: the name its file or directory gives it, and the error
+    reading it raised (what anyone asking for it by name gets, exit 17)."""
+
+    name: str
+    error: CorruptRecord
+
+    @property
+    def path(self) -> str:
+        return str(self.error.fields["path"])
+
+    @property
+    def reason(self) -> str:
+        return str(self.error.fields["detail"])
+
+
+def _keep(damaged: list[Damaged] | None, name: str, err: CorruptRecord) -> None:
+    if damaged is not None:
+        damaged.append(Damaged(name, err))
+
+
+def _misplaced(rec: Any, place: Place) -> str | None:
+    """Why `rec` does not belong where it lies (None: it does)."""
+    for attr, label, expected in place:
+        actual = getattr(rec, attr)
+        if actual != expected:
+            where = "is the file of" if attr == "name" else "lies in"
+            return f"says {label} {names.shorten(actual)} but {where} {label} {expected!r}"
+    return None
+
+
+def _is_name(check: Callable[[str], str], name: str) -> bool:
+    try:
+        check(name)
+    except InvalidName:
+        return False
+    return True
 
 
 class GalleryStore:
@@ -64,7 +118,9 @@ class GalleryStore:
         if g not in self._policies:
             path = self.gallery_dir(g) / "access.json"
             try:
-                self._policies[g] = self._read(Policy, path, f"gallery {g}")
+                self._policies[g] = self._read(
+                    Policy, path, f"gallery {g}", (("gallery", "gallery", g),)
+                )
             except NotFound:
                 if not (self.gallery_dir(g) / "gallery.json").exists():
                     raise
@@ -137,21 +193,35 @@ class GalleryStore:
             yield
 
     # -- generic record IO ------------------------------------------------------------------
-    def _read(self, cls: type[T], path: Path | str, what: str) -> T:
+    def _read(self, cls: type[T], path: Path, what: str, place: Place) -> T:
+        """The record at `path`, a file under the root, checked against where it lies."""
         try:
-            data = json.loads(read_bytes(path))
-        except FileNotFoundError:
-            raise NotFound(f"{what} not found") from None
-        except NotADirectoryError:
+            dfd = open_dir(self.root, path.parent.relative_to(self.root).parts)
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{what} not found") from None
         except OSError as err:
-            raise access_error(path, err) from None
-        except ValueError as err:
-            raise CorruptRecord(str(err), path=path) from None
+            raise access_error(path.parent, err) from None
         try:
-            return from_dict(cls, data)
-        except (TypeError, ValueError) as err:
-            raise CorruptRecord(str(err), path=path) from None
+            return self._load(cls, dfd, path.name, path.parent, what, place)
+        finally:
+            os.close(dfd)
+
+    @staticmethod
+    def _load(cls: type[T], dfd: int, name: str, where: Path, what: str, place: Place = ()) -> T:
+        """The record in file `name` of the directory `dfd` (whose path is `where`)."""
+        try:
+            raw = read_record(dfd, name, where)
+        except FileNotFoundError:
+            raise NotFound(f"{what} not found") from None
+        except OSError as err:
+            raise access_error(where / name, err) from None
+        try:
+            rec = loads(cls, raw)
+        except (TypeError, ValueError) as err:  # JSON, UTF-8 and the record's shape
+            raise CorruptRecord(str(err), path=where / name) from None
+        if place and (wrong := _misplaced(rec, place)):
+            raise CorruptRecord(wrong, path=where / name)
+        return rec
 
     def _write(self, path: Path, record: Any) -> None:
         data = json.dumps(to_dict(record), indent=2, sort_keys=True).encode() + b"\n"
@@ -166,7 +236,7 @@ class GalleryStore:
         try:
             os.close(os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE))
         except OSError as err:
-            raise access_error(path / ".lock", err) from None
+            raise lock_error(path / ".lock", err) from None
 
     def _mkdir(self, path: Path) -> None:
         try:
@@ -186,16 +256,25 @@ class GalleryStore:
     # -- galleries --------------------------------------------------------------------------
     def get_gallery(self, g: str) -> Gallery:
         self._need_see(g)
-        return self._read(Gallery, self.gallery_dir(g) / "gallery.json", f"gallery {g}")
+        path = self.gallery_dir(g) / "gallery.json"
+        return self._read(Gallery, path, f"gallery {g}", (("name", "gallery", g),))
 
-    def list_galleries(self) -> list[Gallery]:
+    def list_galleries(self, damaged: list[Damaged] | None = None) -> list[Gallery]:
+        """The galleries the caller may see, by name; damaged ones go to `damaged`. A
+        directory whose name no gallery can have (lost+found) is not a gallery."""
         if not self.root.is_dir():
             return []
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_dir() and not entry.name.startswith("."):
-                with contextlib.suppress(NotFound, HostAccessDenied, PermissionRefused):
-                    out.append(self.get_gallery(entry.name))
+            name = entry.name
+            if name.startswith(".") or not entry.is_dir() or not _is_name(names.gallery_name, name):
+                continue
+            try:
+                out.append(self.get_gallery(name))
+            except (NotFound, HostAccessDenied, PermissionRefused):
+                continue
+            except CorruptRecord as err:
+                _keep(damaged, name, err)
         return out
 
     def create_gallery(self, rec: Gallery) -> Gallery:
@@ -221,7 +300,10 @@ class GalleryStore:
         self.get_gallery(g)
         self.require(g, "owner", "", "delete")
         with file_lock(self.root / ".lock"), file_lock(self.gallery_dir(g) / ".lock"):
-            defs = [d.name for d in self.list_definitions(g)]
+            broken: list[Damaged] = []
+            defs = [d.name for d in self.list_definitions(g, broken)]
+            if broken:  # removing the tree would remove it unread
+                raise broken[0].error
             if defs:
                 raise HasDependents(
                     f"gallery {g} still has image definitions: {', '.join(defs)}; delete them first"
@@ -234,22 +316,40 @@ class GalleryStore:
     def get_definition(self, g: str, d: str) -> Definition:
         path = self.definition_dir(g, d) / "definition.json"
         self._need_see(g, d)
+        place = (("gallery", "gallery", g), ("name", "image definition", d))
         try:
-            return self._read(Definition, path, f"image definition {g}/{d}")
+            return self._read(Definition, path, f"image definition {g}/{d}", place)
         except NotFound:
             self.get_gallery(g)  # say which level is missing
             raise
 
-    def list_definitions(self, g: str) -> list[Definition]:
+    def list_definitions(self, g: str, damaged: list[Damaged] | None = None) -> list[Definition]:
+        """A gallery's definitions the caller may see, by name; damaged ones go to `damaged`."""
         images = self.gallery_dir(g) / "images"
-        if not images.is_dir():
+        try:
+            dfd = open_dir(self.root, (g, "images"), readable=True)
+        except (FileNotFoundError, NotADirectoryError):
             self.get_gallery(g)
             return []
+        except OSError as err:
+            raise access_error(images, err) from None
+        try:
+            found = sorted(
+                e.name
+                for e in os.scandir(dfd)
+                if not e.name.startswith(".") and e.is_dir()
+                and _is_name(names.definition_name, e.name)
+            )  # fmt: skip
+        finally:
+            os.close(dfd)
         out = []
-        for entry in sorted(os.scandir(images), key=lambda e: e.name):
-            if entry.is_dir() and not entry.name.startswith("."):
-                with contextlib.suppress(NotFound, HostAccessDenied, PermissionRefused):
-                    out.append(self.get_definition(g, entry.name))
+        for name in found:
+            try:
+                out.append(self.get_definition(g, name))
+            except (NotFound, HostAccessDenied, PermissionRefused):
+                continue
+            except CorruptRecord as err:
+                _keep(damaged, name, err)
         return out
 
     def create_definition(self, rec: Definition) -> Definition:
@@ -288,7 +388,10 @@ class GalleryStore:
             file_lock(self.gallery_dir(g) / "images" / ".lock"),
             file_lock(self.definition_dir(g, d) / ".lock"),
         ):
-            versions = [v.name for v in self.list_versions(g, d)]
+            broken: list[Damaged] = []
+            versions = [v.name for v in self.list_versions(g, d, broken)]
+            if broken:  # removing the tree would remove it unread
+                raise broken[0].error
             if versions:
                 raise HasDependents(
                     f"image definition {g}/{d} still has versions: {', '.join(versions)}; "
@@ -300,36 +403,80 @@ class GalleryStore:
 
     # -- versions ---------------------------------------------------------------------------
     def get_version(self, g: str, d: str, v: str) -> ImageVersion:
-        self.require(g, "reader", f"{d}/{names.Version.parse(v)}", "read")
+        v = str(names.Version.parse(v))
+        self.require(g, "reader", f"{d}/{v}", "read")
+        place = (("gallery", "gallery", g), ("definition", "image definition", d))
         try:
             return self._read(
-                ImageVersion, self.version_path(g, d, v), f"image version {g}/{d}/{v}"
+                ImageVersion,
+                self.version_path(g, d, v),
+                f"image version {g}/{d}/{v}",
+                (*place, ("name", "version", v)),
             )
         except NotFound:
             self.get_definition(g, d)
             raise
 
-    def list_versions(self, g: str, d: str) -> list[ImageVersion]:
+    def list_versions(
+        self, g: str, d: str, damaged: list[Damaged] | None = None
+    ) -> list[ImageVersion]:
+        """A definition's versions the caller may see, oldest first; damaged ones (a file
+        that does not parse, does not fit, or names another place) go to `damaged`."""
         vdir = self.versions_dir(g, d)
         try:
-            entries = list(os.scandir(vdir))
+            dfd = open_dir(self.root, (g, "images", d, "versions"), readable=True)
         except FileNotFoundError:
             self.get_definition(g, d)
             return []
+        except NotADirectoryError:
+            self.get_definition(g, d)
+            raise CorruptRecord("is not a directory", path=vdir) from None
         except OSError as err:
             raise access_error(vdir, err) from None
-        self._need_see(g, d)
-        every = self.caller is None or role_of(self.policy(g), self.caller, d) is not None
-        out = []
-        for entry in entries:
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                if not every and not self._role_on(g, f"{d}/{entry.name[:-5]}"):
+        found: list[tuple[tuple[int, int, int], ImageVersion]] = []
+        bad: list[tuple[tuple[int, int, int], Damaged]] = []
+        try:
+            self._need_see(g, d)
+            every = self.caller is None or role_of(self.policy(g), self.caller, d) is not None
+            in_gallery, in_definition = (
+                ("gallery", "gallery", g),
+                ("definition", "image definition", d),
+            )
+            for name in os.listdir(dfd):
+                if not name.endswith(".json") or name.startswith("."):
                     continue
-                with contextlib.suppress(NotFound, HostAccessDenied):
-                    out.append(self._read(ImageVersion, entry.path, entry.name))
-        # Names were validated when written; the file name is the version. Tuples sort in C.
-        out.sort(key=lambda r: tuple(map(int, r.name.split("."))))
-        return out
+                stem = name[:-5]
+                if not every and not self._role_on(g, f"{d}/{stem}"):
+                    continue
+                try:
+                    match = _VERSION_FILE.fullmatch(name)
+                    key = (int(match[1]), int(match[2]), int(match[3])) if match else (-1, 0, 0)
+                    if max(key) > names.INT32_MAX or key[0] < 0:
+                        raise CorruptRecord(
+                            "its name is not a version (Major.Minor.Patch.json)", path=vdir / name
+                        )
+                    # _load, inlined: this loop runs 10,000 times for a long listing.
+                    try:
+                        rec = loads(ImageVersion, read_record(dfd, name, vdir))
+                    except (TypeError, ValueError) as err:
+                        raise CorruptRecord(str(err), path=vdir / name) from None
+                    if rec.gallery != g or rec.definition != d or rec.name != stem:
+                        place = (in_gallery, in_definition, ("name", "version", stem))
+                        raise CorruptRecord(_misplaced(rec, place) or "", path=vdir / name)
+                    found.append((key, rec))
+                except (FileNotFoundError, PermissionError):
+                    continue  # removed meanwhile, or not the caller's to read
+                except OSError as err:
+                    raise access_error(vdir / name, err) from None
+                except CorruptRecord as err:
+                    bad.append((key, Damaged(stem, err)))
+        finally:
+            os.close(dfd)
+        by_version = operator.itemgetter(0)  # keys are unique but for names that are none
+        if damaged is not None:
+            damaged += [item for _key, item in sorted(bad, key=by_version)]
+        found.sort(key=by_version)
+        return [rec for _key, rec in found]
 
     def _role_on(self, g: str, scope: str) -> bool:
         return self.caller is None or role_of(self.policy(g), self.caller, scope) is not None
@@ -363,6 +510,9 @@ class GalleryStore:
         working on the version (keep_op_lock: the file stays so its flock stays meaningful)."""
         path = self.version_path(g, d, v)
         path.unlink(missing_ok=True)
+        remove_stale_temps(path)
+        # the log of its background replication, if it ever had one
+        (path.parent / f".{path.stem}.replicate.log").unlink(missing_ok=True)
         if not keep_op_lock:
             self.version_op_lock(g, d, v).unlink(missing_ok=True)
         fsync_dir(path.parent)

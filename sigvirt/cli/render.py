@@ -136,4 +136,10 @@ def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None
 
 
 def note(text: str) -> None:
-    stderr.print(text, highlight=False)
+    """A line for people on stderr, never wrapped (scripts grep it; rich would fold it)."""
+    stderr.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def warn(text: str) -> None:
+    """`sigvirt: warning: …`, one line on stderr whatever its length (rich would wrap it)."""
+    sys.stderr.write(f"sigvirt: warning: {' '.join(text.splitlines())}\n")
