@@ -38,7 +38,7 @@ from sigvirt.context import Context
 from sigvirt.galleries import definitions, galleries
 from sigvirt.hosts import regions
 from sigvirt.hosts.regions import Network, PoolConfig, RegionConfig, RegionsConfig
-from sigvirt.versions import publish, replication, targets
+from sigvirt.versions import copies, publish, replication, targets
 
 GOAL = 0.9  # cp time / sigvirt time
 
@@ -141,7 +141,7 @@ def bench_lab(
         with contextlib.suppress(Exception):
             rec = ctx.store.get_version("bench", "img", "1.0.0")
             for r in rec.replicas:
-                replication.remove_files(ctx.hv(r.region), r.pool, r.volume)
+                copies.remove_files(ctx.hv(r.region), r.pool, r.volume)
         ctx.close()
         conn = libvirt.open("qemu:///system")
         try:

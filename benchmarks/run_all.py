@@ -17,6 +17,7 @@ ORDER = (
     "list_versions",
     "bench_replication_local",
     "bench_replication_remote",
+    "bench_scrub",
     "bench_control_plane",
     "bench_boot",
     "bench_scaleset",

@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     HOST_ERROR = 19  # libvirt or a host tool failed in a way sigvirt can't classify further
     REPLICATION_FAILED = 20  # replicas failed (each one's reason is in the status)
     UNSUPPORTED = 21  # a request sigvirt understands but can't carry out here (and says why)
+    CORRUPT_REPLICA = 22  # a scrub found replicas whose bytes differ from the version's
     INTERRUPTED = 130
 
 

@@ -287,19 +287,26 @@ def test_the_real_binary_says_the_same(populated: SigEnv) -> None:
 def test_corrupt_metadata_is_one_line_not_a_traceback(populated: SigEnv) -> None:
     path = populated.store.version_path("myGallery", "myDef", "1.0.0")
     path.write_text('{"name": ')
-    line = f"metadata file {path} is unreadable: Expecting value: line 1 column 10 (char 9)"
+    why = "Expecting value: line 1 column 10 (char 9)"
+    line = f"metadata file {path} is unreadable: {why}"
     for argv in (
         ["sig", "image-version", "show-latest", *G, *D],
         ["sig", "image-definition", "delete", *G, *D],
     ):
         ran = populated.cli(*argv)
         assert (ran.code, ran.out, ran.error) == (ExitCode.CORRUPT_METADATA, "", line)
-    ran = populated.run("sig", "image-version", "list", *G, *D)
-    assert (ran.code, ran.out, ran.error) == (ExitCode.CORRUPT_METADATA, "", line)
-    (populated.root / "myGallery" / "gallery.json").write_text("[]")
-    assert populated.cli("sig", "list").error == (
-        f"metadata file {populated.root}/myGallery/gallery.json is unreadable: "
-        "expected a JSON object, found list"
+    # A list skips the damaged record with one warning, and JSON marks it.
+    ran = populated.run("sig", "image-version", "list", *G, *D, "-o", "json")
+    assert ran.code == 0
+    assert ran.err == f"sigvirt: warning: skipped damaged metadata file {path}: {why}\n"
+    assert ran.json == [{"name": "1.0.0", "damaged": why}]
+    gallery_json = populated.root / "myGallery" / "gallery.json"
+    gallery_json.write_text("[]")
+    ran = populated.cli("sig", "list")
+    assert ran.code == 0
+    assert ran.err == (
+        f"sigvirt: warning: skipped damaged metadata file {gallery_json}: "
+        "expected a JSON object, found list\n(no galleries)\n"
     )
 
 

@@ -178,6 +178,38 @@ BAD = [
         " integer value as 'ssh' (got 'qemu+ssh://host:ssh/system')",
         id="uri-bad-port",
     ),
+    # URIs that make libvirt run a program of the URI's choosing
+    pytest.param(
+        "regions:\n  local:\n    uri: qemu+ext:///system?command=/tmp/evil\n    pools: [a]\n",
+        "regions.yaml:3: regions.local.uri: transport 'ext' is refused: it makes libvirt run a"
+        " command (use ssh, tcp or tls)",
+        id="uri-ext-transport",
+    ),
+    pytest.param(
+        "regions:\n  local:\n    uri: qemu+ssh://h/system?command=/tmp/evil\n    pools: [a]\n",
+        "regions.yaml:3: regions.local.uri: query parameter 'command' is refused: it makes"
+        " libvirt run a program",
+        id="uri-ssh-command",
+    ),
+    pytest.param(
+        "regions:\n  local:\n    uri: qemu+ssh://h/system?netcat=/tmp/nc\n    pools: [a]\n",
+        "regions.yaml:3: regions.local.uri: query parameter 'netcat' is refused: it makes"
+        " libvirt run a program",
+        id="uri-ssh-netcat",
+    ),
+    pytest.param(
+        "regions:\n  local:\n    uri: qemu+ssh://h/system?name=qemu+ext:///x\n    pools: [a]\n",
+        "regions.yaml:3: regions.local.uri: query parameter 'name' is refused: sigvirt accepts"
+        " only keyfile, known_hosts, known_hosts_verify, no_verify, no_tty, sshauth, socket,"
+        " mode, pkipath",
+        id="uri-name-param",
+    ),
+    pytest.param(
+        "regions:\n  local:\n    uri: qemu+ssh://h/system?keyfile=/a&keyfile=/b\n    pools: [a]\n",
+        "regions.yaml:3: regions.local.uri: a query parameter is given twice"
+        " (got 'qemu+ssh://h/system?keyfile=/a&keyfile=/b')",
+        id="uri-param-twice",
+    ),
     pytest.param(
         "regions:\n  local:\n    uri: qemu:///system\n    pools: default\n",
         "regions.yaml:4: regions.local.pools: must be a list of pools (got string 'default')",

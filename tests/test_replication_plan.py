@@ -244,9 +244,9 @@ def test_plan_is_empty_when_counts_match() -> None:
 def test_retired_replicas_reach_deleting_from_any_state() -> None:
     for state in (ReplicaState.PENDING, ReplicaState.FAILED, ReplicaState.COMPLETED):
         r = _version(("local", 0, state)).replicas[0]
-        assert replication._retire(r).state == ReplicaState.DELETING
+        assert replication.retire(r).state == ReplicaState.DELETING
     copying = _version(("local", 0, ReplicaState.PENDING)).replicas[0].moved(ReplicaState.COPYING)
-    assert replication._retire(copying).state == ReplicaState.DELETING
+    assert replication.retire(copying).state == ReplicaState.DELETING
 
 
 def test_aggregate_states() -> None:

@@ -96,8 +96,8 @@ def _pkg_copy(scratch: Path) -> Path:
 @pytest.fixture(scope="module")
 def world(scratch: Path, tiny_image: Path, system_hv: Hypervisor) -> Iterator[World]:
     tag = PREFIX[-6:]
-    roles = ("reader", "contrib", "owner", "outsider", "nolibvirt", "extra")
-    groups = {r: f"sv{tag}{r[:3]}" for r in ("reader", "contrib", "owner", "extra")}
+    roles = ("reader", "contrib", "owner", "outsider", "nolibvirt", "extra", "attacker")
+    groups = {r: f"sv{tag}{r[:3]}" for r in ("reader", "contrib", "owner", "extra", "attacker")}
     users = {r: f"sv{tag}u{r[:5]}" for r in roles}
     root = scratch / "share"
     root.mkdir(mode=0o755)
@@ -115,6 +115,8 @@ def world(scratch: Path, tiny_image: Path, system_hv: Hypervisor) -> Iterator[Wo
             "outsider": ["libvirt"],
             "nolibvirt": [groups["reader"]],
             "extra": [groups["extra"], "libvirt"],
+            # a contributor of its own gallery only, and not in the libvirt group
+            "attacker": [groups["attacker"]],
         }
         for role, user in users.items():
             homes[role].mkdir(parents=True)
@@ -302,3 +304,69 @@ def test_replica_permissions_survive_a_guest_start_and_stop(world: World) -> Non
         f"group {world.groups['reader']}",
     }
     assert all(r["can_read"] for r in rows)
+
+
+def test_a_contributor_rewriting_a_record_gets_no_access_to_another_gallery(
+    world: World,
+) -> None:
+    """The attack that worked once: a contributor of gallery `atk` rewrites a version record
+    of atk (the ACL lets contributors write records) to name the victim's replica, or to
+    claim it belongs to the victim's gallery, then runs the root helper every user may run
+    through sudo. The helper refuses those records, naming them, and the victim's replica
+    stays unreadable."""
+    atk, attacker = "atkGallery", world.groups["attacker"]
+    for argv in (
+        ["sig", "create", "-r", atk],
+        ["sig", "image-definition", "create", "-r", atk, "-i", D, "--publisher", "a",
+         "--offer", "a", "--sku", "a"],
+        ["sig", "image-version", "create", "-r", atk, "-i", D, "-e", "1.0.0",
+         "--source", str(world.image)],
+        ["sig", "share", "add", "-r", atk, "--group", attacker, "--role", "contributor"],
+    ):  # fmt: skip
+        res = root_cli(world, *argv)
+        assert res.returncode == 0, (argv, res.stderr)
+    _victim_record, victim_replica = paths(world)
+    assert cat_as(world, "attacker", victim_replica).returncode != 0
+    record = world.root / "galleries" / atk / "images" / D / "versions" / "1.0.0.json"
+    original = record.read_text()
+    helper = str(Path(PY).parent / "sigvirt-access-sync")
+    regions_file = world.env["SIGVIRT_REGIONS"]
+    try:
+        for forged in ({"path": str(victim_replica)}, {"gallery": G, "path": str(victim_replica)}):
+            rec = json.loads(original)
+            rec["replicas"][0]["path"] = forged["path"]
+            if "gallery" in forged:
+                rec["gallery"] = forged["gallery"]
+            write = subprocess.run(
+                ["runuser", "-u", world.users["attacker"], "--", "sh", "-c", 'cat > "$1"', "-",
+                 str(record)], input=json.dumps(rec), text=True, capture_output=True,
+            )  # fmt: skip
+            assert write.returncode == 0, write.stderr  # contributors may write records
+            res = subprocess.run(
+                ["runuser", "-u", world.users["attacker"], "--", "sudo", "-n", helper,
+                 "--gallery-root", str(world.root / "galleries"), "--regions", regions_file,
+                 atk], capture_output=True, text=True,
+            )  # fmt: skip
+            said = res.stdout + res.stderr
+            assert str(record) in said, said  # the refused record is named
+            assert cat_as(world, "attacker", victim_replica).returncode != 0, forged
+            assert f"group:{attacker}" not in acl_of(victim_replica)
+    finally:
+        record.write_text(original)
+        root_cli(world, "sig", "image-version", "delete", "-r", atk, "-i", D, "-e", "1.0.0")
+        root_cli(world, "sig", "image-definition", "delete", "-r", atk, "-i", D)
+        root_cli(world, "sig", "delete", "-r", atk)
+
+
+def test_the_root_helper_refuses_a_regions_file_a_user_could_write(world: World) -> None:
+    mine = world.homes["attacker"] / "regions.yaml"
+    mine.write_text(Path(world.env["SIGVIRT_REGIONS"]).read_text())
+    shutil.chown(mine, world.users["attacker"])
+    helper = str(Path(PY).parent / "sigvirt-access-sync")
+    res = subprocess.run(
+        ["runuser", "-u", world.users["attacker"], "--", "sudo", "-n", helper,
+         "--gallery-root", str(world.root / "galleries"), "--regions", str(mine), G],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 10, res.stderr
+    assert "refused" in res.stderr and "not owned by root" in res.stderr

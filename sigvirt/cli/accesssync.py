@@ -15,10 +15,13 @@ from sigvirt.sharing import share
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sigvirt-access-sync", description=__doc__)
     parser.add_argument("--gallery-root", type=Path, required=True)
+    parser.add_argument(
+        "--regions", type=Path, help="a regions.yaml only root can write (default: the system's)"
+    )
     parser.add_argument("gallery")
     args = parser.parse_args(argv)
     try:
-        for line in share.sync_as_root_helper(args.gallery_root, args.gallery):
+        for line in share.sync_as_root_helper(args.gallery_root, args.gallery, args.regions):
             print(line)
     except SigvirtError as err:
         print(f"sigvirt-access-sync: {err.message}", file=sys.stderr)

@@ -48,9 +48,7 @@ def share_add(
 ) -> None:  # fmt: skip
     """Give a group a role on a gallery, a definition or a version (files follow at once)."""
     with context() as ctx:
-        policy = share.share(
-            ctx.store, Caller.current(), ctx.runner, gallery, definition, version, group, role
-        )
+        policy = share.share(ctx, Caller.current(), gallery, definition, version, group, role)
     emit(_scope_rows(policy, ""), output, SHARE_COLUMNS, title=f"shares of {gallery}")
 
 
@@ -61,9 +59,7 @@ def share_remove(
 ) -> None:  # fmt: skip
     """Take a group's share away (files follow at once)."""
     with context() as ctx:
-        policy = share.share(
-            ctx.store, Caller.current(), ctx.runner, gallery, definition, version, group, None
-        )
+        policy = share.share(ctx, Caller.current(), gallery, definition, version, group, None)
     emit(_scope_rows(policy, ""), output, SHARE_COLUMNS, title=f"shares of {gallery}")
 
 
@@ -96,7 +92,7 @@ def check_access(
 def access_sync(gallery: GalleryOpt, output: OutputOpt = Output.table) -> None:
     """Make the gallery's file ACLs match its shares (root, or through the sudo helper)."""
     with context() as ctx:
-        problems = share.sync_files(ctx.store, gallery, ctx.runner)
+        problems = share.sync_files(ctx, gallery)
     emit({"gallery": gallery, "problems": problems}, output)
     if problems:
         raise typer.Exit(ExitCode.HOST_ACCESS)

@@ -9,6 +9,7 @@ import typer
 from sigvirt.catalog import latest, names
 from sigvirt.catalog.names import ImageRef
 from sigvirt.catalog.records import ImageVersion, aggregate
+from sigvirt.catalog.store import Damaged
 from sigvirt.cli.common import (
     DefinitionOpt,
     DescriptionOpt,
@@ -19,7 +20,7 @@ from sigvirt.cli.common import (
     replica_progress,
     store,
 )
-from sigvirt.cli.render import Output, OutputOpt, emit
+from sigvirt.cli.render import Output, OutputOpt, emit, note, plain, warn
 from sigvirt.errors import ExitCode
 from sigvirt.galleries import definitions, galleries
 from sigvirt.galleries.definitions import DefinitionInput
@@ -41,6 +42,21 @@ DEFINITION_COLUMNS = [
 VERSION_COLUMNS = [
     "name", "state", "replication", "regions", "exclude_from_latest", "end_of_life", "published",
 ]  # fmt: skip
+
+
+def warn_damaged(damaged: list[Damaged]) -> None:
+    for item in damaged:
+        warn(f"skipped damaged metadata file {item.path}: {item.reason}")
+
+
+def with_damaged(rows: list[Any], damaged: list[Damaged], output: Output) -> list[Any]:
+    """A listing's rows and, for scripts (json, yaml), an entry per damaged record after
+    them, `{"name": ..., "damaged": why}`; each damaged record is one warning line on stderr.
+    The listing succeeds: one bad file must not hide the others."""
+    warn_damaged(damaged)
+    if output is Output.table or not damaged:
+        return rows
+    return [*plain(rows), *({"name": d.name, "damaged": d.reason} for d in damaged)]
 
 
 # -- galleries --------------------------------------------------------------------------------
@@ -68,9 +84,10 @@ def gallery_create(
 
 @app.command("list")
 def gallery_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table) -> None:
-    """List galleries."""
-    rows = store().list_galleries()
-    emit(rows, output, GALLERY_COLUMNS, title="galleries")
+    """List galleries (damaged ones: a warning each, and an entry marked `damaged`)."""
+    damaged: list[Damaged] = []
+    rows = store().list_galleries(damaged)
+    emit(with_damaged(rows, damaged, output), output, GALLERY_COLUMNS, title="galleries")
 
 
 @app.command("show")
@@ -144,9 +161,10 @@ def definition_create(
 def definition_list(
     gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
 ) -> None:
-    """List a gallery's image definitions."""
-    rows = store().list_definitions(gallery)
-    emit(rows, output, DEFINITION_COLUMNS, title="image definitions")
+    """List a gallery's image definitions (damaged ones: as `sig list` shows them)."""
+    damaged: list[Damaged] = []
+    rows = store().list_definitions(gallery, damaged)
+    emit(with_damaged(rows, damaged, output), output, DEFINITION_COLUMNS, title="image definitions")
 
 
 @definition_app.command("show")
@@ -228,11 +246,16 @@ def version_row(rec: ImageVersion, expand: bool = False) -> dict[str, Any]:
 
 
 def _exit_if_failed(rec: ImageVersion) -> None:
-    """Replicas that failed (a region down, a disk full) make the command fail too; the
-    status above says which and why, and running it again resumes them."""
-    state, _regions = aggregate(rec)
-    if state == "Failed":
-        raise typer.Exit(ExitCode.REGION_UNAVAILABLE)
+    """Replicas that failed (a region down, a disk full) make the command fail too, with
+    their own exit code and one line each; running it again resumes them."""
+    from sigvirt.versions import replication
+
+    failed = replication.failure(rec)
+    if failed is not None:
+        code, lines = failed
+        for line in lines:
+            note(f"sigvirt: error: {line}")
+        raise typer.Exit(code)
 
 
 def _ref(gallery: str, definition: str, version: str) -> ImageRef:
@@ -320,9 +343,11 @@ def version_list(
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """List a definition's versions, oldest first."""
-    rows = [version_row(v) for v in store().list_versions(gallery, definition)]
-    emit(rows, output, VERSION_COLUMNS, title="image versions", ready=True)
+    """List a definition's versions, oldest first (damaged ones: as `sig list` shows them)."""
+    damaged: list[Damaged] = []
+    rows = [version_row(v) for v in store().list_versions(gallery, definition, damaged)]
+    rows = with_damaged(rows, damaged, output)
+    emit(rows, output, VERSION_COLUMNS, title="image versions", ready=not damaged)
 
 
 @version_app.command("show")
@@ -356,13 +381,17 @@ def version_show_latest(
     ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
-    """The version `latest` resolves to: highest Major.Minor.Patch not excluded from latest."""
+    """The version `latest` resolves to: highest Major.Minor.Patch not excluded from latest
+    (damaged version records are skipped, each with a warning; --explain lists them)."""
     gallery_store = store()
+    damaged: list[Damaged] = []
     if explain:
-        rows = latest.explain_latest(gallery_store.list_versions(gallery, definition))
+        versions = gallery_store.list_versions(gallery, definition, damaged)
+        rows = latest.explain_latest(versions, damaged)
         emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
         return
-    rec = latest.resolve(gallery_store, ImageRef(gallery, definition))
+    rec = latest.resolve(gallery_store, ImageRef(gallery, definition), damaged)
+    warn_damaged(damaged)
     emit(version_row(rec), output)
 
 
@@ -434,15 +463,73 @@ def version_delete(
     gallery: GalleryOpt,
     definition: DefinitionOpt,
     version: VersionOpt,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="also remove a record that doesn't parse, with the replica files its name "
+            "identifies",
+        ),
+    ] = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Delete a version and its replicas (refused while clones depend on them)."""
     from sigvirt.versions import publish
 
+    ref = _ref(gallery, definition, version)
     with context() as ctx:
-        rec = publish.delete_version(ctx, _ref(gallery, definition, version))
-    emit({"deleted": rec.ref, "replicas": len(rec.replicas)}, output)
+        rec = publish.delete_version(ctx, ref, force=force)
+    # None: a record removed unread (publish's `force`), whose replicas it could not count.
+    emit({"deleted": str(ref), "replicas": len(rec.replicas) if rec else 0}, output)
+
+
+OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery")]
+OptDefinition = Annotated[
+    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
+]
+OptVersion = Annotated[str | None, typer.Option("--gallery-image-version", "-e", help="version")]
+SCRUB_COLUMNS = ["version", "region", "volume", "outcome", "bytes", "seconds", "detail"]
+
+
+@version_app.command("scrub")
+def version_scrub(
+    gallery: OptGallery = None,
+    definition: OptDefinition = None,
+    version: OptVersion = None,
+    max_rate: Annotated[
+        float | None, typer.Option("--max-rate", help="MB/s to read at most (default: no limit)")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Re-hash replicas where they lie; a mismatch is marked corrupt (exit 22, listed)."""
+    from sigvirt.versions import scrub
+
+    with context() as ctx:
+        rows = scrub.scrub(ctx, gallery, definition, version, max_rate_mb=max_rate)
+    emit(rows, output, SCRUB_COLUMNS, title="scrub")
+    bad = [r for r in rows if r.outcome in ("corrupt", "missing")]
+    for r in bad:
+        note(f"sigvirt: error: {r.version}: replica {r.volume} in {r.region} is {r.outcome}")
+    if bad:
+        raise typer.Exit(ExitCode.CORRUPT_REPLICA)
+
+
+@version_app.command("heal")
+def version_heal(
+    gallery: OptGallery = None,
+    definition: OptDefinition = None,
+    version: OptVersion = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Copy corrupt replicas again from verified ones (not one that clones depend on)."""
+    from sigvirt.versions import scrub
+
+    with context() as ctx:
+        rows = scrub.heal(ctx, gallery, definition, version)
+    emit(rows, output, SCRUB_COLUMNS, title="heal")
+    if any(r.outcome != "healed" for r in rows):
+        raise typer.Exit(ExitCode.CORRUPT_REPLICA)
 
 
 @version_app.command("dependents")

@@ -33,7 +33,7 @@ def create_gallery(
     )
     store.save_policy(Policy(name, owner_group))
     # The creator owns every file just made, so the ACLs can be set without privileges.
-    share.sync(store, name)
+    share.sync(store, name, {})  # nothing in it has replicas yet
     return rec
 
 

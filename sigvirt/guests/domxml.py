@@ -55,16 +55,20 @@ class Provenance:
     key_path: str = ""  # private key sigvirt waits for SSH with
     custom_data: str = ""  # base64
     flattened: str = ""  # when the disk stopped depending on its replica
+    creator: str = ""  # host:boot:pid of the process creating it; cleared once it started
 
-    def to_xml(self) -> ET.Element:
-        root = ET.Element(f"{{{XMLNS}}}guest")
+    def to_xml(self, namespace: str | None = XMLNS) -> ET.Element:
+        """The <guest> element; namespace=None gives it bare, as libvirt's setMetadata takes
+        it (libvirt puts it in the namespace it is given itself)."""
+        ns = f"{{{namespace}}}" if namespace else ""
+        root = ET.Element(f"{ns}guest")
         for f in fields(self):
             value = getattr(self, f.name)
             if value in ("", -1, 0) and f.name not in ("instance",):
                 continue
             if f.name == "instance" and value < 0:
                 continue
-            ET.SubElement(root, f"{{{XMLNS}}}{f.name.replace('_', '-')}").text = str(value)
+            ET.SubElement(root, f"{ns}{f.name.replace('_', '-')}").text = str(value)
         return root
 
     @classmethod
@@ -79,6 +83,11 @@ class Provenance:
                 continue
             values[f.name] = int(el.text) if f.type in ("int", int) else el.text
         return cls(**values)  # type: ignore[arg-type]
+
+
+def provenance_xml(prov: Provenance) -> str:
+    """The provenance element alone, as libvirt's setMetadata takes it."""
+    return ET.tostring(prov.to_xml(namespace=None), encoding="unicode")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ recorded in its <metadata>; a guest that fails to come up leaves none of it behi
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sigvirt import faults
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, SigvirtError
 from sigvirt.guests import domxml
@@ -85,6 +88,11 @@ def detect_accel(hv: Hypervisor) -> Accel:
     return _accel_cache[hv.uri]
 
 
+def volume_names(name: str) -> tuple[str, str, str]:
+    """A guest's overlay, seed and console log: named after the domain, nothing else is."""
+    return _names(name)
+
+
 def _names(name: str) -> tuple[str, str, str]:
     return f"{name}.qcow2", f"{name}.cidata.iso", f"{name}.console.log"
 
@@ -96,6 +104,61 @@ def console_tail(hv: Hypervisor, pool: str, console_vol: str, lines: int = 25) -
         return ""
     text = data.decode(errors="replace").replace("\r", "")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def creator_id() -> str:
+    """Who is creating a domain: host, boot and process, so the next command can tell a
+    creation in progress from one that was killed."""
+    return f"{socket.gethostname()}:{_boot_id()}:{os.getpid()}"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def creator_alive(creator: str) -> bool:
+    """Whether the process a provenance names as its creator may still be at work (a
+    creator on another machine can't be asked: it counts as alive)."""
+    host, _, rest = creator.partition(":")
+    boot, _, pid = rest.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    if boot != _boot_id():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def interrupted(dom: Domain) -> bool:
+    """A domain whose creation was killed before it started: defined, not running, and its
+    creator is gone."""
+    prov = provenance_of(dom)
+    return (
+        prov is not None
+        and bool(prov.creator)
+        and not creator_alive(prov.creator)
+        and not dom.is_active()
+    )
+
+
+def reap_interrupted(hv: Hypervisor, name: str) -> list[str]:
+    """Remove what a killed creation of `name` left (its domain names all of it); a domain
+    of that name that is anything else is a Conflict."""
+    try:
+        dom = hv.domain(name)
+    except NotFound:
+        return []
+    if interrupted(dom):
+        return delete(hv, name)
+    raise Conflict(f"a domain named {name} already exists on {hv.uri}")
 
 
 def create(
@@ -111,29 +174,77 @@ def create(
 ) -> Guest:
     """Create and start a guest on a linked clone of spec.base; wait for SSH unless told not to.
 
-    On any failure everything created so far is removed and GuestFailed carries the tail of
-    the serial console.
+    The domain is defined first, naming every volume it will own and the process creating
+    it (`creator` in its provenance); then the volumes are made; then it starts, and only
+    then does its provenance stop naming a creator. A creation killed at any step leaves a
+    domain that says so: the next create of that name (or a scale) reaps it, `vm delete`
+    removes it with whatever volumes exist. On any failure everything created so far is
+    removed and GuestFailed carries the tail of the serial console.
     """
-    if hv.domain_exists(spec.name):
-        raise Conflict(f"a domain named {spec.name} already exists on {hv.uri}")
+    reap_interrupted(hv, spec.name)
     overlay_name, seed_name, console_name = _names(spec.name)
     for vol in (overlay_name, seed_name, console_name):
         if hv.volume_exists(spec.pool, vol):
-            raise Conflict(f"volume {spec.pool}/{vol} already exists (left from an earlier guest?)")
+            raise Conflict(
+                f"volume {spec.pool}/{vol} already exists (left from an earlier guest?)",
+                hint=f"sigvirt vm delete -n {spec.name} removes what a VM of that name left",
+            )
+    base_vol = hv.volume_by_path(spec.base)
+    if base_vol is None:
+        raise NotFound(f"base image {spec.base} is not a volume of any pool on {hv.uri}")
+    directory = hv.pool_path(spec.pool)
+    chosen_accel = accel or detect_accel(hv)
+    prov = replace(
+        spec.provenance,
+        overlay_pool=spec.pool,
+        overlay=overlay_name,
+        seed=seed_name,
+        console=console_name,
+        admin_user=spec.admin_user,
+        created=spec.provenance.created or datetime.now(UTC).isoformat(timespec="seconds"),
+        creator=creator_id(),
+    )
+    port = 0
+    avoid: set[int] = set()
+
+    def define() -> Domain:
+        nonlocal port
+        if spec.network.kind == "user-forward":
+            if port:
+                ports.release(port)
+                avoid.add(port)
+            port = ports.allocate(ports_in_use(hv) | avoid, local=hv.is_local, where=hv.uri)
+        dom_spec = DomainSpec(
+            name=spec.name,
+            memory_mib=spec.memory_mib,
+            vcpus=spec.vcpus,
+            disk=directory / overlay_name,
+            backing=(Backing(spec.base, spec.base_format),),
+            seed=directory / seed_name,
+            console_log=directory / console_name,
+            network=replace(spec.network, host_port=port),
+            accel=chosen_accel,
+            firmware=spec.firmware,
+            tb_cache_mib=spec.tb_cache_mib,
+            provenance=replace(prov, ssh_port=port),
+        )
+        return hv.define(domxml.domain_xml(dom_spec))
 
     undo: list[Callable[[], object]] = []
-    port = 0
     try:
-        base_vol = hv.volume_by_path(spec.base)
-        if base_vol is None:
-            raise NotFound(f"base image {spec.base} is not a volume of any pool on {hv.uri}")
-        overlay = hv.create_volume(
+        dom = define()
+        undo.append(lambda: hv.destroy_and_undefine(spec.name))
+        faults.point("vm.defined")
+        if on_defined:
+            on_defined(spec.name)
+        hv.create_volume(
             spec.pool,
             xmlbuild.overlay_volume_xml(
                 overlay_name, base_vol.capacity, spec.base, spec.base_format
             ),
         )
         undo.append(lambda: hv.delete_volume(spec.pool, overlay_name))
+        faults.point("vm.overlay")
         seed = SeedSpec(
             instance_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
             hostname=spec.hostname or spec.name,
@@ -141,43 +252,13 @@ def create(
             ssh_public_keys=spec.ssh_public_keys,
             custom_data=spec.custom_data,
         )
-        seed_path = streams.upload_bytes(hv, spec.pool, seed_name, seed_iso(seed), mode=0o600)
+        streams.upload_bytes(hv, spec.pool, seed_name, seed_iso(seed), mode=0o600)
         undo.append(lambda: hv.delete_volume(spec.pool, seed_name))
-        console_path = streams.upload_bytes(hv, spec.pool, console_name, b"", mode=0o600)
+        faults.point("vm.seed")
+        streams.upload_bytes(hv, spec.pool, console_name, b"", mode=0o600)
         undo.append(lambda: hv.delete_volume(spec.pool, console_name))
-
-        chosen_accel = accel or detect_accel(hv)
-        prov = replace(
-            spec.provenance,
-            overlay_pool=spec.pool,
-            overlay=overlay_name,
-            seed=seed_name,
-            console=console_name,
-            admin_user=spec.admin_user,
-            created=spec.provenance.created or datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        avoid: set[int] = set()
+        faults.point("vm.console")
         for _attempt in range(5):
-            if spec.network.kind == "user-forward":
-                port = ports.allocate(ports_in_use(hv) | avoid, local=hv.is_local, where=hv.uri)
-            dom_spec = DomainSpec(
-                name=spec.name,
-                memory_mib=spec.memory_mib,
-                vcpus=spec.vcpus,
-                disk=overlay.path,
-                backing=(Backing(spec.base, spec.base_format),),
-                seed=seed_path,
-                console_log=console_path,
-                network=replace(spec.network, host_port=port),
-                accel=chosen_accel,
-                firmware=spec.firmware,
-                tb_cache_mib=spec.tb_cache_mib,
-                provenance=replace(prov, ssh_port=port),
-            )
-            dom = hv.define(domxml.domain_xml(dom_spec))
-            undo.append(lambda: hv.destroy_and_undefine(spec.name))
-            if on_defined:
-                on_defined(spec.name)
             try:
                 dom.start()
                 break
@@ -185,21 +266,22 @@ def create(
                 if spec.network.kind != "user-forward":
                     raise GuestFailed(f"{spec.name}: libvirt could not start it: {err}") from None
                 # Another process took the port between our check and QEMU's bind: next one.
-                hv.destroy_and_undefine(spec.name)
-                undo.pop()
-                ports.release(port)
-                avoid.add(port)
+                dom = define()
             except HostError as err:
                 raise GuestFailed(
                     f"{spec.name}: libvirt could not start it: {err.message}"
                 ) from None
         else:
             raise GuestFailed(f"{spec.name}: no loopback port could be bound after 5 attempts")
+        faults.point("vm.started")
+        prov = replace(prov, ssh_port=port, creator="")  # started: no longer being created
+        dom.set_metadata(domxml.XMLNS, "sigvirt", domxml.provenance_xml(prov))
+        faults.point("vm.recorded")
 
         endpoint = None
         if spec.network.kind == "user-forward":
             endpoint = ssh.Endpoint("127.0.0.1", port, spec.admin_user, key_path, jump_for(hv))
-        guest = Guest(spec.name, endpoint, overlay.path, dom_spec.provenance or prov)
+        guest = Guest(spec.name, endpoint, directory / overlay_name, prov)
         if wait:
             guest = wait_for_ssh(hv, guest, timeout)
         return guest

@@ -7,13 +7,21 @@ named it, size, admin user, keys) is read back from an existing instance when sc
 from __future__ import annotations
 
 import base64
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sigvirt import faults
 from sigvirt.catalog import names
 from sigvirt.context import Context
-from sigvirt.errors import Conflict, InvalidArgument, NotFound, SigvirtError
+from sigvirt.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    RegionUnavailable,
+    SigvirtError,
+)
 from sigvirt.guests import guest, vms
 from sigvirt.guests.vms import Placement, Vm, VmRequest
 from sigvirt.hosts.hypervisor import Hypervisor
@@ -79,6 +87,7 @@ def _create_many(
         for i, fut in futures.items():
             try:
                 created.append(fut.result())
+                faults.point("vmss.instance")
             except SigvirtError as err:
                 failed.append(f"{instance_name(name, i)}: {err.message}")
     return ScaleResult(name, tuple(created), (), tuple(failed))
@@ -88,13 +97,28 @@ def create(ctx: Context, name: str, count: int, base: VmRequest) -> ScaleResult:
     names.vm_name(name)
     if not 1 <= count <= MAX_INSTANCES:
         raise InvalidArgument(f"--instance-count must be 1..{MAX_INSTANCES} (got {count})")
+    reap_interrupted(ctx, name)
     if instances(ctx, name):
         raise Conflict(f"scale set {name} already exists")
     probe = vms.prepare(ctx, replace(base, name=instance_name(name, 0)))
     return _create_many(ctx, base, name, list(range(count)), probe.region)
 
 
+def reap_interrupted(ctx: Context, name: str) -> list[str]:
+    """Instances whose creation was killed before they started (their creator is gone):
+    removed, so a scale counts and refills only real instances."""
+    removed = []
+    for region in ctx.regions.regions:
+        with contextlib.suppress(RegionUnavailable):
+            hv = ctx.hv(region)
+            for dom, prov in vms.sigvirt_domains(hv):
+                if prov.scale_set == name and prov.region == region and guest.interrupted(dom):
+                    removed += guest.delete(hv, dom.name)
+    return removed
+
+
 def _model(ctx: Context, name: str) -> tuple[VmRequest, str, list[Vm]]:
+    reap_interrupted(ctx, name)
     members = instances(ctx, name)
     if not members:
         raise NotFound(f"scale set {name} not found")
@@ -137,6 +161,7 @@ def scale(ctx: Context, name: str, capacity: int, *, wait: bool = True) -> Scale
 
 def _delete_one(ctx: Context, vm: Vm) -> str:
     vms.delete(ctx, vm.name, vm.region)
+    faults.point("vmss.instance-deleted")
     return vm.name
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sigvirt import faults
 from sigvirt.catalog import dates, latest, names
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
@@ -263,8 +264,10 @@ def create_prepared(
 ) -> Vm:
     placement = placement or Placement()
     hv = ctx.hv(p.region)
-    if hv.domain_exists(p.request.name):
-        raise Conflict(f"a VM named {p.request.name} already exists in region {p.region}")
+    try:
+        guest.reap_interrupted(hv, p.request.name)  # what a killed create of it left
+    except Conflict:
+        raise Conflict(f"a VM named {p.request.name} already exists in region {p.region}") from None
     cfg = ctx.regions.region(p.region)
     replica = placement.pick(hv, p.version, p.region, cfg.clones_per_replica)
     try:
@@ -425,8 +428,47 @@ def restart(ctx: Context, name: str, region: str | None = None) -> Vm:
 
 
 def delete(ctx: Context, name: str, region: str | None = None) -> list[str]:
-    hv, _r, _dom = find(ctx, name, region)
-    return guest.delete(hv, name)
+    """Delete a VM with its disk, seed and console log; what was removed.
+
+    A `vm create` killed before its domain was defined leaves volumes and no domain: with no
+    VM of that name, its leftovers (NAME.qcow2 backed by a replica of a configured pool,
+    NAME.cidata.iso, NAME.console.log) are removed instead."""
+    names.vm_name(name)
+    try:
+        hv, _r, _dom = find(ctx, name, region)
+    except NotFound:
+        removed = remove_leftovers(ctx, name, region)
+        if not removed:
+            raise
+        return removed
+    removed = guest.delete(hv, name)
+    faults.point("vm.deleted")
+    return removed
+
+
+def remove_leftovers(ctx: Context, name: str, region: str | None = None) -> list[str]:
+    """The volumes a VM's interrupted creation left in the pools of the region (or all)."""
+    overlay, seed, console = guest.volume_names(name)
+    removed: list[str] = []
+    for r in [region] if region else list(ctx.regions.regions):
+        with contextlib.suppress(RegionUnavailable):
+            hv = ctx.hv(r)
+            if hv.domain_exists(name):
+                continue  # a domain sigvirt doesn't own: its volumes are not ours either
+            pools = {p.name: hv.pool_path(p.name) for p in ctx.regions.region(r).pools}
+            for pool in pools:
+                for vol in hv.volumes(pool):
+                    if vol.name in (seed, console):
+                        ours = True
+                    elif vol.name == overlay:
+                        backing = vol.backing_path()
+                        ours = backing is not None and Path(backing).parent in pools.values()
+                    else:
+                        ours = False
+                    if ours:
+                        vol.delete()
+                        removed.append(f"volume {pool}/{vol.name}")
+    return removed
 
 
 def ssh_argv(ctx: Context, name: str, region: str | None, command: list[str]) -> list[str]:

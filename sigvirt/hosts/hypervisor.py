@@ -168,6 +168,16 @@ class Hypervisor:
     def _pool(self, name: str) -> libvirt.virStoragePool:
         pool = self._call(f"pool {name}", self._conn.storagePoolLookupByName, name)
         if not self._call(f"pool {name}", pool.isActive):
+            path = ET.fromstring(self._call(f"pool {name}", pool.XMLDesc, 0)).findtext(
+                "./target/path"
+            )
+            if self.is_local and path and not os.path.isdir(path):
+                # libvirt stops a pool whose directory vanished: say so, or the hint
+                # (pool-start) would only fail again.
+                raise RegionUnavailable(
+                    f"pool {name} on {self.uri} is not active: its directory {path} is "
+                    "missing, and the replicas that were in it with it"
+                )
             raise RegionUnavailable(
                 f"pool {name} on {self.uri} is not active",
                 hint=f"virsh -c {self.uri} pool-start {name}",
@@ -440,6 +450,21 @@ class Domain:
             return self._dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, 0)
         except libvirt.libvirtError:
             return None
+
+    def set_metadata(self, namespace: str, prefix: str, xml: str) -> None:
+        """Replace the domain's <metadata> element of `namespace`, live and persistent."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if self.is_active():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._call(
+            "metadata",
+            self._dom.setMetadata,
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+            xml,
+            prefix,
+            namespace,
+            flags,
+        )
 
     def block_pull(self, disk: str) -> None:
         """Start pulling the backing chain's data into `disk` (live flatten)."""

@@ -101,6 +101,14 @@ MESSAGE_RULES: tuple[MessageRule, ...] = (
         "libvirt 9.0.0: a pool stopped under us",
     ),
     MessageRule(
+        frozenset({libvirt.VIR_ERR_SYSTEM_ERROR}),
+        ("cannot open directory",),
+        lambda what, uri, msg: RegionUnavailable(
+            f"{what}: {msg} (the pool's directory is gone: its replicas with it)"
+        ),
+        "libvirt 9.0.0: refreshing or starting a dir pool whose directory was removed",
+    ),
+    MessageRule(
         frozenset(),
         ("No space left on device",),
         lambda what, uri, msg: NoSpace(f"{what}: no space left on device"),

@@ -42,7 +42,8 @@ _REGION_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "descr
 _POOL_KEYS = ("name", "path")
 _NETWORK_KEYS = ("type", "restrict", "ports", "name")
 _REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PORTS = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+# At most 5 digits: more make no port, and int() refuses more than 4300 with a ValueError.
+_PORTS = re.compile(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*")
 _TAG = "tag:yaml.org,2002:"
 _PLAIN_KINDS = {"int": "integer", "bool": "boolean", "float": "number"}
 _TOP = "top level"  # the key path of the document itself
@@ -141,7 +142,9 @@ def _libvirt_name_problem(name: str) -> str | None:
 
 
 def _path_problem(path: str) -> str | None:
-    return None if path.startswith("/") else f"must be an absolute path (got {path!r})"
+    if "\0" in path:
+        return f"must not contain a NUL byte (got {path[:100]!r})"
+    return None if path.startswith("/") else f"must be an absolute path (got {path[:100]!r})"
 
 
 def _ports_problem(low: int, high: int) -> str | None:
@@ -216,7 +219,12 @@ class _Walker:
     def scalar(self, node: yaml.Node, key: str, kind: str, what: str) -> Any:
         if not isinstance(node, yaml.ScalarNode) or node.tag != _TAG + kind:
             self.fail(node, key, f"must be {what} (got {_describe(node)})")
-        return self.loader.construct_object(node)
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, KeyError):
+            # PyYAML's own constructors fail on what its resolver let through: `!!int abc`,
+            # `0b_`, `!!bool maybe`, an integer of more than 4300 digits.
+            self.fail(node, key, f"must be {what} (got {_describe(node)}, which does not parse)")
 
     def string(self, node: yaml.Node, key: str, check: Any = None) -> str:
         value = cast(str, self.scalar(node, key, "str", "a string"))
@@ -248,6 +256,10 @@ def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]
                 problem += f" ({err.context} on line {err.context_mark.line + 1})"
         one_line = " ".join(problem.split())  # the promise is one line per error
         raise ConfigError(f"{where}: YAML syntax error: {one_line}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        mark = loader.get_mark() if loader is not None else None
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else f"{source}:1"
+        raise ConfigError(f"{where}: YAML syntax error: collections nested too deeply") from None
     except yaml.reader.ReaderError as err:
         line = text.count("\n", 0, err.position) + 1
         column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1

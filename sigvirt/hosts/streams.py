@@ -19,6 +19,7 @@ from pathlib import Path
 
 import libvirt
 
+from sigvirt import faults
 from sigvirt.errors import HostAccessDenied, HostError, NoSpace, RegionUnavailable, SigvirtError
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor, Volume
@@ -121,6 +122,7 @@ def upload_file(vol: Volume, src: Path, progress: Progress | None = None) -> Cop
         chunk = os.pread(fd, nbytes, state["pos"])
         count.data(chunk)
         _advance(len(chunk))
+        faults.point("stream.chunk")
         return chunk
 
     stream = vol.hv._conn.newStream(0)
@@ -150,6 +152,7 @@ def download_file(vol: Volume, dst: Path, progress: Progress | None = None) -> C
             view = view[n:]
             pos[0] += n
         count.data(buf)
+        faults.point("stream.chunk")
         return len(buf)
 
     def hole_handler(_stream: libvirt.virStream, length: int, _opaque: object) -> int:
@@ -262,6 +265,7 @@ def stream_copy(
         chunk, rest = payload[:nbytes], payload[nbytes:]
         current[0] = (True, rest) if rest else None
         count.data(chunk)
+        faults.point("stream.chunk")
         return chunk
 
     wstream = dst_vol.hv._conn.newStream(0)

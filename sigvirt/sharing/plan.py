@@ -15,14 +15,15 @@ import contextlib
 import grp
 import os
 import pwd
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sigvirt.catalog.fileio import file_lock
 from sigvirt.catalog.policy import Grant, Policy, Role, covers
-from sigvirt.catalog.records import ImageVersion
-from sigvirt.catalog.store import GalleryStore
+from sigvirt.catalog.records import Replica
+from sigvirt.catalog.store import Damaged, GalleryStore
 from sigvirt.hosts import qemuconf
 from sigvirt.sharing import acl as posixacl
 
@@ -89,8 +90,20 @@ def _make(
     return posixacl.Acl(7 if is_dir else 6, group, 0, (), named)
 
 
-def plan(store: GalleryStore, policy: Policy) -> list[Target]:
-    """Every path of the gallery (metadata and local replicas) with the ACL it should have."""
+PoolDirs = Mapping[str, Mapping[str, Path]]  # local region -> pool name -> its directory
+
+
+def plan(
+    store: GalleryStore, policy: Policy, pool_dirs: PoolDirs
+) -> tuple[list[Target], list[str]]:
+    """Every path of the gallery (metadata and local replicas) with the ACL it should have,
+    and the replica paths refused, each as a line naming its record.
+
+    Contributors can rewrite version records, so nothing in a record is trusted: a replica
+    gets an ACL only when it sits in the directory of the pool its record names, in a local
+    region, under exactly the name sigvirt gives that replica of the version the record's
+    *location* says (G-D-V-REGION-i.qcow2); records the store can't read, or that claim to
+    be elsewhere, are skipped by the store itself."""
     g = policy.gallery
     gdir = store.gallery_dir(g)
     og = bool(policy.owner_group)
@@ -106,6 +119,7 @@ def plan(store: GalleryStore, policy: Policy) -> list[Target]:
         return _Level(cover, below)
 
     out: list[Target] = []
+    refused: list[str] = []
     top = level("")
     # The gallery's own directory and files change only by owners (sharing lives there).
     owners_only: tuple[Role, ...] = ("owner",)
@@ -117,7 +131,8 @@ def plan(store: GalleryStore, policy: Policy) -> list[Target]:
     out.append(Target(images, _make(top, True, og), _make(inherit, True, og), gid))
     out.append(Target(images / ".lock", _make(inherit, False, og), None, gid))
     qemu = qemu_uid()
-    for d in store.list_definitions(g):
+    damaged: list[Damaged] = []
+    for d in store.list_definitions(g, damaged):
         dl = level(d.name)
         d_default = _make(_Level(dl.covering, ()), True, og)
         ddir = store.definition_dir(g, d.name)
@@ -125,7 +140,7 @@ def plan(store: GalleryStore, policy: Policy) -> list[Target]:
             out.append(Target(path, _make(dl, True, og), d_default, gid))
         for name in ("definition.json", ".lock"):
             out.append(Target(ddir / name, _make(dl, False, og), None, gid))
-        for v in store.list_versions(g, d.name):
+        for v in store.list_versions(g, d.name, damaged):
             vl = level(f"{d.name}/{v.name}")
             vacl = _make(vl, False, og)
             out.append(Target(store.version_path(g, d.name, v.name), vacl, None, gid))
@@ -135,17 +150,41 @@ def plan(store: GalleryStore, policy: Policy) -> list[Target]:
             readers = tuple(sorted((k, READ) for k in vl.entries(False)))
             users = ((qemu, READ),) if qemu is not None else ()
             racl = posixacl.Acl(6, 4 if og else 0, 0, users, readers)
+            record = store.version_path(g, d.name, v.name)
             for r in v.replicas:
-                path = Path(r.path)
-                if replica_paths_ok(v, path):
-                    out.append(Target(path, racl, None, gid))
-    return out
+                problem = replica_path_problem(g, d.name, v.name, r, pool_dirs)
+                if problem is None:
+                    out.append(Target(Path(r.path), racl, None, gid))
+                elif problem:
+                    refused.append(f"{record}: refused replica path {r.path[:200]!r}: {problem}")
+    refused += [f"{x.path}: refused, not trusted: {x.reason}" for x in damaged]
+    return out, refused
 
 
-def replica_paths_ok(v: ImageVersion, path: Path) -> bool:
-    """A replica path a record names is one sigvirt would have made for this version."""
-    prefix = f"{v.gallery}-{v.definition}-{v.name}-"
-    return path.name.startswith(prefix) and path.suffix == ".qcow2" and path.is_absolute()
+_INDEX = re.compile(r"[0-9]{1,3}")
+
+
+def replica_path_problem(g: str, d: str, v: str, r: Replica, pool_dirs: PoolDirs) -> str | None:
+    """None when `r.path` is the file sigvirt made for replica `r` of version G/D/V in a
+    local pool; "" for a replica that is simply not local (nothing to set there); else why
+    the path is refused."""
+    if r.region not in pool_dirs:
+        return ""
+    directory = pool_dirs[r.region].get(r.pool)
+    if directory is None:
+        return f"pool {r.pool!r} is not a pool of region {r.region!r}"
+    path = Path(r.path)
+    if not path.is_absolute() or os.path.normpath(path) != str(path):
+        return "not a plain absolute path"
+    if path.parent != directory:
+        return f"not in the directory of pool {r.pool} ({directory})"
+    prefix = f"{g}-{d}-{v}-{r.region}-"
+    index = path.name.removeprefix(prefix).removesuffix(".qcow2")
+    if not path.name.startswith(prefix) or not path.name.endswith(".qcow2"):
+        return f"not the name of a replica of {g}/{d}/{v} in region {r.region}"
+    if not _INDEX.fullmatch(index) or (len(index) > 1 and index.startswith("0")):
+        return f"not the name of a replica of {g}/{d}/{v} in region {r.region}"
+    return None
 
 
 def apply_plan(targets: list[Target]) -> list[str]:

@@ -3,20 +3,31 @@ here when we may (root) or through the root helper lab hosts let everyone run.""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import shutil
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from sigvirt.catalog import names
 from sigvirt.catalog.policy import ROLES, Caller, Grant, Policy, Role, require, scope_of
 from sigvirt.catalog.store import GalleryStore
-from sigvirt.errors import HostAccessDenied, InvalidArgument, NotFound, PermissionRefused
-from sigvirt.runner import Runner
-from sigvirt.sharing.plan import apply_plan, locked, plan
+from sigvirt.context import Context
+from sigvirt.errors import (
+    HostAccessDenied,
+    InvalidArgument,
+    NotFound,
+    PermissionRefused,
+    SigvirtError,
+)
+from sigvirt.hosts import regions
+from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import RegionsConfig
+from sigvirt.sharing.plan import PoolDirs, apply_plan, locked, plan
 
 
 def load(store: GalleryStore, gallery: str) -> Policy:
@@ -54,21 +65,45 @@ def without_grant(policy: Policy, group: str, scope: str) -> Policy:
 SYNC_HELPER = "sigvirt-access-sync"
 
 
-def sync(store: GalleryStore, gallery: str) -> list[str]:
+def local_pool_dirs(
+    config: RegionsConfig, pool_path: Callable[[str, str], Path] | None = None
+) -> dict[str, dict[str, Path]]:
+    """Each local region's pools and their directories: from regions.yaml, else (a pool
+    sigvirt doesn't create) as its host says; a pool nobody can locate is left out."""
+    out: dict[str, dict[str, Path]] = {}
+    for name, cfg in config.regions.items():
+        if not cfg.is_local:
+            continue
+        dirs = out.setdefault(name, {})
+        for pool in cfg.pools:
+            if pool.path is not None:
+                dirs[pool.name] = pool.path
+            elif pool_path is not None:
+                with contextlib.suppress(SigvirtError):
+                    dirs[pool.name] = pool_path(name, pool.name)
+    return out
+
+
+def sync(store: GalleryStore, gallery: str, pool_dirs: PoolDirs) -> list[str]:
     """Make the gallery's files say what its access.json says; problems as lines."""
     with locked(store, gallery):
-        return apply_plan(plan(store, load(store, gallery)))
+        targets, refused = plan(store, load(store, gallery), pool_dirs)
+        return refused + apply_plan(targets)
 
 
-def sync_files(store: GalleryStore, gallery: str, runner: Runner) -> list[str]:
+def sync_files(ctx: Context, gallery: str) -> list[str]:
     """sync(), here if we may (root), else through the root helper that lab hosts allow
-    everyone to run with sudo (it only ever applies what owners wrote in access.json)."""
+    everyone to run with sudo (it only ever applies what owners wrote in access.json, to
+    the pools of a regions.yaml only root can have written)."""
+    store = ctx.store
     if os.geteuid() == 0:
-        return sync(store, gallery)
+        dirs = local_pool_dirs(ctx.regions, lambda r, p: ctx.hv(r).pool_path(p))
+        return sync(store, gallery, dirs)
     helper = shutil.which(SYNC_HELPER) or str(Path(sys.executable).parent / SYNC_HELPER)
-    res = runner.run(
-        ["sudo", "-n", helper, "--gallery-root", str(store.root), gallery], check=False
-    )
+    argv = ["sudo", "-n", helper, "--gallery-root", str(store.root)]
+    if ctx.regions.path is not None:
+        argv += ["--regions", str(ctx.regions.path)]
+    res = ctx.runner.run([*argv, gallery], check=False)
     if res.returncode != 0:
         raise HostAccessDenied(
             f"could not update the file ACLs of gallery {gallery}: "
@@ -79,9 +114,8 @@ def sync_files(store: GalleryStore, gallery: str, runner: Runner) -> list[str]:
 
 
 def share(
-    store: GalleryStore,
+    ctx: Context,
     caller: Caller,
-    runner: Runner,
     gallery: str,
     definition: str | None,
     version: str | None,
@@ -89,13 +123,14 @@ def share(
     role: str | None,
 ) -> Policy:
     """Add (role given) or remove (role None) a group's share; files follow at once."""
+    store = ctx.store
     scope = scope_of(definition, version)
     _exists(store, gallery, definition, version)
     policy = load(store, gallery)
     require(policy, caller, "owner", scope, "share")
     policy = with_grant(policy, group, role, scope) if role else without_grant(policy, group, scope)
     save(store, policy)
-    sync_files(store, gallery, runner)
+    sync_files(ctx, gallery)
     return policy
 
 
@@ -135,12 +170,35 @@ def made_by_root(gallery: Path) -> str | None:
     return None
 
 
-def sync_as_root_helper(root: Path, gallery: str) -> list[str]:
+def sync_as_root_helper(root: Path, gallery: str, regions_file: Path | None) -> list[str]:
     """What `sudo sigvirt-access-sync` does for any user: sync one gallery of a root that
-    only root can have prepared; PermissionRefused says why a root or gallery isn't."""
+    only root can have prepared, setting replica ACLs only in the pools of a regions.yaml
+    only root can have written (the system's, unless the caller names another such file);
+    PermissionRefused says why a root, gallery or regions file isn't trusted."""
     names.gallery_name(gallery)
     root = root.resolve()
     problem = trusted(root) or made_by_root(root / gallery)
+    if regions_file is None:
+        regions_file = (
+            regions.SYSTEM_REGIONS if regions.SYSTEM_REGIONS.exists() else regions.SHIPPED_REGIONS
+        )
+    regions_file = regions_file.resolve()
+    problem = problem or trusted(regions_file.parent) or _root_file(regions_file)
     if problem:
         raise PermissionRefused(f"refused: {problem}")
-    return sync(GalleryStore(root), gallery)
+    config = regions.load(regions_file, env={})
+
+    def pool_path(region: str, pool: str) -> Path:
+        with Hypervisor.open(config.region(region).uri) as hv:
+            return hv.pool_path(pool)
+
+    return sync(GalleryStore(root), gallery, local_pool_dirs(config, pool_path))
+
+
+def _root_file(path: Path) -> str | None:
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is not owned and written by root alone"
+    return None

@@ -18,23 +18,40 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigvirt import faults
 from sigvirt.catalog import dates, names
 from sigvirt.catalog.fileio import fsync_dir
 from sigvirt.catalog.names import ImageRef
-from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState, VersionState, now
+from sigvirt.catalog.records import (
+    ImageVersion,
+    Replica,
+    ReplicaState,
+    VersionState,
+    aggregate,
+    now,
+)
+from sigvirt.catalog.store import CorruptRecord
 from sigvirt.context import Context
-from sigvirt.errors import Conflict, HasDependents, NotFound, SigvirtError
+from sigvirt.errors import (
+    Conflict,
+    HasDependents,
+    NoSpace,
+    NotFound,
+    RegionUnavailable,
+    SigvirtError,
+)
 from sigvirt.hosts import hostshell, streams, xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.sharing import share
 from sigvirt.sharing.plan import protect_replica
-from sigvirt.versions import dependents, replication, targets
+from sigvirt.versions import copies, dependents, replication, sources, targets
 from sigvirt.versions.sources import Imported, Source, copy_version, import_into, resolve_source
 from sigvirt.versions.transfer import ChecksumMismatch
 
@@ -121,8 +138,17 @@ def _claim(ctx: Context, rec: ImageVersion) -> Iterator[None]:
                 # We hold its op lock, so its creator is gone; we keep the lock (and its file).
                 _cleanup_stale(ctx, existing, keep_op_lock=True)
             elif existing is not None:
-                raise Conflict(f"image version {rec.ref} already exists")
+                unfinished = existing.published_ok and aggregate(existing)[0] != "Completed"
+                raise Conflict(
+                    f"image version {rec.ref} already exists",
+                    hint="its replication was interrupted: sigvirt sig image-version replicate "
+                    f"--gallery-name {rec.gallery} --gallery-image-definition {rec.definition} "
+                    f"--gallery-image-version {rec.name}"
+                    if unfinished
+                    else None,
+                )
             ctx.store.create_version(rec)
+        faults.point("version.claimed")
         yield
 
 
@@ -177,6 +203,7 @@ def create_version(
 ) -> ImageVersion:
     """Publish a version: plan, claim, import into the source region, replicate."""
     p = prepare_create(ctx, gallery, definition, version, inp)
+    clean_stale_claims(ctx, gallery, definition)
     rec = p.record
     with _claim(ctx, rec):
         try:
@@ -208,7 +235,7 @@ def replicate(
 
 def _share_files(ctx: Context, rec: ImageVersion) -> None:
     """New replicas get the gallery's group and ACLs (through the root helper if needed)."""
-    share.sync_files(ctx.store, rec.gallery, ctx.runner)
+    share.sync_files(ctx, rec.gallery)
 
 
 def _direct(hv: Hypervisor, pool: str) -> Path | None:
@@ -222,22 +249,34 @@ def _direct(hv: Hypervisor, pool: str) -> Path | None:
 
 def _import(ctx: Context, p: CreatePlan, dest: Path) -> Imported:
     if p.copy_of is not None:
-        return copy_version(ctx, p.copy_of, dest)
-    return import_into(ctx, p.source, p.source_format, p.first.region, dest)
+        imported = copy_version(ctx, p.copy_of, dest)
+    else:
+        imported = import_into(ctx, p.source, p.source_format, p.first.region, dest)
+    faults.point("version.imported")
+    return imported
 
 
 def _publish_first(ctx: Context, p: CreatePlan) -> ImageVersion:
     first = p.first
     hv = ctx.hv(first.region)
+    needed = sources.size_hint(ctx, p.source, p.copy_of, first.region)
+    copies.ensure_room(hv, first.region, first.pool, needed)
     partial_vol = targets.partial_name(first.volume)
     direct = _direct(hv, first.pool)
     if direct is not None:
         partial = direct / partial_vol
         partial.unlink(missing_ok=True)
-        imported = _import(ctx, p, partial)
-        protect_replica(partial)
-        os.rename(partial, first.path)
-        fsync_dir(Path(first.path).parent)
+        try:
+            imported = _import(ctx, p, partial)
+            protect_replica(partial)
+            os.rename(partial, first.path)
+            fsync_dir(Path(first.path).parent)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            if err.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on device writing {partial}") from None
+            raise
+        faults.point("version.renamed")
         hv.refresh_pool(first.pool)
     else:
         staging = ctx.tmpdir / f".sigvirt-import-{os.getpid()}-{first.volume}"
@@ -251,9 +290,12 @@ def _publish_first(ctx: Context, p: CreatePlan) -> ImageVersion:
             if sent.sha256 != imported.sha256:
                 raise ChecksumMismatch(volume=first.volume, got=sent.sha256, want=imported.sha256)
             hostshell.rename_volume(hv, first.pool, partial_vol, first.volume)
+            faults.point("version.renamed")
         finally:
             staging.unlink(missing_ok=True)
-    done = first.moved(ReplicaState.VERIFYING).moved(ReplicaState.COMPLETED, progress=100)
+    done = first.moved(ReplicaState.VERIFYING).moved(
+        ReplicaState.COMPLETED, progress=100, **copies.verified_fields(ctx, first)
+    )
     rec = p.record.moved(
         VersionState.SUCCEEDED,
         sha256=imported.sha256,
@@ -265,6 +307,7 @@ def _publish_first(ctx: Context, p: CreatePlan) -> ImageVersion:
     )
     with ctx.store.definition_lock(rec.gallery, rec.definition):
         ctx.store.put_version(rec)
+    faults.point("version.published")
     return rec
 
 
@@ -314,11 +357,13 @@ def update_version(
         return out
 
     rec = ctx.store.update_version(ref.gallery, ref.definition, ref.version, change)
+    faults.point("version.updated")
     if wanted is None:
         return rec
     with ctx.store.version_operation(rec.gallery, rec.definition, rec.name):
         deps = targets.dependents_for(ctx, rec, wanted)
-        p = targets.plan(rec, wanted, ctx.regions, deps, targets.pool_path_lookup(ctx))
+        lookup = targets.pool_path_lookup(ctx)
+        p = targets.plan(rec, wanted, ctx.regions, deps, lookup, copies.suspects(ctx, rec))
         rec = replication.apply(ctx, rec, p)
         if wait:
             rec = replication.run(ctx, rec, progress, lock_held=True)
@@ -329,14 +374,28 @@ def update_version(
     return rec
 
 
-def delete_version(ctx: Context, ref: ImageRef) -> ImageVersion:
-    """Delete every replica and the record; refused while any clone depends on a replica."""
+def delete_version(ctx: Context, ref: ImageRef, *, force: bool = False) -> ImageVersion | None:
+    """Delete every replica and the record; refused while any clone depends on a replica.
+
+    The record says `deleting` (and each replica too) before a byte is removed, so a killed
+    delete leaves a version nothing deploys and that `latest` skips, which the next delete
+    finishes. `force` removes a record that doesn't parse, with the replica files its name
+    identifies (G-D-V-*.qcow2 in every pool of every region); it returns None then.
+    """
     assert ref.version is not None
-    rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
+    clean_stale_claims(ctx, ref.gallery, ref.definition)
+    try:
+        rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
+    except CorruptRecord:
+        if not force:
+            raise
+        _force_delete(ctx, ref)
+        return None
     ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{rec.name}", "delete")
     with ctx.store.version_operation(rec.gallery, rec.definition, rec.name):
         rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
-        deps = targets.find_dependents(ctx, list(rec.replicas))
+        live = [r for r in rec.replicas if r.state != ReplicaState.DELETING]
+        deps = targets.find_dependents(ctx, live)
         if deps:
             found = [d for ds in deps.values() for d in ds]
             raise HasDependents(
@@ -344,10 +403,48 @@ def delete_version(ctx: Context, ref: ImageRef) -> ImageVersion:
                 + ", ".join(f"{d.kind} {d.name}" for d in found),
                 hint=dependents.how_to_release(found),
             )
+        rec = _mark_deleting(ctx, rec)
+        faults.point("version.deleting")
         for r in rec.replicas:
-            hv = ctx.hv(r.region)
-            hv.delete_volume(r.pool, targets.partial_name(r.volume))
-            hv.delete_volume(r.pool, r.volume)
+            try:
+                copies.remove_files(ctx.hv(r.region), r.pool, r.volume)
+            except RegionUnavailable:
+                if r.verified:  # bytes may be there: the host must answer before we forget it
+                    raise
+            faults.point("version.replica-removed")
         with ctx.store.definition_lock(ref.gallery, ref.definition):
             ctx.store.remove_version_record(ref.gallery, ref.definition, ref.version)
     return rec
+
+
+def _mark_deleting(ctx: Context, rec: ImageVersion) -> ImageVersion:
+    def change(cur: ImageVersion) -> ImageVersion:
+        reps = tuple(
+            r if r.state == ReplicaState.DELETING else replication.retire(r) for r in cur.replicas
+        )
+        if cur.state == VersionState.DELETING:
+            return dataclasses.replace(cur, replicas=reps)
+        return cur.moved(VersionState.DELETING, replicas=reps)
+
+    return ctx.store.update_version(rec.gallery, rec.definition, rec.name, change)
+
+
+def _force_delete(ctx: Context, ref: ImageRef) -> None:
+    """A damaged record and the files its name identifies; nothing a clone still uses."""
+    assert ref.version is not None
+    ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{ref.version}", "delete")
+    prefix = f"{ref.gallery}-{ref.definition}-{ref.version}-"
+    with ctx.store.version_operation(ref.gallery, ref.definition, ref.version):
+        for name, cfg in ctx.regions.regions.items():
+            hv = ctx.hv(name)
+            for pool in cfg.pools:
+                for vol in hv.volumes(pool.name):
+                    base = vol.name.removeprefix(".").removesuffix(".partial")
+                    if base.startswith(prefix) and base.endswith(".qcow2"):
+                        if dependents.find(hv, [vol.path]):
+                            raise HasDependents(
+                                f"{vol.path} is still a backing file; release its clones first"
+                            )
+                        vol.delete()
+        with ctx.store.definition_lock(ref.gallery, ref.definition):
+            ctx.store.remove_version_record(ref.gallery, ref.definition, ref.version)

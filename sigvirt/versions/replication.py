@@ -1,43 +1,61 @@
-"""Replicas across regions: apply a plan, then copy, verify and rename each replica.
+"""Replicas across regions: apply a plan to the record, then bring every replica to
+completed, region by region in parallel; resume whatever a killed run left.
 
 A replica counts only once the sha256 of what was written equals the version's and it sits
 under its final name; until then it lives as `.NAME.partial`. The first copy into a region
 comes from another region (bytes cross hosts once), further copies in that region come
-from a replica already there. Regions replicate in parallel; a failing region fails only
-its own replicas, and running again resumes whatever is not completed.
+from a replica already there. A failing region fails only its own replicas, each with its
+reason and exit code; running again re-plans from the target regions and resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from sigvirt.catalog.fileio import fsync_dir, lock_is_held
+from sigvirt import faults
+from sigvirt.catalog.fileio import lock_is_held
 from sigvirt.catalog.records import (
     REPLICA_TRANSITIONS,
     ImageVersion,
     Replica,
     ReplicaState,
+    aggregate,
 )
-from sigvirt.context import Context, same_host
-from sigvirt.errors import Conflict, RegionUnavailable, ReplicationFailed, SigvirtError
-from sigvirt.hosts import hostshell, streams, xmlbuild
-from sigvirt.hosts.hypervisor import Hypervisor
-from sigvirt.sharing.plan import protect_replica
-from sigvirt.versions import imagecheck, transfer
-from sigvirt.versions.targets import Plan, blocked_error, partial_name, replica_index
+from sigvirt.context import Context
+from sigvirt.errors import (
+    Conflict,
+    ExitCode,
+    NotFound,
+    RegionUnavailable,
+    ReplicationFailed,
+    SigvirtError,
+)
+from sigvirt.versions import copies, targets
+from sigvirt.versions.copies import remove_files, remove_partial
+from sigvirt.versions.targets import Plan, blocked_error, replica_index
 from sigvirt.versions.transfer import ChecksumMismatch
 
 ReplicaProgress = Callable[[Replica, int, int], None]  # (replica, bytes done, total)
+BUSY = (ReplicaState.PENDING, ReplicaState.COPYING, ReplicaState.VERIFYING)
+RECORD_PROGRESS_EVERY = 2.0  # seconds: each record write is an fsync'd rename
+REPLICATOR_GONE_AFTER = 10.0  # seconds without a replicator before `wait` gives up
 
 
 class StillReplicating(Conflict):
     template = "image version {ref}: {detail}"
+
+
+class RecordWriteFailed(Exception):
+    """A record update failed (the catalog's disk is full, its files unreadable): the run
+    must fail with that error, never carry on as if the state were written."""
+
+    def __init__(self, err: SigvirtError) -> None:
+        super().__init__(err.message)
+        self.err = err
 
 
 # -- applying changes to the record -----------------------------------------------------------
@@ -48,29 +66,18 @@ def _set_replica(
         reps = tuple(r.moved(state, **changes) if r.key == key else r for r in cur.replicas)
         return dataclasses.replace(cur, replicas=reps)
 
-    return ctx.store.update_version(rec.gallery, rec.definition, rec.name, change)
+    try:
+        return ctx.store.update_version(rec.gallery, rec.definition, rec.name, change)
+    except SigvirtError as err:
+        raise RecordWriteFailed(err) from None
 
 
-def _retire(r: Replica) -> Replica:
-    """The replica marked `deleting`; the lifecycle reaches that only from completed or
-    failed, so an unfinished one (pending, or left copying by a killed run) fails first."""
+def retire(r: Replica) -> Replica:
+    """The replica marked `deleting`; the lifecycle reaches that only from completed, failed
+    or corrupt, so an unfinished one (pending, or left copying by a killed run) fails first."""
     if ReplicaState.DELETING not in REPLICA_TRANSITIONS[r.state]:
         r = r.moved(ReplicaState.FAILED, reason="removed from the target regions")
     return r.moved(ReplicaState.DELETING)
-
-
-def remove_partial(hv: Hypervisor, pool: str, volume: str) -> None:
-    """Delete a replica's partial. Copies are written beside libvirt (local files, `cp` on
-    a remote host), so the pool is refreshed first: libvirt deletes only volumes it knows."""
-    with contextlib.suppress(SigvirtError):
-        hv.refresh_pool(pool)
-    hv.delete_volume(pool, partial_name(volume))
-
-
-def remove_files(hv: Hypervisor, pool: str, volume: str) -> None:
-    """Delete a replica's volume and its partial."""
-    remove_partial(hv, pool, volume)
-    hv.delete_volume(pool, volume)
 
 
 def _drop_deleting(ctx: Context, rec: ImageVersion, keys: set[tuple[str, str]]) -> ImageVersion:
@@ -94,125 +101,22 @@ def apply(ctx: Context, rec: ImageVersion, p: Plan) -> ImageVersion:
 
     def add(cur: ImageVersion) -> ImageVersion:
         gone = {r.key for r in p.remove}
-        reps = tuple(_retire(r) if r.key in gone else r for r in cur.replicas)
+        reps = tuple(retire(r) if r.key in gone else r for r in cur.replicas)
         return dataclasses.replace(cur, replicas=reps + p.add, target_regions=dict(p.targets))
 
     rec = ctx.store.update_version(rec.gallery, rec.definition, rec.name, add)
+    faults.point("replicas.planned")
     for r in p.remove:
         try:
             remove_files(ctx.hv(r.region), r.pool, r.volume)
+            faults.point("replica.removed")
         except RegionUnavailable:
             # A replica that never completed left at most a `.partial` there, which nothing
             # mistakes for a replica: forget it. A completed one stays `deleting` until its
             # host answers again (the next run finishes it).
-            if r.state == ReplicaState.COMPLETED:
+            if r.state in (ReplicaState.COMPLETED, ReplicaState.CORRUPT):
                 raise
     return _drop_deleting(ctx, rec, {r.key for r in p.remove})
-
-
-# -- copying ----------------------------------------------------------------------------------
-def choose_source(rec: ImageVersion, region: str) -> Replica | None:
-    """A replica in the same region if there is one, else the source region's, else any."""
-    done = rec.completed_replicas()
-    for pick in (
-        [r for r in done if r.region == region],
-        [r for r in done if r.region == rec.source_region],
-        done,
-    ):
-        if pick:
-            return pick[0]
-    return None
-
-
-def _finish_local(hv: Hypervisor, pool: str, partial: Path, final: Path) -> None:
-    imagecheck.sniff(partial, "qcow2")  # the gate, again, on the copy itself
-    os.rename(partial, final)
-    fsync_dir(final.parent)
-    hv.refresh_pool(pool)
-
-
-def _nothing() -> None:
-    return None
-
-
-def copy_replica(
-    ctx: Context,
-    rec: ImageVersion,
-    src: Replica,
-    dst: Replica,
-    progress: streams.Progress | None = None,
-    verifying: Callable[[], None] = _nothing,
-) -> streams.CopyResult:
-    """Copy src to dst.partial by the cheapest honest route, verify, rename to dst.
-
-    `verifying` is called when the bytes are all written and checking them begins. On any
-    failure the partial is removed again; the final name appears only after the check.
-    """
-    cfg = ctx.regions
-    src_cfg, dst_cfg = cfg.region(src.region), cfg.region(dst.region)
-    src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
-    partial = partial_name(dst.volume)
-    remove_files(dst_hv, dst.pool, dst.volume)
-
-    def check(result: transfer.CopyResult) -> streams.CopyResult:
-        verifying()
-        if result.sha256 != rec.sha256:
-            raise ChecksumMismatch(volume=dst.volume, got=result.sha256[:12], want=rec.sha256[:12])
-        return result
-
-    if dst_cfg.is_local:
-        directory = dst_hv.pool_path(dst.pool)
-        tmp = directory / partial
-        tmp.unlink(missing_ok=True)
-        try:
-            if src_cfg.is_local:
-                result = check(transfer.local_copy(Path(src.path), tmp, progress))
-            else:
-                src_vol = src_hv.volume(src.pool, src.volume)
-                result = check(streams.download_file(src_vol, tmp, progress))
-            protect_replica(tmp)
-            _finish_local(dst_hv, dst.pool, tmp, directory / dst.volume)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return result
-
-    # The destination is a remote host: bytes reach it only through libvirt.
-    try:
-        result = check(_copy_to_remote(ctx, src, dst, progress))
-        # Identical bytes (sha256) to the gated original, so the copy passes the gate too.
-        hostshell.rename_volume(dst_hv, dst.pool, partial, dst.volume)
-    except BaseException:
-        with contextlib.suppress(SigvirtError):
-            remove_partial(dst_hv, dst.pool, dst.volume)
-        raise
-    return result
-
-
-def _copy_to_remote(
-    ctx: Context, src: Replica, dst: Replica, progress: streams.Progress | None
-) -> streams.CopyResult:
-    src_cfg, dst_cfg = ctx.regions.region(src.region), ctx.regions.region(dst.region)
-    src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
-    partial = partial_name(dst.volume)
-    size = (
-        os.stat(src.path).st_size
-        if src_cfg.is_local
-        else src_hv.volume(src.pool, src.volume).file_size()
-    )
-    if same_host(src_cfg, dst_cfg) and dst_hv.ssh_target is not None:
-        # Inside one remote host the host copies (a sparse cp; reflink where it can) and
-        # hashes the copy: no byte leaves it. libvirt's own in-host copy (createXMLFrom)
-        # can't be used: for a qcow2 source it runs qemu-img convert, which rewrites the
-        # file, so the copy's sha256 would never match.
-        src_path = dst_hv.volume_path(src.pool, src.volume)
-        return hostshell.host_copy(dst_hv, src_path, dst.pool, partial)
-    vol = dst_hv.create_volume(dst.pool, xmlbuild.raw_volume_xml(partial, size, mode=0o644))
-    if src_cfg.is_local:
-        return streams.upload_file(vol, Path(src.path), progress)
-    # Between two remote hosts (or within one without SSH): through this machine, sparse.
-    src_vol = src_hv.volume(src.pool, src.volume)
-    return streams.stream_copy(src_vol, vol, size, progress)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -238,6 +142,15 @@ def reset_interrupted(ctx: Context, rec: ImageVersion) -> ImageVersion:
     return _drop_deleting(ctx, rec, gone) if gone else rec
 
 
+def replan(ctx: Context, rec: ImageVersion) -> ImageVersion:
+    """The replicas the target regions ask for, recorded: a run killed between publishing
+    a version and recording its other replicas left fewer than the targets want."""
+    deps = targets.dependents_for(ctx, rec, rec.target_regions)
+    lookup = targets.pool_path_lookup(ctx)
+    p = targets.plan(rec, rec.target_regions, ctx.regions, deps, lookup, copies.suspects(ctx, rec))
+    return rec if p.empty else apply(ctx, rec, p)
+
+
 def run(
     ctx: Context,
     rec: ImageVersion,
@@ -257,12 +170,17 @@ def run(
         with ctx.store.version_operation(rec.gallery, rec.definition, rec.name, busy):
             return run(ctx, rec, progress, lock_held=True)
     rec = reset_interrupted(ctx, ctx.store.get_version(rec.gallery, rec.definition, rec.name))
-    regions = sorted(
-        {r.region for r in rec.replicas if r.state in (ReplicaState.PENDING, ReplicaState.FAILED)}
-    )
+    if not rec.published_ok:
+        raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions replicate")
+    rec = replan(ctx, rec)
+    wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
+    regions = sorted({r.region for r in rec.replicas if r.state in wanted})
+    fatal: list[SigvirtError] = []
     threads = [
         threading.Thread(
-            target=_region_worker, args=(ctx, rec, region, progress), name=f"replicate-{region}"
+            target=_region_worker,
+            args=(ctx, rec, region, progress, fatal),
+            name=f"replicate-{region}",
         )
         for region in regions
     ]
@@ -270,57 +188,109 @@ def run(
         t.start()
     for t in threads:
         t.join()
+    if fatal:
+        raise fatal[0]
     return ctx.store.get_version(rec.gallery, rec.definition, rec.name)
 
 
-def _fail_all(
-    ctx: Context, rec: ImageVersion, replicas: list[Replica], reason: str
-) -> ImageVersion:
-    for r in replicas:
-        rec = _set_replica(ctx, rec, r.key, ReplicaState.FAILED, reason=reason, progress=0)
-    return rec
+def _failed(err: BaseException) -> dict[str, object]:
+    """The record's account of a failure: the reason, and the exit code it would have had."""
+    if isinstance(err, SigvirtError):
+        return {"reason": err.message, "error": int(err.exit_code)}
+    return {"reason": f"{type(err).__name__}: {err}", "error": int(ExitCode.REPLICATION_FAILED)}
 
 
 def _region_worker(
-    ctx: Context, rec: ImageVersion, region: str, progress: ReplicaProgress | None
+    ctx: Context,
+    rec: ImageVersion,
+    region: str,
+    progress: ReplicaProgress | None,
+    fatal: list[SigvirtError],
 ) -> None:
-    """The region's missing replicas, one after another; every failure is recorded."""
+    """The region's missing replicas, one after another; every failure is recorded, and a
+    failure to record one stops the run (the caller re-raises it)."""
+    wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
     todo = sorted(
-        (
-            r
-            for r in rec.replicas
-            if r.region == region and r.state in (ReplicaState.PENDING, ReplicaState.FAILED)
-        ),
+        (r for r in rec.replicas if r.region == region and r.state in wanted),
         key=lambda r: replica_index(rec, r),
     )
     try:
-        hv = ctx.hv(region)
-    except SigvirtError as err:  # the whole region is down: each replica says why
-        _fail_all(ctx, rec, todo, err.message)
-        return
-    for replica in todo:
-        current = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
         try:
-            src = choose_source(current, region)
-            if src is None:
-                raise ReplicationFailed("no completed replica to copy from")
-            # The pool's directory as the host says now (unknown when planned while down).
-            path = str(hv.pool_path(replica.pool) / replica.volume)
-            if replica.state == ReplicaState.FAILED:  # a retry starts over, as the lifecycle says
-                current = _set_replica(ctx, current, replica.key, ReplicaState.PENDING, reason="")
-            current = _set_replica(
-                ctx, current, replica.key, ReplicaState.COPYING, progress=0, reason="", path=path
-            )
-            dst = dataclasses.replace(replica, path=path)
-            reporter = _Reporter(ctx, current, dst, progress)
-            copy_replica(ctx, current, src, dst, reporter, reporter.verifying)
-            _set_replica(ctx, reporter.rec, replica.key, ReplicaState.COMPLETED, progress=100)
-        except Exception as err:  # one replica's failure must not stop the others
-            reason = (
-                err.message if isinstance(err, SigvirtError) else f"{type(err).__name__}: {err}"
-            )
-            with contextlib.suppress(SigvirtError):
-                _set_replica(ctx, current, replica.key, ReplicaState.FAILED, reason=reason)
+            hv = ctx.hv(region)
+        except SigvirtError as err:  # the whole region is down: each replica says why
+            for r in todo:
+                rec = _set_replica(ctx, rec, r.key, ReplicaState.FAILED, progress=0, **_failed(err))
+            return
+        for replica in todo:
+            current = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
+            try:
+                # The pool's directory as the host says now (unknown when planned while down).
+                path = str(hv.pool_path(replica.pool) / replica.volume)
+                if replica.state == ReplicaState.FAILED:  # a retry starts over, as the table says
+                    current = _set_replica(ctx, current, replica.key, ReplicaState.PENDING)
+                current = _set_replica(
+                    ctx, current, replica.key, ReplicaState.COPYING,
+                    progress=0, reason="", error=0, path=path,
+                )  # fmt: skip
+                faults.point("replica.copying")
+                dst = dataclasses.replace(replica, path=path)
+                current = _copy_from_a_good_source(ctx, current, dst, progress)
+                faults.point("replica.completed")
+            except (RecordWriteFailed, KeyboardInterrupt):
+                raise
+            except Exception as err:  # one replica's failure must not stop the others
+                _set_replica(ctx, current, replica.key, ReplicaState.FAILED, **_failed(err))
+    except RecordWriteFailed as err:
+        fatal.append(err.err)
+
+
+def _copy_from_a_good_source(
+    ctx: Context, rec: ImageVersion, dst: Replica, progress: ReplicaProgress | None
+) -> ImageVersion:
+    """Copy into `dst` from the best source that proves good; a source whose bytes turn out
+    not to be the version's is marked corrupt and the next one is tried."""
+    tried: set[tuple[str, str]] = set()
+    while True:
+        sources = [r for r in copies.source_order(rec, dst.region) if r.key not in tried]
+        if not sources:
+            raise ReplicationFailed("no completed replica to copy from")
+        src = sources[0]
+        tried.add(src.key)
+        if not copies.trusted(ctx, src):
+            rec = _check_source(ctx, rec, src)
+            if not any(
+                r.key == src.key and r.state == ReplicaState.COMPLETED for r in rec.replicas
+            ):
+                continue  # it was corrupt: marked so, never a source again
+        reporter = _Reporter(ctx, rec, dst, progress)
+        try:
+            copies.copy_replica(ctx, rec, src, dst, reporter, reporter.verifying)
+        except ChecksumMismatch:
+            # The copy or the source is bad: hash the source to know which.
+            rec = _check_source(ctx, reporter.rec, src)
+            if any(r.key == src.key and r.state == ReplicaState.COMPLETED for r in rec.replicas):
+                raise  # the source is good: the copy went wrong (a bad disk there?)
+            rec = _set_replica(ctx, rec, dst.key, ReplicaState.PENDING, progress=0)
+            rec = _set_replica(ctx, rec, dst.key, ReplicaState.COPYING, progress=0)
+            continue
+        return _set_replica(
+            ctx, reporter.rec, dst.key, ReplicaState.COMPLETED,
+            progress=100, **copies.verified_fields(ctx, dst),
+        )  # fmt: skip
+
+
+def _check_source(ctx: Context, rec: ImageVersion, src: Replica) -> ImageVersion:
+    """Hash a would-be source: record it verified, or corrupt (its file gone counts)."""
+    try:
+        good = copies.verify(ctx, rec, src)
+    except (FileNotFoundError, NotFound):
+        return _set_replica(ctx, rec, src.key, ReplicaState.CORRUPT, reason="its file is missing")
+    if good:
+        state, fields = ReplicaState.COMPLETED, copies.verified_fields(ctx, src)
+    else:
+        state = ReplicaState.CORRUPT
+        fields = {"reason": "its bytes differ from the version's sha256 (found copying from it)"}
+    return _set_replica(ctx, rec, src.key, state, **fields)
 
 
 class _Reporter:
@@ -331,15 +301,20 @@ class _Reporter:
     ) -> None:
         self.ctx, self.rec, self.replica, self.cb = ctx, rec, replica, cb
         self.last = 0.0
+        self.recorded = 0  # the percentage the record says
 
     def __call__(self, done: int, total: int) -> None:
         if self.cb:
             self.cb(self.replica, done, total)
+        if not total:
+            return
+        pct = min(99, done * 100 // total)
         now = time.monotonic()
-        if now - self.last >= RECORD_PROGRESS_EVERY and total:
-            self.last = now
-            pct = min(99, done * 100 // total)
-            with contextlib.suppress(SigvirtError):
+        # The first percent goes to the record at once (a reader sees the copy has begun),
+        # then one update every few seconds: each record write is an fsync'd rename.
+        if pct > self.recorded and (self.recorded == 0 or now - self.last >= RECORD_PROGRESS_EVERY):
+            self.last, self.recorded = now, pct
+            with contextlib.suppress(RecordWriteFailed):  # a progress figure can be lost
                 self.rec = _set_replica(
                     self.ctx, self.rec, self.replica.key, ReplicaState.COPYING, progress=pct
                 )
@@ -351,13 +326,21 @@ class _Reporter:
         )
 
 
-RECORD_PROGRESS_EVERY = 2.0  # seconds: each record write is an fsync'd rename
-REPLICATOR_GONE_AFTER = 10.0  # seconds without a replicator before `wait` gives up
+def failure(rec: ImageVersion) -> tuple[ExitCode, list[str]] | None:
+    """When replication ended with failed replicas: the exit code they share (else 20,
+    replication failed) and one line per failed replica; None when nothing failed."""
+    failed = [r for r in rec.replicas if r.state == ReplicaState.FAILED]
+    if not failed or aggregate(rec)[0] != "Failed":
+        return None
+    codes = {r.error or int(ExitCode.REPLICATION_FAILED) for r in failed}
+    code = ExitCode(codes.pop()) if len(codes) == 1 else ExitCode.REPLICATION_FAILED
+    lines = [f"replica {r.volume} in region {r.region} failed: {r.reason}" for r in failed]
+    return code, lines
 
 
 # -- waiting ----------------------------------------------------------------------------------
 def wait(ctx: Context, rec: ImageVersion, timeout: float, poll: float = 1.0) -> ImageVersion:
-    """Until no replica is pending/copying/verifying (or timeout): the state of --no-wait runs.
+    """Until replication is over, Completed or Failed (or timeout): what --no-wait started.
 
     Gives up early when nobody has held the version's op lock for a while although work is
     left: the background replicator died, and waiting longer can't help.
@@ -367,13 +350,11 @@ def wait(ctx: Context, rec: ImageVersion, timeout: float, poll: float = 1.0) -> 
     idle_since: float | None = None
     while True:
         rec = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
-        busy = [
-            r
-            for r in rec.replicas
-            if r.state in (ReplicaState.PENDING, ReplicaState.COPYING, ReplicaState.VERIFYING)
-        ]
-        if not busy:
+        busy = [r for r in rec.replicas if r.state in BUSY]
+        if not busy and aggregate(rec)[0] != "InProgress":
             return rec
+        wanted = sum(rec.target_regions.values()) - len(rec.completed_replicas())
+        missing = max(len(busy), wanted)
         now = time.monotonic()
         if lock_is_held(lock):
             idle_since = None
@@ -381,7 +362,7 @@ def wait(ctx: Context, rec: ImageVersion, timeout: float, poll: float = 1.0) -> 
             idle_since = now
         elif now - idle_since >= REPLICATOR_GONE_AFTER:
             raise StillReplicating(
-                f"{len(busy)} replica(s) unfinished and no replicator is running; "
+                f"{missing} replica(s) unfinished and no replicator is running; "
                 "resume with sigvirt sig image-version replicate",
                 ref=rec.ref,
             )

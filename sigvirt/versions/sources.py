@@ -75,6 +75,22 @@ def _names_definition(ctx: Context, ref: str) -> bool:
     return True
 
 
+def size_hint(ctx: Context, src: Source, copy_of: ImageVersion | None, region: str) -> int:
+    """About how many bytes importing `src` writes (its allocated bytes), for the free-space
+    check; 0 when that isn't known cheaply (a VM's disk chain)."""
+    try:
+        if copy_of is not None:
+            return copy_of.allocated_size
+        if src.kind == "file":
+            return os.stat(src.ref).st_blocks * 512
+        if src.kind == "volume":
+            pool, _, vol = src.ref.partition("/")
+            return ctx.hv(region).volume(pool, vol).allocation
+    except (OSError, NotFound):
+        pass  # the import itself says what is wrong with the source
+    return 0
+
+
 @dataclass(frozen=True)
 class Imported:
     sha256: str

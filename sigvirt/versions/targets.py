@@ -109,12 +109,15 @@ def plan(
     config: RegionsConfig,
     deps: dict[str, list[dependents.Dependent]],
     pool_paths: Callable[[str, str], Path | None] | None = None,
+    suspect: frozenset[tuple[str, str]] = frozenset(),
 ) -> Plan:
     """What to add and remove so each target region holds its count of replicas.
 
     New replicas take the lowest free indexes and go round-robin over the region's pools
-    (index i lands in pool i mod n). Removals prefer replicas that aren't completed, then
-    the highest index; a replica that a clone depends on is never chosen, and if too few
+    (index i lands in pool i mod n). Removals prefer replicas that aren't completed (a
+    corrupt one first of all), then completed ones whose file changed since it was verified
+    (`suspect`) or that were never verified, then the highest index: a shrink keeps the
+    replicas known good. A replica that a clone depends on is never chosen, and if too few
     are free the plan lists the dependents that block it. `pool_paths` gives a pool's
     directory, or None while its host is unreachable (the path is then filled in when the
     copy starts).
@@ -145,7 +148,12 @@ def plan(
             excess = len(have) - want
             order = sorted(
                 have,
-                key=lambda r: (r.state == ReplicaState.COMPLETED, -replica_index(rec, r)),
+                key=lambda r: (
+                    r.state == ReplicaState.COMPLETED,
+                    r.state != ReplicaState.CORRUPT,
+                    r.key not in suspect and bool(r.verified),
+                    -replica_index(rec, r),
+                ),
             )
             for r in order:
                 if excess == 0:

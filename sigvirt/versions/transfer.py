@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sigvirt import faults
 from sigvirt.errors import NoSpace
 from sigvirt.hosts.streams import (
     CHUNK,
@@ -158,6 +159,7 @@ def local_copy(
                     writeback(dfd, sub, n)
                     work.put((sub, n, True))
                     moved += n
+                    faults.point("copy.chunk")
                     if failure:
                         raise failure[0]
                     if progress:
@@ -170,12 +172,14 @@ def local_copy(
         os.fdatasync(dfd)
         if progress:  # holes report nothing on the way: a trailing one would stop short
             progress(size, size)
-    except BaseException:
+    except BaseException as err:
         work.put(None)
         thread.join()
         os.close(dfd)
         os.close(sfd)
         dst.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise NoSpace(f"no space left on device writing {dst}") from None
         raise
     os.close(dfd)
     os.close(sfd)
