@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
@@ -64,6 +65,30 @@ CASES = {
         provenance=None,
     ),
     "domain-unrestricted-forward": _spec(network=Network(host_port=22999, restrict=False)),
+    "domain-tcg-data-disks": _spec(
+        data_disks=(
+            Path("/var/lib/sigvirt/pools/local-a/web-0.data0.qcow2"),
+            Path("/var/lib/sigvirt/pools/local-a/web-0.data1.qcow2"),
+        ),
+        provenance=replace(
+            PROV,
+            resource_group="rg1",
+            installation="0123456789abcdef0123456789abcdef",
+            tags=domxml.encode_tags({"env": "lab", "team": "a b"}),
+            size="Lab_Small",
+            image_id="/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
+            "sigvirt/providers/Microsoft.Compute/galleries/myGallery/images/"
+            "myImageDefinition/versions/1.0.2",
+            os_disk_gb=2,
+            os_disk_bytes=2 << 30,
+            data_disks=domxml.encode_data_disks(
+                [("web-0.data0.qcow2", 1), ("web-0.data1.qcow2", 4)]
+            ),
+        ),
+    ),
+    "domain-kvm-data-disks": _spec(
+        accel="kvm", data_disks=(Path("/var/lib/sigvirt/pools/local-a/web-0.data0.qcow2"),)
+    ),
 }
 
 
@@ -128,6 +153,51 @@ def test_mac_is_stable_and_distinct_per_name() -> None:
     assert domxml.mac_for("web-0") == domxml.mac_for("web-0")
     assert domxml.mac_for("web-0") != domxml.mac_for("web-1")
     assert domxml.mac_for("x").startswith("52:54:00:")
+
+
+def test_provenance_with_every_field_round_trips() -> None:
+    spec = CASES["domain-tcg-data-disks"]
+    assert spec.provenance is not None
+    root = ET.fromstring(domxml.domain_xml(spec))
+    meta = root.find(f"./metadata/{{{domxml.XMLNS}}}guest")
+    assert meta is not None
+    back = Provenance.from_xml(ET.tostring(meta, encoding="unicode"))
+    assert back == spec.provenance
+    assert back.tag_map == {"env": "lab", "team": "a b"}
+    assert back.data_disk_list == (("web-0.data0.qcow2", 1), ("web-0.data1.qcow2", 4))
+    assert back.volumes == (
+        "web-0.qcow2", "web-0.cidata.iso", "web-0.console.log",
+        "web-0.data0.qcow2", "web-0.data1.qcow2",
+    )  # fmt: skip
+
+
+def test_provenance_of_older_sigvirt_reads_with_defaults() -> None:
+    """Domains made before tags, groups and installations keep reading: as made by this
+    installation, with no tags and no data disks."""
+    old = "<guest><kind>vm</kind><region>local</region><overlay>a.qcow2</overlay></guest>"
+    prov = Provenance.from_xml(old)
+    assert (prov.installation, prov.tag_map, prov.data_disk_list) == ("", {}, ())
+    assert Provenance(tags="[1, 2]").tag_map == {}  # a hand-edited value: no tags, no crash
+
+
+def test_data_disks_are_vdc_onwards_in_pci_order() -> None:
+    root = ET.fromstring(domxml.domain_xml(CASES["domain-tcg-data-disks"]))
+    disks = root.findall("./devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb", "vdc", "vdd"]  # type: ignore[union-attr]
+    slots = [int(d.find("address").get("slot"), 16) for d in disks]  # type: ignore[union-attr,arg-type]
+    assert slots == sorted(slots)  # the guest names virtio disks in PCI order
+    data = disks[2]
+    assert data.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    bs = data.find("backingStore")
+    assert bs is not None and len(bs) == 0  # no backing file: nothing to probe
+    assert len(domxml.DATA_SLOTS) == domxml.MAX_DATA_DISKS == 16
+    assert not set(domxml.DATA_SLOTS) & {*domxml.FLAT_SLOTS.values(), domxml.USER_NIC_SLOT}
+    assert max(domxml.DATA_SLOTS) < 0x1F
+    assert [domxml.data_device(i) for i in (0, 1, 15)] == ["vdc", "vdd", "vdr"]
+
+
+def test_data_disk_volume_is_empty_qcow2_without_backing() -> None:
+    _check("volume-data-disk", xmlbuild.data_disk_volume_xml("web-0.data0.qcow2", 4 << 30))
 
 
 def test_overlay_volume_states_backing_format() -> None:

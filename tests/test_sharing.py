@@ -178,7 +178,8 @@ def test_reader_deploys_but_cannot_publish(world: World) -> None:
                  "--memory", "128", "--generate-ssh-keys", "-o", "json")  # fmt: skip
     assert res.returncode == 0, res.stderr
     vm = json.loads(res.stdout)
-    assert vm["state"] == "running" and vm["admin_user"] == world.users["reader"]
+    assert vm["powerState"] == "VM running"
+    assert vm["osProfile"]["adminUsername"] == world.users["reader"]
     res = run_as(world, "reader", "vm", "ssh", "-n", name, "--print")
     assert res.returncode == 0 and res.stdout.startswith("ssh -i ")
     assert run_as(world, "reader", "vm", "delete", "-n", name).returncode == 0
@@ -216,6 +217,34 @@ def test_outsider_is_refused_by_cli_and_kernel(world: World) -> None:
         assert got.returncode != 0 and "Permission denied" in got.stderr, path
 
 
+def test_definition_lists_follow_what_each_caller_may_see(world: World) -> None:
+    """An outsider is refused (exit 10, not an internal error); a group shared on one
+    definition lists that definition only."""
+    res = run_as(world, "outsider", "sig", "image-definition", "list", "-r", G, "-o", "json")
+    assert res.returncode == 10, res.stderr
+    assert res.stderr.strip() == (
+        f"sigvirt: error: permission denied: you have no access to gallery {G}"
+    )
+    other = "otherDef"
+    assert root_cli(world, "sig", "image-definition", "create", "-r", G, "-i", other,
+                    "--publisher", "sv", "--offer", "other", "--sku", "2").returncode == 0  # fmt: skip
+    extra = world.groups["extra"]
+    try:
+        res = root_cli(world, "sig", "share", "add", "-r", G, "-i", D, "--group", extra,
+                       "--role", "reader")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        res = run_as(world, "extra", "sig", "image-definition", "list", "-r", G, "-o", "json")
+        assert res.returncode == 0, res.stderr
+        assert [d["name"] for d in json.loads(res.stdout)] == [D]
+        shared = run_as(world, "extra", "sig", "list-shared", "-o", "json")
+        assert json.loads(shared.stdout) == [
+            {"gallery": G, "role": "reader", "groups": [extra], "scopes": [D]}
+        ]
+    finally:
+        root_cli(world, "sig", "share", "remove", "-r", G, "-i", D, "--group", extra)
+        root_cli(world, "sig", "image-definition", "delete", "-r", G, "-i", other)
+
+
 def test_reader_without_libvirt_access_is_told_so(world: World) -> None:
     res = run_as(world, "nolibvirt", "vm", "create", "-n", unique("sh-nolv"), "--image",
                  f"{G}/{D}", "--generate-ssh-keys")  # fmt: skip
@@ -235,7 +264,7 @@ def test_contributor_publishes_and_the_new_replica_is_shared(world: World) -> No
     res = run_as(world, "contrib", "sig", "image-version", "create", "-r", G, "-i", D,
                  "-e", "1.0.1", "--source", str(src), "-o", "json")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["state"] == "succeeded"
+    assert json.loads(res.stdout)["provisioningState"] == "Succeeded"
     _record, replica = paths(world, "1.0.1")
     acl = acl_of(replica)
     assert f"group:{world.groups['reader']}:r--" in acl

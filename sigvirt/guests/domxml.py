@@ -7,11 +7,13 @@ volume XML live with the host handle (hosts/xmlbuild.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from sigvirt.catalog.records import Firmware
+from sigvirt.errors import InternalError
 from sigvirt.hosts.regions import Accel, Network
 from sigvirt.hosts.xmlbuild import render, sub
 
@@ -56,6 +58,41 @@ class Provenance:
     custom_data: str = ""  # base64
     flattened: str = ""  # when the disk stopped depending on its replica
     creator: str = ""  # host:boot:pid of the process creating it; cleared once it started
+    # az's model of the VM (ids, tags, size) and what a second setup on the host must not touch
+    resource_group: str = ""  # -g at create: a name in its Azure-style ids, nothing more
+    installation: str = ""  # the gallery root's id (store.installation()); "" = made before
+    tags: str = ""  # JSON object: one element keeps the flat codec below
+    size: str = ""  # hardwareProfile.vmSize: a size name, or Custom (--vcpus/--memory)
+    image_id: str = ""  # the version's Azure id when it was created
+    os_disk_gb: int = 0  # --os-disk-size-gb as asked (0: the image's own size)
+    os_disk_bytes: int = 0  # the overlay's capacity as created
+    data_disks: str = ""  # "VOLUME:GiB ..." in lun order (vdc, vdd, ...)
+
+    @property
+    def tag_map(self) -> dict[str, str]:
+        """The tags; a hand-edited value that isn't a JSON object of strings counts as none."""
+        try:
+            value = json.loads(self.tags) if self.tags else {}
+        except ValueError:
+            return {}
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): str(v) for k, v in value.items()}
+
+    @property
+    def data_disk_list(self) -> tuple[tuple[str, int], ...]:
+        """(volume, GiB) per data disk, lun 0 first."""
+        out = []
+        for item in self.data_disks.split():
+            vol, _, gib = item.rpartition(":")
+            out.append((vol, int(gib) if gib.isdigit() else 0))
+        return tuple(out)
+
+    @property
+    def volumes(self) -> tuple[str, ...]:
+        """Every volume the domain owns, all in overlay_pool."""
+        own = (self.overlay, self.seed, self.console, *(v for v, _ in self.data_disk_list))
+        return tuple(v for v in own if v)
 
     def to_xml(self, namespace: str | None = XMLNS) -> ET.Element:
         """The <guest> element; namespace=None gives it bare, as libvirt's setMetadata takes
@@ -85,6 +122,14 @@ class Provenance:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def encode_tags(tags: dict[str, str]) -> str:
+    return json.dumps(tags, sort_keys=True, separators=(",", ":")) if tags else ""
+
+
+def encode_data_disks(disks: list[tuple[str, int]]) -> str:
+    return " ".join(f"{vol}:{gib}" for vol, gib in disks)
+
+
 def provenance_xml(prov: Provenance) -> str:
     """The provenance element alone, as libvirt's setMetadata takes it."""
     return ET.tostring(prov.to_xml(namespace=None), encoding="unicode")
@@ -98,6 +143,7 @@ class DomainSpec:
     disk: Path  # the linked clone (qcow2 overlay)
     backing: tuple[Backing, ...] = ()
     seed: Path | None = None  # NoCloud ISO, attached as a read-only virtio disk
+    data_disks: tuple[Path, ...] = ()  # empty qcow2 volumes: vdc, vdd, ... (lun 0, 1, ...)
     console_log: Path | None = None
     network: Network = field(default_factory=Network)
     accel: Accel = "tcg"
@@ -132,17 +178,27 @@ def _disk_backing(parent: ET.Element, chain: tuple[Backing, ...]) -> None:
 # hot-pluggable root ports, is kept.
 FLAT_SLOTS = {"vda": 0x02, "vdb": 0x03, "nic": 0x04, "virtio-serial": 0x05, "rng": 0x06}
 USER_NIC_SLOT = 0x10
+# Data disks take the free slots of pcie.0 in order (0x1f is the ICH9 functions' own): the
+# guest names virtio disks in PCI order, so lun 0 is vdc whatever the accelerator.
+DATA_SLOTS = (*range(0x07, 0x10), *range(0x11, 0x18))
+MAX_DATA_DISKS = len(DATA_SLOTS)
+
+
+def data_device(lun: int) -> str:
+    """The guest's name for a data disk: vdc for lun 0 (vda is the OS disk, vdb the seed)."""
+    return "vd" + chr(ord("c") + lun)
 
 
 def _flat(spec: DomainSpec) -> bool:
     return spec.accel == "tcg" and spec.machine == "q35"
 
 
-def _pci_slot(parent: ET.Element, spec: DomainSpec, what: str) -> None:
+def _pci_slot(parent: ET.Element, spec: DomainSpec, what: str | int) -> None:
     if _flat(spec):
+        slot = FLAT_SLOTS[what] if isinstance(what, str) else what
         sub(
             parent, "address", type="pci", domain="0x0000", bus="0x00",
-            slot=f"0x{FLAT_SLOTS[what]:02x}", function="0x0",
+            slot=f"0x{slot:02x}", function="0x0",
         )  # fmt: skip
 
 
@@ -190,6 +246,16 @@ def domain_xml(spec: DomainSpec) -> str:
         sub(seed, "target", dev="vdb", bus="virtio")
         sub(seed, "readonly")
         _pci_slot(seed, spec, "vdb")
+
+    if len(spec.data_disks) > MAX_DATA_DISKS:
+        raise InternalError(f"{spec.name}: more than {MAX_DATA_DISKS} data disks got this far")
+    for lun, path in enumerate(spec.data_disks):
+        data = sub(dev, "disk", type="file", device="disk")
+        sub(data, "driver", name="qemu", type="qcow2", discard="unmap")
+        sub(data, "source", file=str(path))
+        sub(data, "backingStore")  # an empty disk of its own: nothing for libvirt to probe
+        sub(data, "target", dev=data_device(lun), bus="virtio")
+        _pci_slot(data, spec, DATA_SLOTS[lun])
 
     net = spec.network
     if net.kind in ("network", "bridge"):

@@ -1,12 +1,13 @@
 """Booting real guests from linked clones: overlay, seed, domain, port forward, SSH wait.
 
-Everything a guest owns (domain, overlay, seed, console log) is named after the domain and
-recorded in its <metadata>; a guest that fails to come up leaves none of it behind.
+Everything a guest owns (domain, overlay, seed, console log, data disks) is named after the
+domain and recorded in its <metadata>; a guest that fails to come up leaves none of it behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sigvirt import faults
 from sigvirt.catalog.records import Firmware
-from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, SigvirtError
+from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, OutOfRange, SigvirtError
 from sigvirt.guests import domxml
 from sigvirt.guests.domxml import Backing, DomainSpec, Provenance
 from sigvirt.guests.seed import SeedSpec, seed_iso
@@ -45,6 +46,8 @@ class GuestSpec:
     custom_data: bytes | None = None
     provenance: Provenance = field(default_factory=Provenance)
     tb_cache_mib: int = 64
+    os_disk_gib: int = 0  # the overlay's capacity; 0: the base's virtual size
+    data_disk_gib: tuple[int, ...] = ()  # empty data disks, lun 0 first
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,13 @@ def volume_names(name: str) -> tuple[str, str, str]:
 
 def _names(name: str) -> tuple[str, str, str]:
     return f"{name}.qcow2", f"{name}.cidata.iso", f"{name}.console.log"
+
+
+def data_disk_name(name: str, lun: int) -> str:
+    return f"{name}.data{lun}.qcow2"
+
+
+GiB = 1 << 30
 
 
 def console_tail(hv: Hypervisor, pool: str, console_vol: str, lines: int = 25) -> str:
@@ -149,13 +159,28 @@ def interrupted(dom: Domain) -> bool:
     )
 
 
-def reap_interrupted(hv: Hypervisor, name: str) -> list[str]:
-    """Remove what a killed creation of `name` left (its domain names all of it); a domain
-    of that name that is anything else is a Conflict."""
+class OtherInstallation(Conflict):
+    """The name is taken by a domain another sigvirt installation (gallery root) made."""
+
+
+def mine(prov: Provenance, installation: str) -> bool:
+    """Whether a domain belongs to this installation: one made before domains named theirs
+    belongs to every installation, so labs made then keep working."""
+    return not prov.installation or prov.installation == installation
+
+
+def reap_interrupted(hv: Hypervisor, name: str, installation: str = "") -> list[str]:
+    """Remove what a killed creation of `name` by this installation left (its domain names all
+    of it); a domain of that name that is anything else is a Conflict."""
     try:
         dom = hv.domain(name)
     except NotFound:
         return []
+    prov = provenance_of(dom)
+    if prov is not None and not mine(prov, installation):
+        raise OtherInstallation(
+            f"a domain named {name} already exists on {hv.uri} (another sigvirt installation's)"
+        )
     if interrupted(dom):
         return delete(hv, name)
     raise Conflict(f"a domain named {name} already exists on {hv.uri}")
@@ -181,9 +206,10 @@ def create(
     removes it with whatever volumes exist. On any failure everything created so far is
     removed and GuestFailed carries the tail of the serial console.
     """
-    reap_interrupted(hv, spec.name)
+    reap_interrupted(hv, spec.name, spec.provenance.installation)
     overlay_name, seed_name, console_name = _names(spec.name)
-    for vol in (overlay_name, seed_name, console_name):
+    data_names = [data_disk_name(spec.name, lun) for lun in range(len(spec.data_disk_gib))]
+    for vol in (overlay_name, seed_name, console_name, *data_names):
         if hv.volume_exists(spec.pool, vol):
             raise Conflict(
                 f"volume {spec.pool}/{vol} already exists (left from an earlier guest?)",
@@ -192,6 +218,16 @@ def create(
     base_vol = hv.volume_by_path(spec.base)
     if base_vol is None:
         raise NotFound(f"base image {spec.base} is not a volume of any pool on {hv.uri}")
+    capacity = base_vol.capacity
+    if spec.os_disk_gib:
+        # A qcow2 overlay may be larger than its base (the guest sees the rest as unused),
+        # never smaller: the image's own data would be cut off.
+        if spec.os_disk_gib * GiB < capacity:
+            raise OutOfRange(
+                f"--os-disk-size-gb {spec.os_disk_gib} is smaller than the image "
+                f"({-(-capacity // GiB)} GiB): the OS disk can only grow"
+            )
+        capacity = spec.os_disk_gib * GiB
     directory = hv.pool_path(spec.pool)
     chosen_accel = accel or detect_accel(hv)
     prov = replace(
@@ -203,6 +239,9 @@ def create(
         admin_user=spec.admin_user,
         created=spec.provenance.created or datetime.now(UTC).isoformat(timespec="seconds"),
         creator=creator_id(),
+        os_disk_gb=spec.os_disk_gib,
+        os_disk_bytes=capacity,
+        data_disks=domxml.encode_data_disks(list(zip(data_names, spec.data_disk_gib, strict=True))),
     )
     port = 0
     avoid: set[int] = set()
@@ -221,6 +260,7 @@ def create(
             disk=directory / overlay_name,
             backing=(Backing(spec.base, spec.base_format),),
             seed=directory / seed_name,
+            data_disks=tuple(directory / d for d in data_names),
             console_log=directory / console_name,
             network=replace(spec.network, host_port=port),
             accel=chosen_accel,
@@ -239,9 +279,7 @@ def create(
             on_defined(spec.name)
         hv.create_volume(
             spec.pool,
-            xmlbuild.overlay_volume_xml(
-                overlay_name, base_vol.capacity, spec.base, spec.base_format
-            ),
+            xmlbuild.overlay_volume_xml(overlay_name, capacity, spec.base, spec.base_format),
         )
         undo.append(lambda: hv.delete_volume(spec.pool, overlay_name))
         faults.point("vm.overlay")
@@ -258,6 +296,10 @@ def create(
         streams.upload_bytes(hv, spec.pool, console_name, b"", mode=0o600)
         undo.append(lambda: hv.delete_volume(spec.pool, console_name))
         faults.point("vm.console")
+        for data_name, gib in zip(data_names, spec.data_disk_gib, strict=True):
+            hv.create_volume(spec.pool, xmlbuild.data_disk_volume_xml(data_name, gib * GiB))
+            undo.append(functools.partial(hv.delete_volume, spec.pool, data_name))
+        faults.point("vm.data-disks")
         for _attempt in range(5):
             try:
                 dom.start()
@@ -311,19 +353,23 @@ def wait_for_ssh(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
 
 
 def delete(hv: Hypervisor, name: str) -> list[str]:
-    """Remove a guest's domain and every volume its provenance names; what was removed."""
+    """Remove a guest's domain and every volume its provenance names; what was removed.
+
+    Powered off first, then its volumes go, and the domain last: a delete killed half-way
+    leaves a domain that still names what is left, for the next `vm delete` to finish."""
     removed: list[str] = []
     try:
         dom = hv.domain(name)
     except NotFound:
         return removed
     prov = provenance_of(dom)
-    if hv.destroy_and_undefine(name):
-        removed.append(f"domain {name}")
     if prov and prov.overlay_pool:
-        for vol in (prov.overlay, prov.seed, prov.console):
-            if vol and hv.delete_volume(prov.overlay_pool, vol):
+        dom.destroy()
+        for vol in prov.volumes:
+            if hv.delete_volume(prov.overlay_pool, vol):
                 removed.append(f"volume {prov.overlay_pool}/{vol}")
+    if hv.destroy_and_undefine(name):
+        removed.insert(0, f"domain {name}")
     return removed
 
 

@@ -1,45 +1,41 @@
 """VMs from image versions: a linked clone of the least-used completed replica, booted.
 
 The domains themselves are the record: each carries its provenance (image, replica,
-scale set, index, admin user, port) in <metadata>, which is what placement, listing and
-dependents read. There is no second copy of that state to drift.
+scale set, index, admin user, port, tags, resource group, installation) in <metadata>,
+which is what placement, listing and dependents read. There is no second copy of that state
+to drift. Reading them back: inventory.py; what happens to them after: lifecycle.py; az's
+shapes of them: vmviews.py.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import getpass
 import os
 import re
 import threading
-import time
-import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sigvirt import faults
-from sigvirt.catalog import dates, latest, names
+from sigvirt.catalog import azureid, dates, latest, names
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import (
     CapacityExhausted,
     Conflict,
     GuestFailed,
-    HostError,
     InvalidArgument,
     InvalidName,
     NotFound,
     OutOfRange,
-    RegionUnavailable,
-    SigvirtError,
     Unsupported,
 )
-from sigvirt.guests import domxml, guest, sshkeys
+from sigvirt.guests import domxml, guest, inventory, sshkeys
 from sigvirt.guests.domxml import Provenance
+from sigvirt.guests.inventory import Vm
 from sigvirt.hosts import ssh
-from sigvirt.hosts.hypervisor import Domain, Hypervisor
+from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.versions import dependents, targets
 from sigvirt.versions.dependents import Dependent
 
@@ -56,6 +52,9 @@ SIZES: dict[str, tuple[int, int]] = {
     "Standard_D4s_v3": (4, 16384),
 }
 DEFAULT_VCPUS, DEFAULT_MEMORY = 1, 512
+CUSTOM_SIZE = "Custom"  # hardwareProfile.vmSize of a VM sized by --vcpus/--memory
+MAX_OS_DISK_GB = 4095  # Azure's limits, so that what a script asks here would work there
+MAX_DATA_DISK_GB = 32767
 
 
 @dataclass(frozen=True)
@@ -73,24 +72,10 @@ class VmRequest:
     force: bool = False
     wait: bool = True
     timeout: float = 300.0
-
-
-@dataclass(frozen=True)
-class Vm:
-    name: str
-    region: str
-    state: str
-    image: str
-    replica: str
-    admin_user: str
-    address: str
-    ssh: str  # the command a person types
-    vcpus: int
-    memory_mib: int
-    scale_set: str = ""
-    instance: int | None = None
-    boot_seconds: float | None = None
-    warnings: tuple[str, ...] = ()
+    resource_group: str = ""  # -g: kept, to form the VM's ids
+    tags: dict[str, str] = field(default_factory=dict)
+    os_disk_gb: int | None = None  # None: the image's own virtual size
+    data_disk_gb: tuple[int, ...] = ()  # empty data disks, lun 0 first
 
 
 # -- sizes, users, keys -----------------------------------------------------------------------
@@ -117,6 +102,55 @@ def choose_size(req: VmRequest, d: Definition) -> tuple[int, int]:
                     f"recommended range {lo or 1}-{hi or '∞'} (use --force to go ahead)"
                 )
     return vcpus, mem
+
+
+def size_name(req: VmRequest, vcpus: int, memory_mib: int) -> str:
+    """hardwareProfile.vmSize: the size asked for; Custom for --vcpus/--memory; without
+    either, the size the defaults amount to (Custom when no named size matches)."""
+    if req.size:
+        return req.size
+    if req.vcpus or req.memory_mib:
+        return CUSTOM_SIZE
+    return next((n for n, v in SIZES.items() if v == (vcpus, memory_mib)), CUSTOM_SIZE)
+
+
+def check_definition(d: Definition) -> None:
+    """What the definition says sigvirt can't boot (yet) is refused, not silently ignored."""
+    where = f"image definition {d.gallery}/{d.name}"
+    if d.os_type != "Linux":
+        raise Unsupported(f"{where} is --os-type {d.os_type}: sigvirt boots Linux guests only")
+    if d.architecture != "x64":
+        raise Unsupported(
+            f"{where} is --architecture {d.architecture}: sigvirt boots x64 guests only"
+        )
+    if d.os_state != "Generalized":
+        raise Unsupported(
+            f"{where} is --os-state {d.os_state}: sigvirt deploys generalized images only "
+            "(hostname, admin user and key come from cloud-init)"
+        )
+
+
+def check_disks(req: VmRequest, rec: ImageVersion) -> None:
+    """--os-disk-size-gb and --data-disk-sizes-gb, against Azure's limits and the image."""
+    if req.os_disk_gb is not None:
+        if not 1 <= req.os_disk_gb <= MAX_OS_DISK_GB:
+            raise InvalidArgument(
+                f"--os-disk-size-gb must be 1..{MAX_OS_DISK_GB} (got {req.os_disk_gb})"
+            )
+        if req.os_disk_gb * guest.GiB < rec.virtual_size:
+            have = -(-rec.virtual_size // guest.GiB)
+            raise OutOfRange(
+                f"--os-disk-size-gb {req.os_disk_gb} is smaller than image version {rec.ref} "
+                f"({have} GiB): the OS disk can only grow"
+            )
+    if len(req.data_disk_gb) > domxml.MAX_DATA_DISKS:
+        raise InvalidArgument(
+            f"--data-disk-sizes-gb: at most {domxml.MAX_DATA_DISKS} data disks "
+            f"(got {len(req.data_disk_gb)})"
+        )
+    for gb in req.data_disk_gb:
+        if not 1 <= gb <= MAX_DATA_DISK_GB:
+            raise InvalidArgument(f"--data-disk-sizes-gb must be 1..{MAX_DATA_DISK_GB} (got {gb})")
 
 
 def default_admin() -> str:
@@ -167,18 +201,11 @@ class Placement:
             self._inflight[replica.path] -= 1
 
 
-def sigvirt_domains(hv: Hypervisor) -> list[tuple[Domain, Provenance]]:
-    out = []
-    for dom in hv.domains():
-        prov = guest.provenance_of(dom)
-        if prov is not None:
-            out.append((dom, prov))
-    return out
-
-
 def clones_per_replica(hv: Hypervisor, paths: list[str]) -> Counter[str]:
+    """Clones per replica on the host, whichever installation made them: a replica's load
+    is physical."""
     counts: Counter[str] = Counter({p: 0 for p in paths})
-    for _dom, prov in sigvirt_domains(hv):
+    for _dom, prov in inventory.sigvirt_domains(hv):
         if prov.replica_path in counts and not prov.flattened:
             counts[prov.replica_path] += 1
     return counts
@@ -215,15 +242,34 @@ class Prepared:
     public_keys: tuple[str, ...]
     private_key: Path | None
     warnings: tuple[str, ...]
+    size: str = CUSTOM_SIZE
+
+
+def _resolve(ctx: Context, ref: names.ImageRef, region: str | None) -> ImageVersion:
+    """The version an image reference names; `latest` in the region asked for (complete
+    there and not excluded there). When none is, but the overall latest merely lacks a
+    replica there, that version is returned so that pick_region says how to add one."""
+    where = targets.normalize_region(region, ctx.regions) if region else None
+    try:
+        return latest.resolve(ctx.store, ref, region=where)
+    except NotFound:
+        if where is None or ref.version is not None:
+            raise
+        overall = latest.resolve(ctx.store, ref)
+        if overall.completed_replicas(where):
+            raise  # it is there but excluded: the region's own answer stands
+        return overall
 
 
 def prepare(ctx: Context, req: VmRequest) -> Prepared:
     names.vm_name(req.name)
     ref = names.parse_image_ref(req.image)
-    rec = latest.resolve(ctx.store, ref)
+    rec = _resolve(ctx, ref, req.region)
     if not rec.published_ok:
         raise Conflict(f"image version {rec.ref} is {rec.state}, not published")
     d = ctx.store.get_definition(rec.gallery, rec.definition)
+    check_definition(d)
+    check_disks(req, rec)
     warnings = []
     for what, eol in (
         (f"image version {rec.ref}", rec.end_of_life),
@@ -235,7 +281,8 @@ def prepare(ctx: Context, req: VmRequest) -> Prepared:
     vcpus, mem = choose_size(req, d)
     admin = admin_name(req.admin_user or default_admin())
     keys, private = sshkeys.resolve(req.ssh_key_value, req.generate_ssh_keys)
-    return Prepared(req, rec, d, region, vcpus, mem, admin, keys, private, tuple(warnings))
+    size = size_name(req, vcpus, mem)
+    return Prepared(req, rec, d, region, vcpus, mem, admin, keys, private, tuple(warnings), size)
 
 
 def create(
@@ -264,12 +311,27 @@ def create_prepared(
 ) -> Vm:
     placement = placement or Placement()
     hv = ctx.hv(p.region)
+    mine = inventory.installation(ctx)
     try:
-        guest.reap_interrupted(hv, p.request.name)  # what a killed create of it left
-    except Conflict:
-        raise Conflict(f"a VM named {p.request.name} already exists in region {p.region}") from None
+        guest.reap_interrupted(hv, p.request.name, mine)  # what a killed create of it left
+    except Conflict as err:
+        theirs = (
+            " (another sigvirt installation's)" if isinstance(err, guest.OtherInstallation) else ""
+        )
+        raise Conflict(
+            f"a VM named {p.request.name} already exists in region {p.region}{theirs}"
+        ) from None
+    warnings = p.warnings
+    if not mine:
+        warnings += (
+            f"{ctx.store.root} has no installation id yet and you may not create it: this VM "
+            "is visible to every sigvirt setup on the host (running any sigvirt vm command "
+            "as the gallery root's owner once creates the id)",
+        )
     cfg = ctx.regions.region(p.region)
     replica = placement.pick(hv, p.version, p.region, cfg.clones_per_replica)
+    req = p.request
+    gallery = ctx.store.get_gallery(p.version.gallery)
     try:
         prov = Provenance(
             kind=kind,
@@ -282,9 +344,14 @@ def create_prepared(
             image_request=p.request.image,
             ssh_keys="\n".join(p.public_keys),
             key_path=str(p.private_key or ""),
-            custom_data=base64.b64encode(p.request.custom_data).decode()
-            if p.request.custom_data
-            else "",
+            custom_data=base64.b64encode(req.custom_data).decode() if req.custom_data else "",
+            resource_group=req.resource_group,
+            installation=mine,
+            tags=domxml.encode_tags(req.tags),
+            size=p.size,
+            image_id=azureid.version_id(
+                gallery.resource_group, p.version.gallery, p.version.definition, p.version.name
+            ),
         )
         spec = guest.GuestSpec(
             name=p.request.name,
@@ -298,6 +365,8 @@ def create_prepared(
             network=cfg.network,
             custom_data=p.request.custom_data,
             provenance=prov,
+            os_disk_gib=req.os_disk_gb or 0,
+            data_disk_gib=req.data_disk_gb,
         )
         accel = None if cfg.accel == "auto" else cfg.accel
         key = p.private_key
@@ -314,9 +383,8 @@ def create_prepared(
             g = _wait(hv, g, key, p.request.timeout)
     finally:
         placement.done(replica)
-    return replace(
-        describe(hv, p.region, hv.domain(g.name)), boot_seconds=g.boot_seconds, warnings=p.warnings
-    )
+    vm = inventory.describe(hv, p.region, hv.domain(g.name))
+    return replace(vm, boot_seconds=g.boot_seconds, warnings=warnings)
 
 
 def _wait(hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float) -> guest.Guest:
@@ -335,195 +403,6 @@ def _wait(hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float) -> g
         if isinstance(err, GuestFailed):
             raise GuestFailed(err.message, console_tail=tail) from None
         raise
-
-
-# -- reading ----------------------------------------------------------------------------------
-def describe(hv: Hypervisor, region: str, dom: Domain) -> Vm:
-    prov = guest.provenance_of(dom) or Provenance()
-    info = dom.info()
-    endpoint = endpoint_of(hv, prov)
-    return Vm(
-        name=dom.name,
-        region=region,
-        state=info.state,
-        image=prov.image,
-        replica=Path(prov.replica_path).name if prov.replica_path and not prov.flattened else "",
-        admin_user=prov.admin_user,
-        address=f"{endpoint.host}:{endpoint.port}" if endpoint else "",
-        ssh=" ".join(endpoint.ssh_argv()) if endpoint else "",
-        vcpus=info.vcpus,
-        memory_mib=info.memory_mib,
-        scale_set=prov.scale_set,
-        instance=prov.instance if prov.scale_set else None,
-    )
-
-
-def endpoint_of(hv: Hypervisor, prov: Provenance) -> ssh.Endpoint | None:
-    if not prov.ssh_port:
-        return None
-    key = Path(prov.key_path) if prov.key_path else sshkeys.default_private_key()
-    return ssh.Endpoint("127.0.0.1", prov.ssh_port, prov.admin_user, key, guest.jump_for(hv))
-
-
-def list_vms(
-    ctx: Context, kind: str | None = "vm", region: str | None = None
-) -> tuple[list[Vm], list[str]]:
-    """VMs in every region (or one); second value: regions that could not be reached."""
-    out: list[Vm] = []
-    unreachable = []
-    for name in [region] if region else list(ctx.regions.regions):
-        try:
-            hv = ctx.hv(name)
-            for dom, prov in sigvirt_domains(hv):
-                if prov.region == name and (kind is None or prov.kind == kind):
-                    out.append(describe(hv, name, dom))
-        except RegionUnavailable as err:
-            unreachable.append(f"{name}: {err.message}")
-    return sorted(
-        out, key=lambda v: (v.scale_set, -1 if v.instance is None else v.instance, v.name)
-    ), unreachable
-
-
-def find(ctx: Context, name: str, region: str | None = None) -> tuple[Hypervisor, str, Domain]:
-    for r in [region] if region else list(ctx.regions.regions):
-        with contextlib.suppress(RegionUnavailable, NotFound):
-            hv = ctx.hv(r)
-            dom = hv.domain(name)
-            prov = guest.provenance_of(dom)
-            if prov is not None and prov.region == r:
-                return hv, r, dom
-    raise NotFound(f"VM {name} not found" + (f" in region {region}" if region else ""))
-
-
-# -- lifecycle --------------------------------------------------------------------------------
-def start(ctx: Context, name: str, region: str | None = None) -> Vm:
-    hv, r, dom = find(ctx, name, region)
-    if not dom.is_active():
-        dom.start()
-    return describe(hv, r, dom)
-
-
-def stop(
-    ctx: Context, name: str, region: str | None = None, force: bool = False, timeout: float = 60
-) -> Vm:
-    """ACPI shutdown, then power off if the guest doesn't stop in time (or at once with force)."""
-    hv, r, dom = find(ctx, name, region)
-    if dom.is_active():
-        if not force:
-            with contextlib.suppress(HostError):  # a guest without ACPI: powered off below
-                dom.shutdown()
-            if guest.wait_until_stopped(hv, name, timeout):
-                return describe(hv, r, dom)
-        dom.destroy()
-    return describe(hv, r, dom)
-
-
-def restart(ctx: Context, name: str, region: str | None = None) -> Vm:
-    hv, r, dom = find(ctx, name, region)
-    if dom.is_active():
-        dom.reboot()
-    else:
-        dom.start()
-    return describe(hv, r, dom)
-
-
-def delete(ctx: Context, name: str, region: str | None = None) -> list[str]:
-    """Delete a VM with its disk, seed and console log; what was removed.
-
-    A `vm create` killed before its domain was defined leaves volumes and no domain: with no
-    VM of that name, its leftovers (NAME.qcow2 backed by a replica of a configured pool,
-    NAME.cidata.iso, NAME.console.log) are removed instead."""
-    names.vm_name(name)
-    try:
-        hv, _r, _dom = find(ctx, name, region)
-    except NotFound:
-        removed = remove_leftovers(ctx, name, region)
-        if not removed:
-            raise
-        return removed
-    removed = guest.delete(hv, name)
-    faults.point("vm.deleted")
-    return removed
-
-
-def remove_leftovers(ctx: Context, name: str, region: str | None = None) -> list[str]:
-    """The volumes a VM's interrupted creation left in the pools of the region (or all)."""
-    overlay, seed, console = guest.volume_names(name)
-    removed: list[str] = []
-    for r in [region] if region else list(ctx.regions.regions):
-        with contextlib.suppress(RegionUnavailable):
-            hv = ctx.hv(r)
-            if hv.domain_exists(name):
-                continue  # a domain sigvirt doesn't own: its volumes are not ours either
-            pools = {p.name: hv.pool_path(p.name) for p in ctx.regions.region(r).pools}
-            for pool in pools:
-                for vol in hv.volumes(pool):
-                    if vol.name in (seed, console):
-                        ours = True
-                    elif vol.name == overlay:
-                        backing = vol.backing_path()
-                        ours = backing is not None and Path(backing).parent in pools.values()
-                    else:
-                        ours = False
-                    if ours:
-                        vol.delete()
-                        removed.append(f"volume {pool}/{vol.name}")
-    return removed
-
-
-def ssh_argv(ctx: Context, name: str, region: str | None, command: list[str]) -> list[str]:
-    hv, _r, dom = find(ctx, name, region)
-    prov = guest.provenance_of(dom) or Provenance()
-    ep = endpoint_of(hv, prov)
-    if ep is None:
-        raise NotFound(f"VM {name} has no SSH forward (bridged VMs: ssh to its address)")
-    return [*ep.ssh_argv(), *command]
-
-
-# -- flatten ----------------------------------------------------------------------------------
-def flatten(ctx: Context, name: str, region: str | None = None, timeout: float = 3600) -> Vm:
-    """Pull the replica's data into the VM's own disk so the version can be retired: live via
-    libvirt's block pull when the VM runs, offline via qemu-img otherwise."""
-    hv, r, dom = find(ctx, name, region)
-    prov = guest.provenance_of(dom) or Provenance()
-    if prov.flattened:
-        return describe(hv, r, dom)
-    if dom.is_active():
-        dom.block_pull("vda")
-        end = time.monotonic() + timeout
-        while True:
-            if not dom.block_job_active("vda"):
-                break
-            if time.monotonic() > end:
-                raise HostError(f"flatten {name}: block pull still running after {timeout:.0f}s")
-            time.sleep(0.5)
-    else:
-        if not hv.is_local:
-            raise Unsupported(f"flatten {name}: start the VM to flatten it live on a remote host")
-        overlay = hv.volume_path(prov.overlay_pool, prov.overlay)
-        ctx.qemu_img.rebase_flatten(overlay)
-    _redefine_without_backing(hv, dom, prov)
-    return describe(hv, r, hv.domain(name))
-
-
-def _redefine_without_backing(hv: Hypervisor, dom: Domain, prov: Provenance) -> None:
-    root = ET.fromstring(dom.xml(inactive=True, secure=True))
-    for disk in root.findall("./devices/disk"):
-        bs = disk.find("backingStore")
-        target = disk.find("target")
-        if bs is not None and target is not None and target.get("dev") == "vda":
-            disk.remove(bs)
-            ET.SubElement(disk, "backingStore")
-    meta = root.find("metadata")
-    if meta is not None:
-        for child in list(meta):
-            if child.tag == f"{{{domxml.XMLNS}}}guest":
-                meta.remove(child)
-        flat = replace(prov, flattened=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        meta.append(flat.to_xml())
-    hv.define(ET.tostring(root, encoding="unicode"))
-    with contextlib.suppress(SigvirtError):
-        hv.refresh_pool(prov.overlay_pool)
 
 
 # -- dependents -------------------------------------------------------------------------------

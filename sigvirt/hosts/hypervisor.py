@@ -413,6 +413,10 @@ class Domain:
                 return False
             raise translate(err, f"domain {self.name}", self.hv.uri) from None
 
+    def uuid(self) -> str:
+        """libvirt's UUID of the domain (az's vmId)."""
+        return self._call("uuid of", self._dom.UUIDString)
+
     def info(self) -> DomainInfo:
         state, _max, mem_kib, vcpus, _cpu = self._call("domain", self._dom.info)
         return DomainInfo(DOMAIN_STATES.get(state, "unknown"), mem_kib // 1024, vcpus)

@@ -53,6 +53,19 @@ def overlay_volume_xml(
     return render(vol)
 
 
+def data_disk_volume_xml(name: str, capacity: int, mode: int = 0o600) -> str:
+    """An empty qcow2 data disk: no backing store, nothing allocated until the guest writes."""
+    vol = ET.Element("volume")
+    sub(vol, "name", name)
+    sub(vol, "capacity", str(capacity), unit="bytes")
+    sub(vol, "allocation", "0", unit="bytes")
+    target = sub(vol, "target")
+    sub(target, "format", type="qcow2")
+    _permissions(target, mode, None, None)
+    sub(target, "compat", "1.1")
+    return render(vol)
+
+
 def raw_volume_xml(name: str, capacity: int, mode: int = 0o600) -> str:
     vol = ET.Element("volume")
     sub(vol, "name", name)

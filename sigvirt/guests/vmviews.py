@@ -1,0 +1,374 @@
+"""VMs, scale sets and their instances in the shape `az vm` / `az vmss` print them.
+
+Pure functions from sigvirt's records to JSON-able dicts, so that a script written against
+az (`--query hardwareProfile.vmSize`, `… | jq .powerState`) reads sigvirt's output unchanged.
+Key names follow Azure's REST API as az prints it (properties flattened into the object,
+camelCase); what is sigvirt's own (region, replica, pool, volumes, ssh command, port, boot
+time…) stays, under one extra key, `sigvirt`. Tables for people are rendered from the
+records themselves, not from these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+from sigvirt.catalog import azureid
+from sigvirt.errors import InvalidName
+from sigvirt.guests import domxml
+from sigvirt.guests.inventory import Vm
+from sigvirt.guests.scalesets import ScaleSet
+
+EXTRA = "sigvirt"  # the one key that is not Azure's
+OS_TYPE = "Linux"  # vms.check_definition refuses every other
+
+# libvirt's state → az's PowerState code. A shut-off domain holds no memory or CPU on the
+# host: that is Azure's "deallocated". A paused one keeps its memory without running: Azure's
+# "stopped" (allocated, not running).
+_POWER = {
+    "running": "running",
+    "paused": "stopped",
+    "stopping": "stopping",
+    "stopped": "deallocated",
+    "crashed": "stopped",
+    "suspended": "stopped",
+}
+
+
+def power_code(vm: Vm) -> str:
+    if vm.provisioning_state == "Creating":
+        return "starting"
+    return _POWER.get(vm.state, "unknown")
+
+
+def power_state(vm: Vm) -> str:
+    """az's powerState: "VM running", "VM deallocated", ..."""
+    return f"VM {power_code(vm)}"
+
+
+def group_of(resource_group: str, hint: str | None = None) -> str:
+    """The group in a resource's ids: the one it was created with, else the -g the command
+    was given, else sigvirt's default."""
+    return resource_group or hint or azureid.DEFAULT_GROUP
+
+
+def mac_address(name: str) -> str:
+    return domxml.mac_for(name).replace(":", "-").upper()  # as az prints NICs' MACs
+
+
+# -- pieces -----------------------------------------------------------------------------------
+# az prints SDK models through azure-cli's todict: attribute names camel-cased, so the REST
+# API's diskSizeGB is printed diskSizeGb (and `--query storageProfile.osDisk.diskSizeGb` is
+# what az scripts say).
+DISK_SIZE = "diskSizeGb"
+
+
+def _linux(admin: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    public = [{"path": f"/home/{admin}/.ssh/authorized_keys", "keyData": k} for k in keys]
+    return {
+        "disablePasswordAuthentication": True,
+        "provisionVMAgent": False,
+        "ssh": {"publicKeys": public},
+    }
+
+
+def _disk_id(group: str, name: str) -> str:
+    """A managed disk's id: sigvirt's disks are volumes, named here as az names disks."""
+    base = f"/subscriptions/{azureid.SUBSCRIPTION}/resourceGroups/{group}"
+    return f"{base}/providers/{azureid.PROVIDER}/disks/{name}"
+
+
+def _image_reference(image_id: str, image: str) -> dict[str, Any]:
+    version = image.rsplit("/", 1)[-1] if image.count("/") == 2 else None
+    ref: dict[str, Any] = {"id": image_id or None, "exactVersion": version}
+    if image_id:  # az adds the group next to every id it prints
+        with contextlib.suppress(InvalidName):  # a hand-edited one: the id alone
+            ref["resourceGroup"] = azureid.parse(image_id).group
+    return ref
+
+
+def _storage_profile(
+    image_id: str,
+    image: str,
+    os_disk: str,
+    os_disk_gb: int,
+    data: list[tuple[str, int]],
+    group: str | None,
+) -> dict[str, Any]:
+    """storageProfile; `group` names the disks' group (None: a scale set's model, whose disks
+    have no ids)."""
+
+    def managed(name: str) -> dict[str, Any]:
+        return (
+            {"managedDisk": {"id": _disk_id(group, name), "resourceGroup": group}}
+            if (group and name)
+            else {}
+        )
+
+    return {
+        "imageReference": _image_reference(image_id, image),
+        "osDisk": {
+            "osType": OS_TYPE,
+            "name": os_disk or None,
+            "createOption": "FromImage",
+            "caching": "ReadWrite",
+            DISK_SIZE: os_disk_gb or None,
+            "deleteOption": "Delete",
+            **managed(os_disk),
+        },
+        "dataDisks": [
+            {
+                "lun": lun,
+                "name": name or None,
+                "createOption": "Empty",
+                "caching": "None",
+                DISK_SIZE: gb,
+                "deleteOption": "Delete",
+                **managed(name),
+            }
+            for lun, (name, gb) in enumerate(data)
+        ],
+    }
+
+
+def _vm_storage(vm: Vm, group: str) -> dict[str, Any]:
+    os_disk = vm.volumes[0] if vm.volumes else ""
+    data = [(d.volume, d.size_gb) for d in vm.data_disks]
+    return _storage_profile(vm.image_id, vm.image, os_disk, vm.os_disk_gb, data, group)
+
+
+def _os_profile(vm: Vm) -> dict[str, Any]:
+    return {
+        "computerName": vm.name,
+        "adminUsername": vm.admin_user,
+        "linuxConfiguration": _linux(vm.admin_user, vm.ssh_public_keys),
+    }
+
+
+def _statuses(vm: Vm) -> list[dict[str, Any]]:
+    state = vm.provisioning_state.lower()
+    return [
+        {
+            "code": f"ProvisioningState/{state}",
+            "level": "Error" if state == "failed" else "Info",
+            "displayStatus": f"Provisioning {state}",
+            "time": vm.created or None,
+        },
+        {"code": f"PowerState/{power_code(vm)}", "level": "Info", "displayStatus": power_state(vm)},
+    ]
+
+
+def sigvirt_facts(vm: Vm) -> dict[str, Any]:
+    """What sigvirt knows that az has no key for."""
+    return {
+        "region": vm.region,
+        "state": vm.state,
+        "image": vm.image,
+        "image_request": vm.image_request,
+        "replica": vm.replica,
+        "replica_pool": vm.replica_pool,
+        "pool": vm.pool,
+        "volumes": list(vm.volumes),
+        "data_disks": [
+            {"lun": d.lun, "device": d.device, "volume": d.volume, "size_gb": d.size_gb}
+            for d in vm.data_disks
+        ],
+        "admin_user": vm.admin_user,
+        "address": vm.address,
+        "ssh": vm.ssh,
+        "ssh_port": vm.ssh_port or None,
+        "vcpus": vm.vcpus,
+        "memory_mib": vm.memory_mib,
+        "scale_set": vm.scale_set,
+        "instance": vm.instance,
+        "created": vm.created,
+        "flattened": vm.flattened,
+        "boot_seconds": vm.boot_seconds,
+        "warnings": list(vm.warnings),
+    }
+
+
+def _details(vm: Vm) -> dict[str, Any]:
+    """What `az vm show -d` adds: the instance view's power state and the addresses."""
+    return {
+        "powerState": power_state(vm),
+        "publicIps": vm.address,  # the SSH forward: what reaches the guest from here
+        "privateIps": "",
+        "fqdns": "",
+        "macAddresses": mac_address(vm.name),
+    }
+
+
+# -- VMs --------------------------------------------------------------------------------------
+def vm_resource(vm: Vm, *, details: bool = False, group: str | None = None) -> dict[str, Any]:
+    """`az vm show [-d]`."""
+    rg = group_of(vm.resource_group, group)
+    out: dict[str, Any] = {
+        "id": azureid.vm_id(rg, vm.name),
+        "name": vm.name,
+        "type": azureid.VM_TYPE,
+        "location": vm.region,
+        "resourceGroup": rg,
+        "tags": dict(vm.tags),
+        "provisioningState": vm.provisioning_state,
+        "vmId": vm.vm_id,
+        "timeCreated": vm.created or None,
+        "zones": None,
+        "hardwareProfile": {"vmSize": vm.size},
+        "storageProfile": _vm_storage(vm, rg),
+        "osProfile": _os_profile(vm),
+        "networkProfile": {"networkInterfaces": []},  # user-mode networking: no NIC resource
+    }
+    if details:
+        out.update(_details(vm))
+    out[EXTRA] = sigvirt_facts(vm)
+    return out
+
+
+def vm_created(vm: Vm, group: str | None = None) -> dict[str, Any]:
+    """`az vm create`: the VM, plus the summary keys az prints after a create
+    (publicIpAddress, privateIpAddress, macAddress) that scripts query."""
+    out = vm_resource(vm, details=True, group=group)
+    extra = out.pop(EXTRA)
+    out.update(publicIpAddress=vm.address, privateIpAddress="", macAddress=mac_address(vm.name))
+    out[EXTRA] = extra
+    return out
+
+
+def ip_addresses(vms: list[Vm], group: str | None = None) -> list[dict[str, Any]]:
+    """`az vm list-ip-addresses`: a VM's public address here is its SSH forward."""
+    out = []
+    for vm in vms:
+        rg = group_of(vm.resource_group, group)
+        public = []
+        if vm.address:
+            public.append(
+                {
+                    "id": None,
+                    "name": f"{vm.name}-ssh",
+                    "ipAddress": vm.address,
+                    "ipAllocationMethod": "Static",
+                }
+            )
+        network = {"privateIpAddresses": [], "publicIpAddresses": public}
+        out.append({"virtualMachine": {"name": vm.name, "resourceGroup": rg, "network": network}})
+    return out
+
+
+# -- scale sets -------------------------------------------------------------------------------
+def instance_view(vm: Vm) -> dict[str, Any]:
+    """`az vmss get-instance-view --instance-id N`."""
+    return {
+        "computerName": vm.name,
+        "osName": OS_TYPE,
+        "statuses": _statuses(vm),
+        EXTRA: {"name": vm.name, "address": vm.address, "state": vm.state},
+    }
+
+
+def instance_resource(vm: Vm, *, group: str | None = None, expand: bool = False) -> dict[str, Any]:
+    """`az vmss list-instances [--expand instanceView]`: one scale-set VM. Its name is its
+    domain's (what `sigvirt vm ssh -n` takes), where Azure says SCALESET_N."""
+    rg = group_of(vm.resource_group, group)
+    index = -1 if vm.instance is None else vm.instance
+    out: dict[str, Any] = {
+        "id": azureid.instance_id(rg, vm.scale_set, index),
+        "name": vm.name,
+        "type": azureid.INSTANCE_TYPE,
+        "location": vm.region,
+        "resourceGroup": rg,
+        "tags": dict(vm.tags),
+        "instanceId": str(index),
+        "latestModelApplied": True,
+        "vmId": vm.vm_id,
+        "provisioningState": vm.provisioning_state,
+        "timeCreated": vm.created or None,
+        "zones": None,
+        "sku": {"name": vm.size, "tier": "Standard"},
+        "hardwareProfile": {"vmSize": vm.size},
+        "storageProfile": _vm_storage(vm, rg),
+        "osProfile": _os_profile(vm),
+    }
+    if expand:
+        out["instanceView"] = {k: v for k, v in instance_view(vm).items() if k != EXTRA}
+    out[EXTRA] = sigvirt_facts(vm)
+    return out
+
+
+def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
+    """`az vmss show`."""
+    rg = group_of(ss.resource_group, group)
+    data = [("", gb) for gb in ss.data_disk_gb]
+    vmss_id = azureid.vmss_id(rg, ss.name)
+    return {
+        "id": vmss_id,
+        "name": ss.name,
+        "type": azureid.VMSS_TYPE,
+        "location": ss.region,
+        "resourceGroup": rg,
+        "tags": dict(ss.tags),
+        "zones": None,
+        "sku": {"name": ss.size, "tier": "Standard", "capacity": ss.capacity},
+        "provisioningState": ss.provisioning_state,
+        # Azure's is a GUID made once at creation; this one is as stable as the set itself
+        "uniqueId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{vmss_id}@{ss.created}")),
+        "timeCreated": ss.created or None,
+        "orchestrationMode": "Uniform",
+        "overprovision": False,
+        "singlePlacementGroup": True,
+        "upgradePolicy": {"mode": "Manual", "rollingUpgradePolicy": None},
+        "virtualMachineProfile": {
+            "osProfile": {
+                "computerNamePrefix": f"{ss.name}-",
+                "adminUsername": ss.admin_user,
+                "linuxConfiguration": _linux(ss.admin_user, ss.ssh_public_keys),
+            },
+            "storageProfile": _storage_profile(
+                ss.image_id, ss.image, "", ss.os_disk_gb, data, None
+            ),
+        },
+        EXTRA: {
+            "region": ss.region,
+            "image": ss.image,
+            "image_request": ss.image_request,
+            "vcpus": ss.vcpus,
+            "memory_mib": ss.memory_mib,
+            "states": dict(ss.states),
+            "instances": list(ss.instances),
+        },
+    }
+
+
+def connection_info(found: list[Vm]) -> dict[str, str]:
+    """`az vmss list-instance-connection-info`: "instance N" → the address SSH reaches."""
+    return {f"instance {vm.instance}": vm.address for vm in found if vm.address}
+
+
+def vmss_instance_view(ss: ScaleSet, found: list[Vm]) -> dict[str, Any]:
+    """`az vmss get-instance-view`: the scale set's status and a count per status of its
+    instances; each instance's power state under the extra key."""
+    counts: dict[str, int] = {}
+    for vm in found:
+        for status in _statuses(vm):
+            counts[status["code"]] = counts.get(status["code"], 0) + 1
+    state = ss.provisioning_state.lower()
+    return {
+        "statuses": [
+            {
+                "code": f"ProvisioningState/{state}",
+                "level": "Error" if state == "failed" else "Info",
+                "displayStatus": f"Provisioning {state}",
+                "time": None,
+            }
+        ],
+        "virtualMachine": {
+            "statusesSummary": [{"code": c, "count": n} for c, n in sorted(counts.items())]
+        },
+        EXTRA: {
+            "instances": [
+                {"instanceId": str(vm.instance), "name": vm.name, "powerState": power_state(vm)}
+                for vm in found
+            ]
+        },
+    }
