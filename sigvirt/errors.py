@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     REPLICATION_FAILED = 20  # replicas failed (each one's reason is in the status)
     UNSUPPORTED = 21  # a request sigvirt understands but can't carry out here (and says why)
     CORRUPT_REPLICA = 22  # a scrub found replicas whose bytes differ from the version's
+    TIMED_OUT = 23  # `wait` (or another bounded wait) gave up before its condition held
     INTERRUPTED = 130
 
 

@@ -322,8 +322,8 @@ def test_gallery_lifecycle(sig: SigEnv) -> None:
     assert sig.cli("sig", "show", *G, "-o", "json").json == made
     updated = sig.cli("sig", "update", *G, "--description", "new words", "-o", "json").json
     assert updated == {**made, "description": "new words"}
-    assert sig.cli("sig", "show", *G, "-o", "yaml").out.startswith("name: myGallery\n")
-    assert sig.cli("sig", "delete", *G, "-o", "json").json == {"deleted": "myGallery"}
+    assert sig.cli("sig", "show", *G, "-o", "yaml").out.startswith("id: /subscriptions/")
+    assert (sig.cli("sig", "delete", *G, "-o", "json").out) == ""
     assert [g["name"] for g in sig.cli("sig", "list", "-o", "json").json] == ["other.gallery_2"]
     assert not (sig.root / "myGallery").exists()
 
@@ -333,54 +333,82 @@ def test_definition_lifecycle(offline_sig: SigEnv) -> None:
     sig = offline_sig
     sig.gallery()
     made = sig.cli(
-        "sig", "image-definition", "create", *G, *D, "--publisher", "myPublisher",
-        "--offer", "myOffer", "--sku", "myLinux1", "--os-type", "linux",
+        "sig", "image-definition", "create", *G, *D, "-p", "myPublisher",
+        "-f", "myOffer", "-s", "myLinux1", "--os-type", "linux",
         "--os-state", "specialized", "--hyper-v-generation", "v2", "--architecture", "x64",
         "--minimum-cpu-core", "1", "--maximum-cpu-core", "4", "--minimum-memory", "512",
         "--maximum-memory", "4096", "--end-of-life-date", "2030-12-31", "--eula", "be nice",
-        "--release-note-uri", "https://example.com/notes", "--description", "web", "-o", "json",
+        "--release-note-uri", "https://example.com/notes", "--description", "web",
+        "--tags", "team=web", "tier=1", "-g", "ignoredHere", "-o", "json",
     ).json  # fmt: skip
-    assert {k: made[k] for k in made if k != "created"} == {
-        "gallery": "myGallery", "name": "myDef", "publisher": "myPublisher",
-        "offer": "myOffer", "sku": "myLinux1", "os_type": "Linux", "os_state": "Specialized",
-        "hyper_v_generation": "V2", "architecture": "x64", "min_vcpus": 1, "max_vcpus": 4,
-        "min_memory_mib": 512, "max_memory_mib": 4096, "end_of_life": "2030-12-31",
-        "eula": "be nice", "release_note_uri": "https://example.com/notes",
-        "description": "web",
+    # az's shape: the REST resource with `properties` flattened, sigvirt's facts aside
+    assert made["id"] == (
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sigvirt/providers/"
+        "Microsoft.Compute/galleries/myGallery/images/myDef"
+    )
+    assert {k: made[k] for k in made if k not in ("id", "sigvirt")} == {
+        "name": "myDef", "type": "Microsoft.Compute/galleries/images", "location": "local",
+        "resourceGroup": "sigvirt", "tags": {"team": "web", "tier": "1"},
+        "identifier": {"publisher": "myPublisher", "offer": "myOffer", "sku": "myLinux1"},
+        "osType": "Linux", "osState": "Specialized", "hyperVGeneration": "V2",
+        "architecture": "x64",
+        "recommended": {"vCPUs": {"min": 1, "max": 4}, "memory": {"min": 512, "max": 4096}},
+        "endOfLifeDate": "2030-12-31", "eula": "be nice",
+        "releaseNoteUri": "https://example.com/notes", "privacyStatementUri": None,
+        "description": "web", "features": None, "disallowed": None, "purchasePlan": None,
+        "provisioningState": "Succeeded",
     }  # fmt: skip
     assert sig.store.get_definition("myGallery", "myDef").firmware == "uefi"
     assert sig.cli("sig", "image-definition", "show", *G, *D, "-o", "json").json == made
+    by_id = sig.cli("sig", "image-definition", "show", "--ids", made["id"], "-o", "json").json
+    assert by_id == made
     updated = sig.cli(
         "sig", "image-definition", "update", *G, *D, "--description", "web servers",
-        "--end-of-life-date", "2031-06-30T12:00:00Z", "--maximum-cpu-core", "8", "-o", "json",
+        "--end-of-life-date", "2031-06-30T12:00:00Z", "--maximum-cpu-core", "8",
+        "--set", "tags.tier=2", "--remove", "tags.team", "-o", "json",
     ).json  # fmt: skip
     assert updated == {
-        **made, "description": "web servers", "end_of_life": "2031-06-30T12:00:00+00:00",
-        "max_vcpus": 8,
+        **made, "description": "web servers", "endOfLifeDate": "2031-06-30T12:00:00+00:00",
+        "recommended": {"vCPUs": {"min": 1, "max": 8}, "memory": {"min": 512, "max": 4096}},
+        "tags": {"tier": "2"},
     }  # fmt: skip
     listed = sig.cli("sig", "image-definition", "list", *G, "-o", "json").json
     assert listed == [updated]
     table = sig.cli("sig", "image-definition", "list", *G).out
     assert "myDef" in table and "myPublisher" in table
-    deleted = sig.cli("sig", "image-definition", "delete", *G, *D, "-o", "json").json
-    assert deleted == {"deleted": "myGallery/myDef"}
+    # az prints nothing for a delete; --yes is accepted (sigvirt never prompts)
+    deleted = sig.cli("sig", "image-definition", "delete", *G, *D, "--yes", "-o", "json")
+    assert (deleted.code, deleted.out) == (0, "")
     assert sig.cli("sig", "image-definition", "list", *G, "-o", "json").json == []
-    assert sig.cli("sig", "delete", *G).code == 0
+    assert sig.cli("sig", "delete", *G, "-y").code == 0
 
 
 def test_version_lifecycle(sig: SigEnv, tmp_path: Path) -> None:
     sig.gallery()
     sig.definition()
     image = f.qcow2_v3_with_data(tmp_path)
-    made = sig.cli(*version_create("1.0.0", image), "--end-of-life-date", "2031-01-01").json
-    assert (made["name"], made["state"], made["replication"]) == (
-        "1.0.0",
-        VersionState.SUCCEEDED,
-        "Completed",
-    )
-    assert (made["end_of_life"], made["regions"]) == ("2031-01-01", {"local": "1/1"})
-    assert made["source"] == f"file:{image}"
-    (replica,) = made["replication_status"]["replicas"]
+    made = sig.cli(*version_create("1.0.0", image), "--end-of-life-date", "2031-01-01",
+                   "--tags", "build=42").json  # fmt: skip
+    # az's shape (the Azure REST keys), sigvirt's own facts under "sigvirt"
+    assert made["id"].endswith("/galleries/myGallery/images/myDef/versions/1.0.0")
+    assert (made["name"], made["type"], made["provisioningState"]) == (
+        "1.0.0", "Microsoft.Compute/galleries/images/versions", "Succeeded",
+    )  # fmt: skip
+    assert made["tags"] == {"build": "42"}
+    profile = made["publishingProfile"]
+    assert (profile["endOfLifeDate"], profile["replicaCount"]) == ("2031-01-01", 1)
+    assert profile["targetRegions"] == [
+        {"name": "local", "regionalReplicaCount": 1, "storageAccountType": "Standard_LRS",
+         "excludeFromLatest": False, "encryption": None},
+    ]  # fmt: skip
+    assert made["replicationStatus"] == {
+        "aggregatedState": "Completed",
+        "summary": [{"region": "local", "state": "Completed", "progress": 100, "details": None}],
+    }
+    assert made["storageProfile"]["source"]["id"] == str(image)
+    assert made["sigvirt"]["state"] == VersionState.SUCCEEDED
+    assert made["sigvirt"]["source"] == f"file:{image}"
+    (replica,) = made["sigvirt"]["replicas"]
     assert Path(replica["path"]).is_file() and replica["state"] == "completed"
     sig.version("1.1.0", image)
     sig.version("1.2.0", image, "--exclude-from-latest")
@@ -391,35 +419,46 @@ def test_version_lifecycle(sig: SigEnv, tmp_path: Path) -> None:
         )
 
     listed = sig.cli("sig", "image-version", "list", *G, *D, "-o", "json").json
-    assert [(v["name"], v["exclude_from_latest"]) for v in listed] == [
+    assert [(v["name"], v["publishingProfile"]["excludeFromLatest"]) for v in listed] == [
         ("1.0.0", False), ("1.1.0", False), ("1.2.0", True),
     ]  # fmt: skip
+    # the az idiom: an id by --query, then --ids
+    ran = sig.cli("sig", "image-version", "show", *G, *D, "-e", "1.1.0", "--query", "id",
+                  "-o", "tsv")  # fmt: skip
+    the_id = ran.out.strip()
+    assert the_id.endswith("/versions/1.1.0") and "\n" not in the_id
+    assert (
+        sig.cli("sig", "image-version", "show", "--ids", the_id, "-o", "json").json["name"]
+        == "1.1.0"
+    )
     assert latest() == "1.1.0"
     shown = sig.cli("sig", "image-version", "show", *G, *D, "--gallery-image-version", "1.0.0",
                     "--expand", "ReplicationStatus", "-o", "json").json  # fmt: skip
-    assert shown["replication_status"]["summary"] == [
-        {"region": "local", "state": "Completed", "completed": 1, "wanted": 1, "progress": 100,
-         "details": ""},
-    ]  # fmt: skip
+    assert shown["replicationStatus"]["summary"] == [
+        {"region": "local", "state": "Completed", "progress": 100, "details": None},
+    ]
     update = ["sig", "image-version", "update", *G, *D, "-o", "json"]
     changed = sig.cli(*update, "--gallery-image-version", "1.2.0", "--include-in-latest").json
-    assert changed["exclude_from_latest"] is False and latest() == "1.2.0"
-    changed = sig.cli(*update, "--gallery-image-version", "1.2.0", "--exclude-from-latest",
+    assert changed["publishingProfile"]["excludeFromLatest"] is False and latest() == "1.2.0"
+    changed = sig.cli(*update, "--gallery-image-version", "1.2.0",
+                      "--set", "publishingProfile.excludeFromLatest=true",
                       "--end-of-life-date", "2032-02-29").json  # fmt: skip
-    assert (changed["exclude_from_latest"], changed["end_of_life"]) == (True, "2032-02-29")
+    profile = changed["publishingProfile"]
+    assert (profile["excludeFromLatest"], profile["endOfLifeDate"]) == (True, "2032-02-29")
     assert latest() == "1.1.0"
     table = sig.cli("sig", "image-version", "list", *G, *D).out
     assert [line.split()[0] for line in table.splitlines()[2:]] == ["1.0.0", "1.1.0", "1.2.0"]
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         files = sig.version_files(f"-{version}-")
         deleted = sig.cli("sig", "image-version", "delete", *G, *D, "--gallery-image-version",
-                          version, "-o", "json").json  # fmt: skip
-        assert deleted == {"deleted": f"myGallery/myDef/{version}", "replicas": 1}
+                          version, "-o", "json")  # fmt: skip
+        assert (deleted.code, deleted.out) == (0, "")  # az prints nothing for a delete
         assert len(files) == 1 and not files[0].exists()
     assert sig.pool_files() == []
     assert sig.cli("sig", "image-definition", "delete", *G, *D).code == 0
     assert sig.cli("sig", "delete", *G).code == 0
-    assert sorted(p.name for p in sig.root.iterdir()) == [".lock"]
+    # The installation id outlives every gallery: the VMs this catalog made still carry it.
+    assert sorted(p.name for p in sig.root.iterdir()) == [".installation", ".lock"]
 
 
 def test_show_latest_explains_every_candidate(populated: SigEnv, tmp_path: Path) -> None:

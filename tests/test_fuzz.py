@@ -40,8 +40,8 @@ from sigvirt.catalog.records import (
     to_dict,
 )
 from sigvirt.catalog.store import CorruptRecord, Damaged, GalleryStore
+from sigvirt.cli import azshape, versions
 from sigvirt.cli.render import plain
-from sigvirt.cli.sig import version_row
 from sigvirt.errors import CommandFailed, ConfigError, ImageRejected
 from sigvirt.galleries import definitions, galleries
 from sigvirt.hosts import regions
@@ -253,7 +253,8 @@ def _renders(rec: ImageVersion | Definition) -> None:
     if isinstance(rec, ImageVersion):
         aggregate(rec)
         latest.explain_latest([rec])
-        json.dumps(plain(version_row(rec, expand=True))).encode()
+        json.dumps(plain(versions.row(rec))).encode()
+        json.dumps(azshape.version(rec, "rg")).encode()
     json.dumps(plain(rec), ensure_ascii=False).encode()  # every string is real Unicode
 
 

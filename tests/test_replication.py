@@ -106,16 +106,18 @@ def test_replicates_to_two_regions_with_counts_2_and_3(
     args = ["sig", "image-version", "show", *gallery.cli_args("1.0.0")]
     assert cli.main([*args, "--expand", "ReplicationStatus", "--output", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    status = shown["replication_status"]
-    assert status["aggregated_state"] == "Completed"
-    summary = sorted(
-        (s["region"], s["state"], s["completed"], s["wanted"]) for s in status["summary"]
-    )
-    assert summary == [("east", "Completed", 3, 3), ("local", "Completed", 2, 2)]
-    assert len(status["replicas"]) == 5
-    assert {r["state"] for r in status["replicas"]} == {"completed"}
-    assert shown["regions"] == {"local": "2/2", "east": "3/3"}
-    assert shown["sha256"] == rec.sha256
+    status = shown["replicationStatus"]
+    assert status["aggregatedState"] == "Completed"
+    summary = sorted((s["region"], s["state"], s["progress"]) for s in status["summary"])
+    assert summary == [("east", "Completed", 100), ("local", "Completed", 100)]
+    counts = {
+        t["name"]: t["regionalReplicaCount"] for t in shown["publishingProfile"]["targetRegions"]
+    }
+    assert counts == {"local": 2, "east": 3}
+    replicas = shown["sigvirt"]["replicas"]
+    assert len(replicas) == 5
+    assert {r["state"] for r in replicas} == {"completed"}
+    assert shown["sigvirt"]["sha256"] == rec.sha256
 
 
 def test_count_changes_add_and_remove_replicas(
@@ -224,6 +226,17 @@ def test_killed_mid_copy_never_completes_a_partial_and_a_rerun_finishes(
 
 
 # -- failures ---------------------------------------------------------------------------------
+def test_delete_is_not_blocked_by_a_region_that_never_got_a_byte(
+    lab: Lab, gallery: Gallery, small_image: Path
+) -> None:
+    rec = gallery.publish("1.0.0", small_image, ["local", "west=2"])
+    assert [r.state for r in rec.replicas if r.region == "west"] == [ReplicaState.FAILED] * 2
+    ran = cli.main(["sig", "image-version", "delete", *gallery.cli_args("1.0.0")])
+    assert ran == 0  # nothing was ever written where the host doesn't answer
+    assert gallery.ctx.store.list_versions(gallery.gallery, gallery.definition) == []
+    assert list(lab.local[0].path.glob(f"{gallery.gallery}*")) == []
+
+
 def test_an_unreachable_region_fails_alone_with_its_reason(
     lab: Lab, gallery: Gallery, small_image: Path
 ) -> None:

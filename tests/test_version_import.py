@@ -226,7 +226,7 @@ def test_two_processes_race_for_one_version(
         time.sleep(0.005)
     results = sorted((p.returncode, *p.communicate()) for p in procs)
     assert [code for code, _out, _err in results] == [ExitCode.OK, ExitCode.CONFLICT]
-    assert json.loads(results[0][1])["state"] == VersionState.SUCCEEDED
+    assert json.loads(results[0][1])["sigvirt"]["state"] == VersionState.SUCCEEDED
     assert results[1][1:] in [
         ("", f"sigvirt: error: image version myGallery/myDef/1.0.0 {why}\n")
         for why in ("is being created by another process", "already exists")
@@ -260,7 +260,7 @@ def test_killed_import_is_not_published_and_a_retry_cleans_up(
 
     listed = definition.cli("sig", "image-version", "list", "--gallery-name", "myGallery",
                             "--gallery-image-definition", "myDef", "-o", "json").json  # fmt: skip
-    assert [(v["name"], v["state"]) for v in listed] == [
+    assert [(v["name"], v["sigvirt"]["state"]) for v in listed] == [
         ("1.0.0", VersionState.SUCCEEDED),
         ("2.0.0", VersionState.CREATING),
     ]

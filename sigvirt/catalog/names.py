@@ -56,6 +56,20 @@ def identifier(kind: str, value: str) -> str:
     return value
 
 
+_RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w_()]")
+
+
+def resource_group(name: str) -> str:
+    """A resource group's name as Azure allows it (1-90 of letters, digits, -, _, ., (, ),
+    not ending in '.'): sigvirt has no groups, but the name goes into resource ids."""
+    if not _RESOURCE_GROUP.fullmatch(name):
+        raise InvalidName(
+            f"resource group {shorten(name)} is invalid: 1-90 letters, digits, '-', '_', '.', "
+            "'(' and ')', not ending with '.'"
+        )
+    return name
+
+
 def vm_name(name: str) -> str:
     """VM and scale set names double as hostnames and libvirt domain names."""
     if not _VM.fullmatch(name):

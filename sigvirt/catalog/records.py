@@ -82,6 +82,8 @@ class Gallery:
     location: str = "local"  # home region: default source region of its versions
     owner_group: str = ""
     created: str = ""
+    resource_group: str = ""  # as created with -g: a name in its Azure-style ids only
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class Definition:
     release_note_uri: str = ""
     description: str = ""
     created: str = ""
+    privacy_statement_uri: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def firmware(self) -> Firmware:
@@ -158,6 +162,10 @@ class ImageVersion:
     warnings: tuple[str, ...] = ()
     created: str = ""
     published: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    excluded_regions: tuple[str, ...] = ()  # not latest there (targetRegions[].excludeFromLatest)
+    storage_types: dict[str, str] = field(default_factory=dict)  # region -> Standard_LRS, ...
+    replication_mode: Literal["Full", "Shallow"] = "Full"
 
     @property
     def ref(self) -> str:

@@ -24,6 +24,7 @@ import json
 import operator
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +254,27 @@ class GalleryStore:
         except OSError as err:
             raise access_error(self.root, err) from None
 
+    def installation(self) -> str:
+        """This installation's identity (a catalog, its gallery root): recorded in every
+        domain sigvirt makes, so two setups sharing one libvirt host each see only their own
+        VMs. Made on first use; every reader agrees on it (created with no-clobber link)."""
+        path = self.root / ".installation"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise access_error(path, err) from None
+        self.ensure_root()
+        with contextlib.suppress(FileExistsError):
+            try:
+                atomic_write(path, (uuid.uuid4().hex + "\n").encode(), 0o644, replace=False)
+            except OSError as err:
+                if isinstance(err, FileExistsError):
+                    raise
+                raise access_error(path, err) from None
+        return path.read_text().strip()
+
     # -- galleries --------------------------------------------------------------------------
     def get_gallery(self, g: str) -> Gallery:
         self._need_see(g)
@@ -279,6 +301,8 @@ class GalleryStore:
 
     def create_gallery(self, rec: Gallery) -> Gallery:
         self.ensure_root()
+        # Made now, by someone who can write the root: a reader's first `vm create` can't.
+        self.installation()
         with file_lock(self.root / ".lock"):
             gdir = self.gallery_dir(rec.name)
             if (gdir / "gallery.json").exists():
@@ -324,8 +348,20 @@ class GalleryStore:
             raise
 
     def list_definitions(self, g: str, damaged: list[Damaged] | None = None) -> list[Definition]:
-        """A gallery's definitions the caller may see, by name; damaged ones go to `damaged`."""
+        """A gallery's definitions the caller may see, by name; damaged ones go to `damaged`.
+        A caller with no access to the gallery at all is refused by sharing's rules first
+        (exit 10), before the kernel refuses them the directory."""
         images = self.gallery_dir(g) / "images"
+        if self.caller is not None and not self.caller.is_root:
+            self._need_see(g)
+            policy = self.policy(g)
+            if role_of(policy, self.caller, "") is None:
+                # Shared below the gallery only: the kernel lets them through images/, not
+                # list it; the definitions they were given are the ones their grants name.
+                given = sorted(
+                    {x.scope.split("/")[0] for x in policy.grants if x.group in self.caller.groups}
+                )
+                return self._read_definitions(g, given, damaged)
         try:
             dfd = open_dir(self.root, (g, "images"), readable=True)
         except (FileNotFoundError, NotADirectoryError):
@@ -342,6 +378,11 @@ class GalleryStore:
             )  # fmt: skip
         finally:
             os.close(dfd)
+        return self._read_definitions(g, found, damaged)
+
+    def _read_definitions(
+        self, g: str, found: list[str], damaged: list[Damaged] | None
+    ) -> list[Definition]:
         out = []
         for name in found:
             try:

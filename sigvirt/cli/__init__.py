@@ -10,7 +10,12 @@ import typer
 from sigvirt.errors import ExitCode, SigvirtError
 
 HELP = "Azure Shared Image Gallery on libvirt/QEMU: galleries, image versions, replicas, VMs."
-NOUNS = ("sig", "vm", "vmss", "region", "image", "doctor")
+NOUNS = ("sig", "vm", "vmss", "region", "image", "doctor", "feature", "provider", "group")
+GLOBAL_ARGS = """Every command also takes az's global arguments (before any `--`):
+
+--query JMESPATH: filter the result (jmespath.org), then format it as -o/--output says
+-o/--output json|jsonc|yaml|yamlc|table|tsv|none: the default is $SIGVIRT_OUTPUT, else table
+--debug: tracebacks with errors; --verbose, --only-show-errors, --subscription: accepted"""
 
 
 def build(noun: str | None = None, sub: str | None = None) -> typer.Typer:
@@ -21,8 +26,9 @@ def build(noun: str | None = None, sub: str | None = None) -> typer.Typer:
         help=HELP,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
+        epilog=GLOBAL_ARGS,
     )
+    app.callback()(_root)
     every = noun not in NOUNS
     if every or noun in ("doctor", "image"):
         from sigvirt.cli import host
@@ -42,12 +48,50 @@ def build(noun: str | None = None, sub: str | None = None) -> typer.Typer:
         from sigvirt.cli import region
 
         app.add_typer(region.app, name="region")
+    if every or noun in ("feature", "provider", "group"):
+        from sigvirt.cli import az
+
+        app.add_typer(az.feature_app, name="feature")
+        app.add_typer(az.provider_app, name="provider")
+        app.add_typer(az.group_app, name="group")
     return app
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mine = version("sigvirt")
+        except PackageNotFoundError:
+            mine = "unknown"
+        typer.echo(f"sigvirt {mine}")
+        raise typer.Exit()
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print sigvirt's version"
+    ),
+) -> None:
+    """Azure Shared Image Gallery on libvirt/QEMU: galleries, image versions, replicas, VMs."""
 
 
 # Options that take several values after one flag, as `az` spells them:
 # `--target-regions local east=2 west=1`. Click wants the flag repeated, so it is.
-VARIADIC = frozenset({"--target-regions"})
+VARIADIC = frozenset(
+    {
+        "--target-regions",
+        "--ids",
+        "--tags",
+        "--set",
+        "--remove",
+        "--instance-ids",
+        "--data-disk-sizes-gb",
+        "--zones",
+        "--target-region-exclude-from-latest",
+    }
+)
 
 
 def spread_variadic(args: list[str]) -> list[str]:
@@ -73,12 +117,22 @@ def spread_variadic(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, translate sigvirt errors to one line and their exit code."""
+    from sigvirt.cli import formats, globalargs, render
+
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:
-        args.remove("--debug")
-    args = spread_variadic(args)
+    debug = "--debug" in globalargs.before_separator(args)  # before take() can refuse
+    previous = render.settings()
     try:
+        # az's global arguments come out first: no command declares them, and their values
+        # must not be taken for the noun in `words`.
+        given = globalargs.take(args)
+        debug = given.debug
+        render.check_output_env()
+        query = None if given.query is None else formats.compile_query(given.query)
+        render.use(render.Settings(query=query))
+        if given.verbose and given.subscription is not None:
+            render.note("sigvirt: --subscription ignored: sigvirt has no subscriptions")
+        args = spread_variadic(list(given.args))
         # standalone: Typer itself reports usage errors (exit 2) and honours typer.Exit.
         words = [a for a in args if not a.startswith("-")][:2]
         build(*words)(args=args, prog_name="sigvirt")
@@ -106,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"sigvirt: internal error: {err!r} (rerun with --debug)", file=sys.stderr)
         code = ExitCode.GENERIC
+    finally:
+        render.use(previous)  # the next in-process run starts from its own arguments
     if argv is None:
         sys.exit(code)
     return code

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sigvirt.cli.common import ResourceGroupOpt
 from sigvirt.cli.render import Output, OutputOpt, emit, note
 from sigvirt.errors import ExitCode
 from sigvirt.hosts import doctor as doctor_lib
@@ -25,6 +26,7 @@ def doctor(
     path: Annotated[
         list[Path] | None, typer.Option("--path", help="also check free space here (repeatable)")
     ] = None,
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Check libvirtd, virtlogd, KVM or TCG, /dev/kvm, qemu-img, image cache and free disk."""
@@ -41,6 +43,7 @@ def doctor(
 @image_app.command("build")
 def image_build(
     name: Annotated[str, typer.Argument(help="recipe: a directory under images/ (tiny, debian)")],
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Build a guest image from its recipe (cached by a hash of the recipe) and print its path."""
@@ -50,7 +53,7 @@ def image_build(
 
 
 @image_app.command("list")
-def image_list(output: OutputOpt = Output.table) -> None:
+def image_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table) -> None:
     """List the recipes and whether the current version of each is built."""
     rows = []
     for script in sorted(recipes.recipes_dir().glob("*/build.sh")):

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from sigvirt.cli.common import ResourceGroupOpt
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
 from sigvirt.hosts import regioncheck, regions
@@ -22,14 +23,16 @@ NameArg = Annotated[str, typer.Argument(help="region name (Azure display names w
 
 
 @app.command("list")
-def region_list(output: OutputOpt = Output.table) -> None:
+def region_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table) -> None:
     """List the regions of regions.yaml ($SIGVIRT_REGIONS, /etc/sigvirt, or the default)."""
     rows = regioncheck.summarize(regions.load())
     emit(rows, output, LIST_COLUMNS, title="regions")
 
 
 @app.command("show")
-def region_show(name: NameArg, output: OutputOpt = Output.table) -> None:
+def region_show(
+    name: NameArg, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
+) -> None:
     """Show one region's settings."""
     emit(regioncheck.describe(regions.load(), name), output)
 
@@ -47,6 +50,7 @@ def region_init(
     gallery_root: Annotated[
         Path | None, typer.Option("--gallery-root", help="where gallery metadata lives")
     ] = None,
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Write a regions.yaml holding the `local` region (never replaces one without --force)."""
@@ -61,6 +65,7 @@ def region_check(
     names: Annotated[
         list[str] | None, typer.Argument(help="regions to check (default: all)")
     ] = None,
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Check each region: reachable, pools active, free space, accel (kvm/tcg), libvirt."""

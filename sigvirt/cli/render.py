@@ -1,9 +1,11 @@
-"""Rendering results: tables for people, JSON (stable) and YAML for scripts."""
+"""Rendering results as az does: the result as JSON-able data → `--query` (JMESPath) → the
+format `-o/--output` names (formats.py). Tables for people, JSON (stable) and YAML for
+scripts, tsv for shells."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from enum import Enum, StrEnum
@@ -11,9 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from sigvirt.cli import formats
+from sigvirt.cli.formats import Query
+from sigvirt.errors import ConfigError
 
 # Piped output keeps each row on one line instead of wrapping at 80 columns.
 stdout = Console(width=None if sys.stdout.isatty() else 200)
@@ -23,13 +28,72 @@ stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 class Output(StrEnum):
     table = "table"
     json = "json"
+    jsonc = "jsonc"
     yaml = "yaml"
+    yamlc = "yamlc"
+    tsv = "tsv"
+    none = "none"
 
+
+# The default format, as az's `core.output` setting is (click reads it for every command).
+ENV_OUTPUT = "SIGVIRT_OUTPUT"
 
 OutputOpt = Annotated[
     Output,
-    typer.Option("--output", "-o", help="table for people; json (stable) or yaml for scripts"),
+    typer.Option(
+        "--output",
+        "-o",
+        envvar=ENV_OUTPUT,
+        show_envvar=True,
+        case_sensitive=False,
+        help="table for people, tsv for shells, json (stable) or yaml for scripts; jsonc and "
+        "yamlc are coloured; none prints nothing",
+    ),
 ]
+
+
+def check_output_env(environ: Mapping[str, str] = os.environ) -> Output | None:
+    """$SIGVIRT_OUTPUT, checked before parsing: click would refuse a bad value with a usage
+    box and exit 2, but it is configuration, so one line and exit 7."""
+    value = environ.get(ENV_OUTPUT, "")
+    if not value:
+        return None  # click ignores an empty variable too
+    try:
+        return Output(value.lower())
+    except ValueError:
+        known = ", ".join(o.value for o in Output)
+        raise ConfigError(f"{ENV_OUTPUT}={value!r} is not an output format ({known})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What holds for every emit() of one run: the global arguments main() takes out of argv
+    before typer parses it, so no command declares them."""
+
+    query: Query | None = None
+
+
+# Set once per run by main() through use(), which hands back the previous settings for it to
+# restore: in-process runs (the tests) don't leak into each other. A plain module global, not
+# a contextvar, so threads a command starts see the same settings.
+_settings = Settings()
+
+
+def settings() -> Settings:
+    return _settings
+
+
+def use(new: Settings) -> Settings:
+    """Make `new` the settings of this run; returns the ones it replaces."""
+    global _settings
+    previous, _settings = _settings, new
+    return previous
+
+
+def for_people(output: Output) -> bool:
+    """Today's tables (several per command, progress bars): table output with no --query.
+    With a query, a table is az's table of the query's result."""
+    return output is Output.table and _settings.query is None
 
 
 _SCALARS = frozenset({str, int, float, bool})
@@ -74,22 +138,36 @@ def emit(
     *,
     ready: bool = False,
 ) -> None:
-    """Render records (ready: already JSON-able dicts and lists, nothing to convert)."""
+    """Render records (ready: already JSON-able dicts and lists, nothing to convert): the
+    query, if any, then the format. Columns and title are for today's tables only."""
+    if output is Output.none:
+        return
     if not ready:
         data = plain(data)
-    if output is Output.json:
-        if isinstance(data, list) and len(data) > RICH_ROWS:
-            # One compact object per line: json's indenting encoder is pure Python and took
-            # most of a second for 10,000 versions; this is the C encoder, still valid JSON.
-            lines = (json.dumps(row, sort_keys=True, check_circular=False) for row in data)
-            sys.stdout.write("[\n" + ",\n".join(lines) + "\n]\n")
-            return
-        # plain() made a fresh tree: no cycles to look for (and halves the time for long lists)
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, check_circular=False) + "\n")
+    query = _settings.query
+    if query is not None:
+        data = formats.search(query, data)
+        if data is None:
+            return  # az prints nothing at all for a null result (`--query missingKey`)
+    if output is Output.table:
+        if query is None:
+            _table(data, columns, title)
+        else:
+            sys.stdout.write(formats.az_table_text(data))
         return
-    if output is Output.yaml:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    if output is Output.tsv:
+        sys.stdout.write(formats.tsv_text(data))
         return
+    if output in (Output.json, Output.jsonc):
+        text, language = formats.json_text(data), "json"
+    else:
+        text, language = formats.yaml_text(data), "yaml"
+    if output in (Output.jsonc, Output.yamlc) and formats.colour():
+        text = formats.coloured(text, language)
+    sys.stdout.write(text)
+
+
+def _table(data: Any, columns: Sequence[str] | None, title: str) -> None:
     if isinstance(data, dict):
         table = Table(show_header=False, title=title or None, box=None, pad_edge=False)
         table.add_column(style="bold")
@@ -118,7 +196,7 @@ def emit(
 
 # rich lays a table out in seconds when it has 10,000 rows; past this many, the same columns
 # are padded by hand.
-RICH_ROWS = 500
+RICH_ROWS = formats.LONG_LIST
 
 
 def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None:

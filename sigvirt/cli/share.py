@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sigvirt.catalog.policy import Caller, Policy, scope_of
-from sigvirt.cli.common import GalleryOpt, context
+from sigvirt.cli.common import GalleryOpt, ResourceGroupOpt, context
 from sigvirt.cli.render import Output, OutputOpt, emit
 from sigvirt.errors import ExitCode
 from sigvirt.sharing import check, share
@@ -44,7 +44,8 @@ def _scope_rows(policy: Policy, scope: str) -> list[dict[str, str]]:
 @app.command("add")
 def share_add(
     gallery: GalleryOpt, group: GroupOpt, role: RoleOpt,
-    definition: DefOpt = None, version: VerOpt = None, output: OutputOpt = Output.table,
+    definition: DefOpt = None, version: VerOpt = None, resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Give a group a role on a gallery, a definition or a version (files follow at once)."""
     with context() as ctx:
@@ -55,7 +56,8 @@ def share_add(
 @app.command("remove")
 def share_remove(
     gallery: GalleryOpt, group: GroupOpt,
-    definition: DefOpt = None, version: VerOpt = None, output: OutputOpt = Output.table,
+    definition: DefOpt = None, version: VerOpt = None, resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Take a group's share away (files follow at once)."""
     with context() as ctx:
@@ -66,6 +68,7 @@ def share_remove(
 @app.command("list")
 def share_list(
     gallery: GalleryOpt, definition: DefOpt = None, version: VerOpt = None,
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """List the shares of a gallery (or those made on one definition or version)."""
@@ -79,6 +82,7 @@ def check_access(
     gallery: GalleryOpt,
     definition: Annotated[str, typer.Option("--gallery-image-definition", "-i")],
     version: Annotated[str, typer.Option("--gallery-image-version", "-e")],
+    resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """For each replica: can QEMU and each shared group read it, and what fixes it."""
@@ -89,7 +93,9 @@ def check_access(
         raise typer.Exit(ExitCode.PERMISSION)
 
 
-def access_sync(gallery: GalleryOpt, output: OutputOpt = Output.table) -> None:
+def access_sync(
+    gallery: GalleryOpt, resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table
+) -> None:
     """Make the gallery's file ACLs match its shares (root, or through the sudo helper)."""
     with context() as ctx:
         problems = share.sync_files(ctx, gallery)

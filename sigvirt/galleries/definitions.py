@@ -30,6 +30,8 @@ class DefinitionInput:
     eula: str = ""
     release_note_uri: str = ""
     description: str = ""
+    privacy_statement_uri: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _CHOICES = {

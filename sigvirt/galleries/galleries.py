@@ -17,9 +17,13 @@ def create_gallery(
     description: str = "",
     location: str = "local",
     owner_group: str = "",
+    resource_group: str = "",
+    tags: dict[str, str] | None = None,
 ) -> Gallery:
     """Create a gallery; with an owner group, its members own it (and the files say so)."""
     names.gallery_name(name)
+    if resource_group:
+        names.resource_group(resource_group)
     if owner_group:
         share.check_group(owner_group)
     rec = store.create_gallery(
@@ -29,6 +33,8 @@ def create_gallery(
             location=location,
             owner_group=owner_group,
             created=now(),
+            resource_group=resource_group,
+            tags=dict(tags or {}),
         )
     )
     store.save_policy(Policy(name, owner_group))
@@ -37,8 +43,17 @@ def create_gallery(
     return rec
 
 
-def update_gallery(store: GalleryStore, name: str, description: str | None) -> Gallery:
+def update_gallery(
+    store: GalleryStore,
+    name: str,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Gallery:
     def change(g: Gallery) -> Gallery:
-        return g if description is None else dataclasses.replace(g, description=description)
+        if description is not None:
+            g = dataclasses.replace(g, description=description)
+        if tags is not None:
+            g = dataclasses.replace(g, tags=dict(tags))
+        return g
 
     return store.update_gallery(name, change)

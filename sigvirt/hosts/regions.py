@@ -39,7 +39,10 @@ SHIPPED_REGIONS = Path(__file__).resolve().parents[2] / "regions.yaml"
 
 _TOP_KEYS = ("gallery_root", "regions")
 _REGION_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "description")
-_POOL_KEYS = ("name", "path")
+_POOL_KEYS = ("name", "path", "storage_type")
+# Azure's storage account types: a pool labelled with one takes the replicas of target
+# regions asked for with it (`--target-regions east=2=premium_lrs`).
+STORAGE_TYPES = ("Standard_LRS", "Standard_ZRS", "Premium_LRS", "PremiumV2_LRS")
 _NETWORK_KEYS = ("type", "restrict", "ports", "name")
 _REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # At most 5 digits: more make no port, and int() refuses more than 4300 with a ValueError.
@@ -70,6 +73,7 @@ class Network:
 class PoolConfig:
     name: str
     path: Path | None = None  # None: the pool must already exist; sigvirt never creates it
+    storage_type: str = ""  # one of STORAGE_TYPES, or unlabelled
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,7 @@ def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
     for i, item in enumerate(node.value):
         ikey = f"{key}[{i}]"
         path: Path | None = None
+        storage_type = ""
         if isinstance(item, yaml.MappingNode):
             m = w.mapping(item, ikey, _POOL_KEYS)
             name_node = w.require(m, "name", ikey, item)
@@ -336,6 +341,13 @@ def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
                 if path in paths:
                     w.fail(m["path"][1], f"{ikey}.path", f"same path as pool {paths[path]!r}")
                 paths[path] = name
+            if "storage_type" in m:
+                skey, snode = f"{ikey}.storage_type", m["storage_type"][1]
+                storage_type = w.string(snode, skey)
+                match = [t for t in STORAGE_TYPES if t.lower() == storage_type.lower()]
+                if not match:
+                    w.fail(snode, skey, f"must be one of {', '.join(STORAGE_TYPES)}")
+                storage_type = match[0]
         elif isinstance(item, yaml.ScalarNode) and item.tag == _TAG + "str":
             name_node = item
             name = w.string(item, ikey, _libvirt_name_problem)
@@ -345,7 +357,7 @@ def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
         if name in names:
             w.fail(name_node, ikey, f"duplicate pool name {name!r} (first on line {names[name]})")
         names[name] = name_node.start_mark.line + 1
-        pools.append(PoolConfig(name=name, path=path))
+        pools.append(PoolConfig(name=name, path=path, storage_type=storage_type))
     return tuple(pools)
 
 
@@ -446,7 +458,13 @@ class _Dumper(yaml.SafeDumper):
 def _region_doc(region: RegionConfig) -> dict[str, Any]:
     doc: dict[str, Any] = {"uri": region.uri, "pools": []}
     for pool in region.pools:
-        entry = pool.name if pool.path is None else {"name": pool.name, "path": str(pool.path)}
+        entry: str | dict[str, str] = pool.name
+        if pool.path is not None or pool.storage_type:
+            entry = {"name": pool.name}
+            if pool.path is not None:
+                entry["path"] = str(pool.path)
+            if pool.storage_type:
+                entry["storage_type"] = pool.storage_type
         doc["pools"].append(entry)
     doc["accel"] = region.accel
     net = region.network

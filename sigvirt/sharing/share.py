@@ -10,7 +10,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sigvirt.catalog import names
@@ -60,6 +60,38 @@ def without_grant(policy: Policy, group: str, scope: str) -> Policy:
         where = f"{policy.gallery}/{scope}" if scope else policy.gallery
         raise NotFound(f"group {group} has no share on {where}")
     return replace(policy, grants=kept)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """A gallery the caller reaches through one of their groups, and how."""
+
+    gallery: str
+    role: Role  # the highest role those groups give anywhere in it
+    groups: tuple[str, ...]  # the caller's groups that do
+    scopes: tuple[str, ...]  # where: "(gallery)", "D", "D/V"
+
+
+def shared_with(store: GalleryStore, caller: Caller) -> list[Reach]:
+    """Galleries shared with the caller through a Unix group (owner group or a grant), with
+    the highest role they give and where."""
+    out = []
+    for g in store.list_galleries():
+        policy = load(store, g.name)
+        hits = [x for x in policy.grants if x.group in caller.groups]
+        if policy.owner_group and policy.owner_group in caller.groups:
+            hits.append(Grant(policy.owner_group, "owner", ""))
+        if hits:
+            best = max((x.role for x in hits), key=ROLES.index)
+            out.append(
+                Reach(
+                    g.name,
+                    best,
+                    tuple(sorted({x.group for x in hits})),
+                    tuple(sorted({x.scope or "(gallery)" for x in hits})),
+                )
+            )
+    return out
 
 
 SYNC_HELPER = "sigvirt-access-sync"

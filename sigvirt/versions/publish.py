@@ -24,11 +24,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sigvirt import faults
 from sigvirt.catalog import dates, names
 from sigvirt.catalog.fileio import fsync_dir
-from sigvirt.catalog.names import ImageRef
+from sigvirt.catalog.names import ImageRef, shorten
 from sigvirt.catalog.records import (
     ImageVersion,
     Replica,
@@ -42,6 +43,7 @@ from sigvirt.context import Context
 from sigvirt.errors import (
     Conflict,
     HasDependents,
+    InvalidArgument,
     NoSpace,
     NotFound,
     RegionUnavailable,
@@ -49,6 +51,7 @@ from sigvirt.errors import (
 )
 from sigvirt.hosts import hostshell, streams, xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import RegionsConfig
 from sigvirt.sharing import share
 from sigvirt.sharing.plan import protect_replica
 from sigvirt.versions import copies, dependents, replication, sources, targets
@@ -65,6 +68,44 @@ class VersionInput:
     exclude_from_latest: bool = False
     end_of_life: str | None = None
     location: str | None = None
+    tags: dict[str, str] | None = None
+    excluded_regions: tuple[str, ...] = ()  # not latest there
+    replication_mode: str = "Full"  # Full | Shallow (only the source region, one replica)
+    storage_type: str | None = None  # of every region --target-regions gives none (az default)
+
+
+REPLICATION_MODES = ("Full", "Shallow")
+
+
+def _replication_mode(mode: str) -> Literal["Full", "Shallow"]:
+    for known in REPLICATION_MODES:
+        if known.lower() == mode.lower():
+            return "Full" if known == "Full" else "Shallow"
+    raise InvalidArgument(f"--replication-mode must be Full or Shallow (got {shorten(mode)})")
+
+
+def _shallow_check(mode: str, wanted: dict[str, int], source_region: str) -> None:
+    """Azure's shallow replication keeps one copy in the source region only (for tests)."""
+    if mode == "Shallow" and wanted != {source_region: 1}:
+        raise InvalidArgument(
+            f"--replication-mode Shallow keeps one replica in the source region "
+            f"({source_region}) only; --target-regions and --replica-count can't ask for more"
+        )
+
+
+def _excluded(
+    regions_: list[str] | tuple[str, ...], wanted: dict[str, int], config: RegionsConfig
+) -> tuple[str, ...]:
+    out = []
+    for name in regions_:
+        region = targets.normalize_region(name, config)
+        if region not in wanted:
+            raise InvalidArgument(
+                f"--target-region-exclude-from-latest {shorten(name)}: not a target region of "
+                f"this version ({', '.join(wanted)})"
+            )
+        out.append(region)
+    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -167,10 +208,14 @@ def prepare_create(
     wanted = targets.parse_targets(
         inp.target_regions, inp.replica_count, source_region, ctx.regions
     )
+    kinds = targets.resolve_types(inp.target_regions, wanted, ctx.regions, inp.storage_type)
+    mode = _replication_mode(inp.replication_mode)
+    _shallow_check(mode, wanted, source_region)
+    excluded = _excluded(inp.excluded_regions, wanted, ctx.regions)
     eol = dates.parse_date(inp.end_of_life)
     src, copy_of = resolve_source(ctx, inp.source)
     hv = ctx.hv(source_region)
-    pool = ctx.regions.region(source_region).pools[0]
+    pool = targets.pools_for(ctx.regions.region(source_region), kinds.get(source_region))[0]
     rec = ImageVersion(
         gallery=gallery,
         definition=definition,
@@ -183,6 +228,10 @@ def prepare_create(
         exclude_from_latest=inp.exclude_from_latest,
         end_of_life=eol,
         created=now(),
+        tags=dict(inp.tags or {}),
+        excluded_regions=excluded,
+        storage_types=kinds,
+        replication_mode=mode,
     )
     first_vol = targets.volume_name(rec, source_region, 0)
     first = Replica(source_region, pool.name, first_vol, str(hv.pool_path(pool.name) / first_vol))
@@ -331,9 +380,15 @@ def update_version(
     replica_count: int | None = None,
     exclude_from_latest: bool | None = None,
     end_of_life: str | None = None,
+    tags: dict[str, str] | None = None,
+    excluded_regions: list[str] | None = None,
+    storage_type: str | None = None,
     progress: replication.ReplicaProgress | None = None,
     wait: bool = True,
 ) -> ImageVersion:
+    """Change target regions and counts (replicas are added or removed, then resumed),
+    latest (everywhere, or per region), end of life, tags. Everything is checked before
+    the record changes."""
     assert ref.version is not None
     rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
     ctx.store.require(ref.gallery, "contributor", f"{ref.definition}/{rec.name}", "update")
@@ -341,10 +396,20 @@ def update_version(
         raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions change")
     eol = dates.parse_date(end_of_life) if end_of_life is not None else None
     wanted = None
+    kinds = dict(rec.storage_types)
     if target_regions is not None or replica_count is not None:
+        # A region given without a count gets the version's own replica count, as in az.
         wanted = targets.parse_targets(
-            target_regions, replica_count, rec.source_region, ctx.regions, rec.target_regions
+            target_regions, replica_count or rec.replica_count, rec.source_region,
+            ctx.regions, rec.target_regions,
+        )  # fmt: skip
+        _shallow_check(rec.replication_mode, wanted, rec.source_region)
+        kinds = targets.resolve_types(
+            target_regions, wanted, ctx.regions, storage_type, rec.storage_types
         )
+    excluded = None
+    if excluded_regions is not None:
+        excluded = _excluded(excluded_regions, wanted or rec.target_regions, ctx.regions)
 
     def change(cur: ImageVersion) -> ImageVersion:
         out = cur
@@ -354,6 +419,13 @@ def update_version(
             out = dataclasses.replace(out, end_of_life=eol)
         if replica_count is not None:
             out = dataclasses.replace(out, replica_count=replica_count)
+        if tags is not None:
+            out = dataclasses.replace(out, tags=dict(tags))
+        if excluded is not None:
+            out = dataclasses.replace(out, excluded_regions=excluded)
+        if wanted is not None:
+            kept = tuple(r for r in out.excluded_regions if r in wanted)
+            out = dataclasses.replace(out, storage_types=kinds, excluded_regions=kept)
         return out
 
     rec = ctx.store.update_version(ref.gallery, ref.definition, ref.version, change)

@@ -49,6 +49,10 @@ class StillReplicating(Conflict):
     template = "image version {ref}: {detail}"
 
 
+class ReplicationTimedOut(StillReplicating):
+    exit_code = ExitCode.TIMED_OUT
+
+
 class RecordWriteFailed(Exception):
     """A record update failed (the catalog's disk is full, its files unreadable): the run
     must fail with that error, never carry on as if the state were written."""
@@ -367,5 +371,5 @@ def wait(ctx: Context, rec: ImageVersion, timeout: float, poll: float = 1.0) -> 
                 ref=rec.ref,
             )
         if now >= end:
-            raise StillReplicating(f"still replicating after {timeout:.0f}s", ref=rec.ref)
+            raise ReplicationTimedOut(f"still replicating after {timeout:.0f}s", ref=rec.ref)
         time.sleep(poll)

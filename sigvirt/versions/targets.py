@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigvirt.catalog.names import shorten
 from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState
 from sigvirt.context import Context
 from sigvirt.errors import HasDependents, InvalidArgument, SigvirtError
 from sigvirt.hosts import regioncheck
-from sigvirt.hosts.regions import RegionsConfig
+from sigvirt.hosts.regions import STORAGE_TYPES, PoolConfig, RegionConfig, RegionsConfig
 from sigvirt.versions import dependents
 
 MAX_REPLICAS_PER_REGION = 100
@@ -35,6 +36,108 @@ def normalize_region(name: str, config: RegionsConfig) -> str:
     return regioncheck.resolve(config, name).name
 
 
+@dataclass(frozen=True)
+class TargetItem:
+    """One `--target-regions` value as az reads it: name[=count[=storage type]]."""
+
+    text: str
+    region: str
+    count: int | None
+    storage_type: str | None
+
+
+def parse_items(items: list[str] | None, config: RegionsConfig) -> list[TargetItem]:
+    """Every --target-regions value, checked: a known region (Azure display names work), a
+    count of 1..100, a storage type one of the region's pools is labelled with; a region
+    named twice is refused (az would take the last, silently)."""
+    out: list[TargetItem] = []
+    seen: dict[str, str] = {}
+    for item in items or []:
+        parts = item.split("=")
+        if len(parts) > 3:
+            raise InvalidArgument(
+                f"--target-regions {shorten(item)}: expected name, name=count or "
+                "name=count=storage_type"
+            )
+        region = normalize_region(parts[0].strip(), config)
+        count = None
+        if len(parts) > 1:
+            text = parts[1].strip()
+            if not text.isdigit():
+                raise InvalidArgument(
+                    f"--target-regions {shorten(item)}: the count after '=' must be a number"
+                )
+            count = int(text)
+            if not 1 <= count <= MAX_REPLICAS_PER_REGION:
+                raise InvalidArgument(
+                    f"--target-regions {shorten(item)}: replica count must be "
+                    f"1..{MAX_REPLICAS_PER_REGION}"
+                )
+        storage_type = None
+        if len(parts) == 3:
+            storage_type = _storage_type(item, parts[2].strip(), config.region(region))
+        if region in seen:
+            raise InvalidArgument(
+                f"--target-regions: region {region} is given twice "
+                f"({shorten(seen[region])} and {shorten(item)})"
+            )
+        seen[region] = item
+        out.append(TargetItem(item, region, count, storage_type))
+    return out
+
+
+DEFAULT_STORAGE_TYPE = "Standard_LRS"  # az's default; an unlabelled pool is one
+
+
+def _canonical(what: str, wanted: str) -> str:
+    known = [t for t in STORAGE_TYPES if t.lower() == wanted.lower()]
+    if not known:
+        raise InvalidArgument(
+            f"{what}: storage type {shorten(wanted)} is not one of {', '.join(STORAGE_TYPES)}"
+        )
+    return known[0]
+
+
+def _require_pool(what: str, cfg: RegionConfig, kind: str) -> None:
+    have = sorted({pool_kind(p) for p in cfg.pools})
+    if kind not in have:
+        raise InvalidArgument(
+            f"{what}: region {cfg.name} has no pool of storage type {kind} (its pools' types: "
+            f"{', '.join(have)}; label one with storage_type in regions.yaml)"
+        )
+
+
+def _storage_type(item: str, wanted: str, cfg: RegionConfig) -> str:
+    kind = _canonical(f"--target-regions {shorten(item)}", wanted)
+    _require_pool(f"--target-regions {shorten(item)}", cfg, kind)
+    return kind
+
+
+def pool_kind(pool: PoolConfig) -> str:
+    return pool.storage_type or DEFAULT_STORAGE_TYPE
+
+
+def resolve_types(
+    items: list[str] | None,
+    wanted: dict[str, int],
+    config: RegionsConfig,
+    default: str | None = None,
+    current: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The storage type of every target region: the one its --target-regions item names,
+    else the one it has (an update), else --storage-account-type, else Standard_LRS. Each
+    region must have a pool of its type: replicas never land on another kind silently."""
+    kind = _canonical("--storage-account-type", default) if default else DEFAULT_STORAGE_TYPE
+    asked = storage_types(items, config)
+    out: dict[str, str] = {}
+    for region in wanted:
+        out[region] = asked.get(region) or (current or {}).get(region) or kind
+        if region not in asked:
+            what = "--storage-account-type" if default else f"--target-regions {region}"
+            _require_pool(what, config.region(region), out[region])
+    return out
+
+
 def parse_targets(
     items: list[str] | None,
     replica_count: int | None,
@@ -43,7 +146,8 @@ def parse_targets(
     current: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """`--target-regions "local" "east=2"` plus `--replica-count N` as `az sig` reads them:
-    N is the default for regions given without a count; the source region is always a target."""
+    N is the count of regions given without one (the version's own replica count when an
+    update gives none); the source region is always a target."""
     default = 1 if replica_count is None else replica_count
     if not 1 <= default <= MAX_REPLICAS_PER_REGION:
         raise InvalidArgument(
@@ -54,27 +158,26 @@ def parse_targets(
         targets = dict(current)
         if replica_count is not None:
             targets = {r: replica_count for r in targets}
-    for item in items or []:
-        name, sep, count_text = item.rpartition("=") if "=" in item else (item, "", "")
-        if not sep:
-            name = item
-        region = normalize_region(name.strip(), config)
-        if sep:
-            if not count_text.strip().isdigit():
-                raise InvalidArgument(
-                    f"--target-regions {item!r}: the count after '=' must be a number"
-                )
-            count = int(count_text)
-            if not 1 <= count <= MAX_REPLICAS_PER_REGION:
-                raise InvalidArgument(
-                    f"--target-regions {item!r}: replica count must be 1..{MAX_REPLICAS_PER_REGION}"
-                )
-        else:
-            count = default
-        targets[region] = count
+    for t in parse_items(items, config):
+        targets[t.region] = default if t.count is None else t.count
     source_region = normalize_region(source_region, config)
     targets.setdefault(source_region, default)
     return targets
+
+
+def storage_types(items: list[str] | None, config: RegionsConfig) -> dict[str, str]:
+    """Region -> the storage type its replicas must be on, for regions given one."""
+    return {t.region: t.storage_type for t in parse_items(items, config) if t.storage_type}
+
+
+def pools_for(cfg: RegionConfig, storage_type: str | None) -> tuple[PoolConfig, ...]:
+    """The pools of a region that take replicas of `storage_type` (Standard_LRS: unlabelled
+    ones too). None of them (regions.yaml changed since) is one clear line, not a guess."""
+    kind = storage_type or DEFAULT_STORAGE_TYPE
+    pools = tuple(p for p in cfg.pools if pool_kind(p) == kind)
+    if not pools:
+        _require_pool(f"region {cfg.name}", cfg, kind)
+    return pools
 
 
 def update_command(rec: ImageVersion, region: str, count: int) -> str:
@@ -137,9 +240,10 @@ def plan(
             # Indexes of replicas still being deleted stay taken: a volume name is a key.
             used = {replica_index(rec, r) for r in rec.replicas if r.region == region}
             free = (i for i in range(MAX_REPLICAS_PER_REGION * 2) if i not in used)
+            pools = pools_for(cfg, rec.storage_types.get(region))
             for _ in range(want - len(have)):
                 i = next(free)
-                pool = cfg.pools[i % len(cfg.pools)]
+                pool = pools[i % len(pools)]
                 vol = volume_name(rec, region, i)
                 directory = pool_paths(region, pool.name) if pool_paths else None
                 path = str(directory / vol) if directory is not None else ""
