@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ def scratch() -> Iterator[Path]:
     # the directories to reach backing files (tmp_path's parents are 0700).
     SCRATCH.mkdir(parents=True, mode=0o755)
     os.chmod(SCRATCH, 0o755)
+    (SCRATCH / "pid").write_text(f"{os.getpid()}\n")  # a later run reaps us if we were killed
     yield SCRATCH
     shutil.rmtree(SCRATCH, ignore_errors=True)
 
@@ -60,6 +62,7 @@ def ssh_key(scratch: Path) -> SshKey:
 @pytest.fixture(scope="session")
 def system_hv() -> Iterator[Hypervisor]:
     hv = Hypervisor.open(SYSTEM_URI)
+    _reap_killed_runs(hv)
     yield hv
     _sweep(hv)
     hv.close()
@@ -74,6 +77,36 @@ def _sweep(hv: Hypervisor) -> None:
         if pool.startswith(PREFIX):
             with contextlib.suppress(SigvirtError):
                 hv.delete_pool(pool)
+
+
+def _alive(run_id: str) -> bool:
+    """Whether the test run `run_id` is still going (its scratch directory names its pid)."""
+    scratch = SCRATCH.parent / f"sigvirt-test-{run_id}"
+    try:
+        pid = int((scratch / "pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _reap_killed_runs(hv: Hypervisor) -> None:
+    """Domains and pools of runs that were killed before their finalizers ran (a SIGKILL, a
+    CI timeout): a run whose pid is gone can't clean up any more, so the next one does."""
+    dead: set[str] = set()
+    for name in [d.name for d in hv.domains()] + list(hv.pools()):
+        found = re.fullmatch(r"svt([0-9a-f]{6})-.*", name)
+        if found and found[1] != RUN_ID and not _alive(found[1]):
+            dead.add(found[1])
+    for run_id in dead:
+        for dom in hv.domains():
+            if dom.name.startswith(f"svt{run_id}-"):
+                hv.destroy_and_undefine(dom.name)
+        for pool in hv.pools():
+            if pool.startswith(f"svt{run_id}-"):
+                with contextlib.suppress(SigvirtError):
+                    hv.delete_pool(pool)
+        shutil.rmtree(SCRATCH.parent / f"sigvirt-test-{run_id}", ignore_errors=True)
 
 
 @dataclass(frozen=True)
