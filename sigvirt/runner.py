@@ -73,11 +73,13 @@ class Runner:
         timeout: float | None = None,
         limits: Limits | None = None,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Result:
         args = tuple(os.fspath(a) for a in argv)
         try:
             proc = subprocess.run(
                 args,
+                cwd=cwd,
                 input=input,
                 capture_output=True,
                 text=True,
