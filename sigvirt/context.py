@@ -36,6 +36,11 @@ class Context:
         assert self.conns is not None
         return self.conns.hv(region)
 
+    def host(self, region: str) -> Hypervisor:
+        """The region's host without making its pools ready (see Connections.host)."""
+        assert self.conns is not None
+        return self.conns.host(region)
+
     def close(self) -> None:
         if self.conns is not None:
             self.conns.close()

@@ -5,8 +5,9 @@ Layers, lowest first; a module may import its own layer or lower ones, never a h
   0  errors.py, runner.py, faults.py        what everything uses
   1  catalog/                               names, records, their states, the file store
   2  hosts/                                 the one libvirt boundary, regions, host chores
-  3  context.py, galleries/, sharing/,      use cases
-     versions/, guests/, rollouts/, lifecycle/, vagrant/
+  3  context.py, regionadmin.py,            use cases
+     galleries/, sharing/, versions/,
+     guests/, rollouts/, lifecycle/, vagrant/
   4  cli/, __main__.py                      parsing, printing, exit codes
 
 Plus: no import cycles (between modules, or between the packages of one layer); printing,
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "catalog": 1,
     "hosts": 2,
     "context": 3,
+    "regionadmin": 3,
     "galleries": 3,
     "sharing": 3,
     "versions": 3,

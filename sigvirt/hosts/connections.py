@@ -24,6 +24,15 @@ class Connections:
         self._ports: dict[str, PortAllocator] = {}
 
     def hv(self, region: str) -> Hypervisor:
+        """The region's host, its pools made ready (created from regions.yaml if missing)."""
+        return self._connect(region, ready=True)
+
+    def host(self, region: str) -> Hypervisor:
+        """The region's host as it is: for questions (what lives there) that must not create
+        a pool on a host that is about to be dropped."""
+        return self._connect(region, ready=False)
+
+    def _connect(self, region: str, *, ready: bool) -> Hypervisor:
         cfg = self.config.region(region)
         # One lock per URI: a host that takes its time to answer (or to time out) must not
         # hold up the regions replicating in parallel to other hosts.
@@ -39,7 +48,7 @@ class Connections:
                         f"region {region}: {err.message}", hint=err.hint
                     ) from None
                 self._open[cfg.uri] = hv
-            if region not in self._ready:
+            if ready and region not in self._ready:
                 self._ensure_pools(hv, cfg)
                 self._ready.add(region)
         return hv

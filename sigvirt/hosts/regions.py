@@ -455,7 +455,7 @@ class _Dumper(yaml.SafeDumper):
         super().increase_indent(flow, False)
 
 
-def _region_doc(region: RegionConfig) -> dict[str, Any]:
+def region_doc(region: RegionConfig) -> dict[str, Any]:
     doc: dict[str, Any] = {"uri": region.uri, "pools": []}
     for pool in region.pools:
         entry: str | dict[str, str] = pool.name
@@ -484,7 +484,7 @@ def dump(config: RegionsConfig) -> str:
     """YAML text that parse() reads back into an equal config (path aside)."""
     doc = {
         "gallery_root": str(config.gallery_root),
-        "regions": {name: _region_doc(r) for name, r in config.regions.items()},
+        "regions": {name: region_doc(r) for name, r in config.regions.items()},
     }
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return "# sigvirt regions: each region is a libvirt host and its storage pools.\n" + body
