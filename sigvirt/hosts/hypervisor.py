@@ -91,6 +91,13 @@ class Hypervisor:
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()
 
+    def alive(self) -> bool:
+        """Whether the connection still reaches the daemon (False once it died under us)."""
+        try:
+            return bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
     def __enter__(self) -> Hypervisor:
         return self
 

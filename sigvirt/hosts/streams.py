@@ -337,4 +337,9 @@ def _stream_error(err: libvirt.libvirtError, vol: Volume) -> SigvirtError:
     known = translate(err, f"stream {vol.what}", vol.hv.uri)
     if isinstance(known, NoSpace | RegionUnavailable | HostAccessDenied):
         return known
+    if not vol.hv.alive():  # the daemon (or the ssh under it) died mid-stream: the host is gone
+        return RegionUnavailable(
+            f"stream {vol.what}: libvirt host {vol.hv.uri} went away mid-transfer "
+            f"({err.get_error_message() or err})"
+        )
     return TransferFailed(f"{vol.what} on {vol.hv.uri}: {err.get_error_message() or err}")

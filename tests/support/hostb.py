@@ -229,6 +229,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+LAB_HOSTS = int(os.environ.get("SIGVIRT_LAB_HOSTS", "3"))  # extra hosts the multihost tests get
+_more: list[HostB] = []
+
+
+@pytest.fixture(scope="session")
+def lab_hosts(hostb: HostB) -> Iterator[list[HostB]]:
+    """LAB_HOSTS (at least 3) independent libvirt hosts: hostB and more of its kind, each its
+    own libvirtd, state, pools and loopback sshd, all reached over qemu+ssh; started one
+    after another (each takes a few seconds), all stopped at the end of the session."""
+    if len(_more) + 1 >= LAB_HOSTS:
+        yield [hostb, *_more]
+        return
+    with _sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+        for n in range(1, max(LAB_HOSTS, 3)):
+            state = Path(f"{STATE_PREFIX}{os.getpid()}-{n}")
+            _more.append(stack.enter_context(running_hostb(state)))
+        try:
+            yield [hostb, *_more]
+        finally:
+            _more.clear()
+
+
 @pytest.fixture(scope="session")
 def hostb() -> Iterator[HostB]:
     """A running hostB for the whole test session (skipped unless root)."""
