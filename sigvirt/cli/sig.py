@@ -228,4 +228,8 @@ def assemble(sub: str | None = None) -> typer.Typer:
         sig.add_typer(share.app, name="share")
         sig.command("check-access")(share.check_access)
         sig.command("access-sync")(share.access_sync)
+    if every:
+        from sigvirt.cli import space
+
+        space.register(sig)
     return sig

@@ -51,6 +51,21 @@ class PoolInfo:
 
 
 @dataclass(frozen=True)
+class VolumeFacts:
+    """One volume as its host sees it now, read in one call (the volume's XML, which libvirt
+    refreshes from the file first): sizes, modification time, backing file."""
+
+    pool: str
+    name: str
+    path: Path
+    capacity: int  # the virtual size (for a qcow2 file, what a guest sees)
+    allocation: int  # bytes the file takes on disk (st_blocks * 512 for a file)
+    physical: int  # the file's length
+    mtime: float | None  # seconds since the epoch, by the host's clock (None: not a file)
+    backing: str | None  # the backing file its header names
+
+
+@dataclass(frozen=True)
 class DomainInfo:
     state: str  # running | paused | stopping | stopped | crashed | suspended | unknown
     memory_mib: int
@@ -392,6 +407,24 @@ class Volume:
     def backing_path(self) -> str | None:
         """The backing file this volume's header names (libvirt reads it), if any."""
         return ET.fromstring(self.xml()).findtext("./backingStore/path")
+
+    def facts(self) -> VolumeFacts:
+        root = ET.fromstring(self.xml())
+
+        def size(tag: str) -> int:
+            return int(root.findtext(tag) or 0)
+
+        mtime = root.findtext("./target/timestamps/mtime")
+        return VolumeFacts(
+            pool=self.pool,
+            name=self.name,
+            path=Path(root.findtext("./target/path") or ""),
+            capacity=size("capacity"),
+            allocation=size("allocation"),
+            physical=size("physical") or size("allocation"),
+            mtime=float(mtime) if mtime else None,
+            backing=root.findtext("./backingStore/path"),
+        )
 
     def delete(self) -> None:
         self.hv._call(f"delete {self.what}", self._vol.delete, 0)

@@ -1,0 +1,1 @@
+"""Lifecycle of what versions and guests leave on the hosts: where the space went, and garbage."""
