@@ -297,11 +297,21 @@ class Hypervisor:
         return Volume(self, pool, self._call(f"create volume in {pool}", p.createXML, xml, 0))
 
     def delete_volume(self, pool: str, name: str) -> bool:
-        """Delete if present; True if something was deleted."""
+        """Delete if present; True if something was deleted.
+
+        A file libvirt has not listed yet (a console log QEMU opened at start) is not a
+        volume until the pool is refreshed: a miss refreshes once and looks again."""
         try:
             vol = self.volume(pool, name)
-        except (NotFound, RegionUnavailable):
+        except RegionUnavailable:
             return False
+        except NotFound:
+            try:
+                with self._translating(f"refresh pool {pool}"):
+                    self._pool(pool).refresh(0)
+                vol = self.volume(pool, name)
+            except (NotFound, RegionUnavailable):
+                return False
         vol.delete()
         return True
 
