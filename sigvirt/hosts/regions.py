@@ -37,7 +37,9 @@ PORT_MIN, PORT_MAX = 1024, 65535  # forwards bind as an unprivileged QEMU: no po
 # The default regions.yaml sigvirt ships sits at the top of the checkout: the one copy.
 SHIPPED_REGIONS = Path(__file__).resolve().parents[2] / "regions.yaml"
 
-_TOP_KEYS = ("gallery_root", "regions")
+_TOP_KEYS = ("gallery_root", "regions", "replication")
+_REPLICATION_KEYS = ("max_streams_out", "max_streams_in", "costs")
+MAX_STREAMS = 64
 _REGION_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "description")
 _POOL_KEYS = ("name", "path", "storage_type")
 # Azure's storage account types: a pool labelled with one takes the replicas of target
@@ -98,10 +100,22 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """How a version fans out to many regions (`versions/fanout.py`): streams one host sends
+    and receives at once, and the cost of copying from one region to another (lower is
+    nearer; a pair not listed costs 1)."""
+
+    max_streams_out: int = 2
+    max_streams_in: int = 2
+    costs: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (src, dst) → cost
+
+
+@dataclass(frozen=True)
 class RegionsConfig:
     path: Path | None  # the file read (None: parsed from text)
     gallery_root: Path
     regions: Mapping[str, RegionConfig] = field(default_factory=dict)  # in file order
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     def __post_init__(self) -> None:
         # A private copy, so the caller's dict cannot change a frozen config afterwards.
@@ -293,7 +307,41 @@ def parse(text: str, source: str = "regions.yaml") -> RegionsConfig:
         regions[name] = _region(w, name, knode, vnode)
     if not regions:
         w.fail(regions_node, "regions", "no regions defined (need at least one)")
-    return RegionsConfig(path=None, gallery_root=gallery_root, regions=regions)
+    replication = ReplicationConfig()
+    if "replication" in top:
+        replication = _replication(w, top["replication"][1], regions)
+    return RegionsConfig(None, gallery_root, regions, replication)
+
+
+def _replication(w: _Walker, node: yaml.Node, regions: Mapping[str, object]) -> ReplicationConfig:
+    m = w.mapping(node, "replication", _REPLICATION_KEYS)
+    limits = {}
+    for name in ("max_streams_out", "max_streams_in"):
+        if name in m:
+            vnode = m[name][1]
+            value = cast(int, w.scalar(vnode, f"replication.{name}", "int", "an integer"))
+            if not 1 <= value <= MAX_STREAMS:
+                w.fail(vnode, f"replication.{name}", f"must be 1..{MAX_STREAMS} (got {value})")
+            limits[name] = value
+    costs: dict[tuple[str, str], float] = {}
+    if "costs" in m:
+        what = "a mapping of source regions to {destination region: cost}"
+        by_source = w.mapping(m["costs"][1], "replication.costs", None, what)
+        for src, (knode, vnode) in by_source.items():
+            if src not in regions:
+                w.fail(knode, "replication.costs", f"no region {src!r} in regions")
+            key = f"replication.costs.{src}"
+            for dst, (dknode, cnode) in w.mapping(vnode, key, None).items():
+                if dst not in regions:
+                    w.fail(dknode, key, f"no region {dst!r} in regions")
+                if isinstance(cnode, yaml.ScalarNode) and cnode.tag == _TAG + "int":
+                    cost = float(w.scalar(cnode, f"{key}.{dst}", "int", "a number"))
+                else:
+                    cost = float(w.scalar(cnode, f"{key}.{dst}", "float", "a number"))
+                if not 0 <= cost <= 1e6:
+                    w.fail(cnode, f"{key}.{dst}", f"must be 0..1000000 (got {cost:g})")
+                costs[(src, dst)] = cost
+    return ReplicationConfig(**limits, costs=costs)
 
 
 def _region(w: _Walker, name: str, knode: yaml.Node, node: yaml.Node) -> RegionConfig:
@@ -482,10 +530,20 @@ def region_doc(region: RegionConfig) -> dict[str, Any]:
 
 def dump(config: RegionsConfig) -> str:
     """YAML text that parse() reads back into an equal config (path aside)."""
-    doc = {
+    doc: dict[str, object] = {
         "gallery_root": str(config.gallery_root),
         "regions": {name: region_doc(r) for name, r in config.regions.items()},
     }
+    rep = config.replication
+    if rep != ReplicationConfig():
+        costs: dict[str, dict[str, float]] = {}
+        for (src, dst), cost in rep.costs.items():
+            costs.setdefault(src, {})[dst] = cost
+        doc["replication"] = {
+            "max_streams_out": rep.max_streams_out,
+            "max_streams_in": rep.max_streams_in,
+            **({"costs": costs} if costs else {}),
+        }
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return "# sigvirt regions: each region is a libvirt host and its storage pools.\n" + body
 

@@ -116,6 +116,14 @@ class LibvirtUri:
         """How sigvirt reaches the host: local, or the transport's name."""
         return "local" if self.is_local else self.transport or "tls"  # qemu://HOST/ is TLS
 
+    @property
+    def host_key(self) -> str:
+        """One name per machine for limits shared by its regions (disk, link): `local` for
+        this machine's daemon, else the host and port the URI reaches."""
+        if self.is_local:
+            return "local"
+        return f"{self.host}:{self.port}" if self.port else str(self.host)
+
     def same_host(self, other: LibvirtUri) -> bool:
         """Two URIs whose files are on one machine."""
         return self.text == other.text or (self.is_local and other.is_local)

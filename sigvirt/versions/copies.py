@@ -74,13 +74,19 @@ def verified_fields(ctx: Context, r: Replica) -> dict[str, str]:
     return {"verified": now(), "fingerprint": fingerprint(Path(r.path)) if local else ""}
 
 
-def source_order(rec: ImageVersion, region: str) -> list[Replica]:
-    """Completed replicas to copy from, best first: in the same region, then the source
-    region's, then any; verified ones before the others."""
+def source_order(rec: ImageVersion, region: str, prefer: str | None = None) -> list[Replica]:
+    """Completed replicas to copy from, best first: in the same region, then the region the
+    fan-out scheduler chose (`prefer`), then the source region's, then any; verified ones
+    before the others."""
     done = rec.completed_replicas()
 
     def rank(r: Replica) -> tuple[int, int, str]:
-        near = 0 if r.region == region else 1 if r.region == rec.source_region else 2
+        if r.region == region:
+            near = 0
+        elif r.region == prefer:
+            near = 1
+        else:
+            near = 2 if r.region == rec.source_region else 3
         return (near, 0 if r.verified else 1, r.volume)
 
     return sorted(done, key=rank)

@@ -4,7 +4,10 @@ completed, region by region in parallel; resume whatever a killed run left.
 A replica counts only once the sha256 of what was written equals the version's and it sits
 under its final name; until then it lives as `.NAME.partial`. The first copy into a region
 comes from another region (bytes cross hosts once), further copies in that region come
-from a replica already there. A failing region fails only its own replicas, each with its
+from a replica already there. Which region a first copy comes from, and how many streams
+a host sends and receives at once, is the fan-out scheduler's choice (`fanout.py`): every
+region with a completed replica serves the others, so many regions fill like a tree rather
+than all from the source host. A failing region fails only its own replicas, each with its
 reason and exit code; running again re-plans from the target regions and resumes.
 """
 
@@ -36,6 +39,7 @@ from sigvirt.errors import (
 )
 from sigvirt.versions import copies, targets
 from sigvirt.versions.copies import remove_files, remove_partial
+from sigvirt.versions.fanout import Fanout, FanoutGate, FanoutPolicy
 from sigvirt.versions.targets import Plan, blocked_error, replica_index
 from sigvirt.versions.transfer import ChecksumMismatch
 
@@ -180,10 +184,11 @@ def run(
     wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
     regions = sorted({r.region for r in rec.replicas if r.state in wanted})
     fatal: list[SigvirtError] = []
+    gate = FanoutGate(Fanout(_have(rec), fanout_policy(ctx), hosts_of(ctx)))
     threads = [
         threading.Thread(
             target=_region_worker,
-            args=(ctx, rec, region, progress, fatal),
+            args=(ctx, rec, region, progress, fatal, gate),
             name=f"replicate-{region}",
         )
         for region in regions
@@ -195,6 +200,23 @@ def run(
     if fatal:
         raise fatal[0]
     return ctx.store.get_version(rec.gallery, rec.definition, rec.name)
+
+
+def _have(rec: ImageVersion) -> list[str]:
+    """Regions that can serve others now: those with a completed replica, source first."""
+    done = {r.region for r in rec.completed_replicas()}
+    return sorted(done, key=lambda r: (r != rec.source_region, r))
+
+
+def fanout_policy(ctx: Context) -> FanoutPolicy:
+    """The limits and costs regions.yaml's `replication:` section sets (defaults if none)."""
+    conf = ctx.regions.replication
+    return FanoutPolicy(conf.max_streams_out, conf.max_streams_in, dict(conf.costs))
+
+
+def hosts_of(ctx: Context) -> dict[str, str]:
+    """Region → the host whose disk and link it uses: regions on one libvirtd share limits."""
+    return {name: r.libvirt_uri.host_key for name, r in ctx.regions.regions.items()}
 
 
 def _failed(err: BaseException) -> dict[str, object]:
@@ -210,9 +232,11 @@ def _region_worker(
     region: str,
     progress: ReplicaProgress | None,
     fatal: list[SigvirtError],
+    gate: FanoutGate,
 ) -> None:
-    """The region's missing replicas, one after another; every failure is recorded, and a
-    failure to record one stops the run (the caller re-raises it)."""
+    """The region's missing replicas, one after another (the first one into a region from
+    the region the fan-out gate gives); every failure is recorded, and a failure to record
+    one stops the run (the caller re-raises it)."""
     wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
     todo = sorted(
         (r for r in rec.replicas if r.region == region and r.state in wanted),
@@ -238,7 +262,7 @@ def _region_worker(
                 )  # fmt: skip
                 faults.point("replica.copying")
                 dst = dataclasses.replace(replica, path=path)
-                current = _copy_from_a_good_source(ctx, current, dst, progress)
+                current = _first_or_next(ctx, current, dst, progress, gate)
                 faults.point("replica.completed")
             except (RecordWriteFailed, KeyboardInterrupt):
                 raise
@@ -248,14 +272,41 @@ def _region_worker(
         fatal.append(err.err)
 
 
+def _first_or_next(
+    ctx: Context,
+    rec: ImageVersion,
+    dst: Replica,
+    progress: ReplicaProgress | None,
+    gate: FanoutGate,
+) -> ImageVersion:
+    """A copy inside a region that has a completed replica; otherwise the region's first
+    copy, from the region the fan-out gate gives once a stream is free there."""
+    if any(r.region == dst.region for r in rec.completed_replicas()):
+        return _copy_from_a_good_source(ctx, rec, dst, progress)
+    src = gate.acquire(dst.region)
+    if src is None:
+        raise ReplicationFailed("no completed replica to copy from")
+    ok = False
+    try:
+        rec = _copy_from_a_good_source(ctx, rec, dst, progress, prefer=src)
+        ok = True
+        return rec
+    finally:
+        gate.release(dst.region, ok)
+
+
 def _copy_from_a_good_source(
-    ctx: Context, rec: ImageVersion, dst: Replica, progress: ReplicaProgress | None
+    ctx: Context,
+    rec: ImageVersion,
+    dst: Replica,
+    progress: ReplicaProgress | None,
+    prefer: str | None = None,
 ) -> ImageVersion:
     """Copy into `dst` from the best source that proves good; a source whose bytes turn out
     not to be the version's is marked corrupt and the next one is tried."""
     tried: set[tuple[str, str]] = set()
     while True:
-        sources = [r for r in copies.source_order(rec, dst.region) if r.key not in tried]
+        sources = [r for r in copies.source_order(rec, dst.region, prefer) if r.key not in tried]
         if not sources:
             raise ReplicationFailed("no completed replica to copy from")
         src = sources[0]
