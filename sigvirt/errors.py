@@ -31,6 +31,9 @@ class ExitCode(IntEnum):
     UNSUPPORTED = 21  # a request sigvirt understands but can't carry out here (and says why)
     CORRUPT_REPLICA = 22  # a scrub found replicas whose bytes differ from the version's
     TIMED_OUT = 23  # `wait` (or another bounded wait) gave up before its condition held
+    BOOT_TEST_FAILED = 24  # a version's boot test (its definition's spec) failed
+    ROLLOUT_FAULTED = 25  # a rolling upgrade stopped at a health limit (batch rolled back)
+    REIMAGE_FAILED = 26  # a reimage failed its health check: the instance is back on its old one
     INTERRUPTED = 130
 
 
@@ -137,3 +140,15 @@ class Unsupported(SigvirtError):
     """Understood, but not possible here; the message says why."""
 
     exit_code = ExitCode.UNSUPPORTED
+
+
+class BootTestFailed(SigvirtError):
+    """A version's boot test failed: its clone did not boot, or the spec's tests failed."""
+
+    exit_code = ExitCode.BOOT_TEST_FAILED
+
+
+class ReimageFailed(SigvirtError):
+    """Instances whose new disk did not come up healthy: each is back on its old version."""
+
+    exit_code = ExitCode.REIMAGE_FAILED

@@ -12,6 +12,7 @@ import pytest
 
 from sigvirt.guests import domxml
 from sigvirt.guests.domxml import Backing, DomainSpec, Network, Provenance
+from sigvirt.guests.osdisk import BadStep, Intent, OsDisk, Step
 from sigvirt.hosts import xmlbuild
 
 pytestmark = pytest.mark.offline
@@ -207,3 +208,86 @@ def test_overlay_volume_states_backing_format() -> None:
 
 def test_dir_pool_xml() -> None:
     _check("pool-dir", xmlbuild.dir_pool_xml("sigvirt-local-a", Path("/var/lib/sigvirt/pools/a")))
+
+
+# -- reimage: another OS disk, and the intent recorded in the provenance -----------------------
+NEW_REPLICA = "/var/lib/sigvirt/pools/local-b/myGallery-myImageDefinition-1.1.0-local-1.qcow2"
+OLD_DISK = OsDisk("web-0.qcow2", "myGallery/myImageDefinition/1.0.2", "", "sigvirt-local-a",
+                  PROV.replica_path, 1 << 30, 1)  # fmt: skip
+NEW_DISK = OsDisk("web-0.os1.qcow2", "myGallery/myImageDefinition/1.1.0", "", "sigvirt-local-b",
+                  NEW_REPLICA, 1 << 30, 2)  # fmt: skip
+
+
+def _prov(domain: str) -> Provenance:
+    meta = ET.fromstring(domain).find(f"./metadata/{{{domxml.XMLNS}}}guest")
+    assert meta is not None
+    return Provenance.from_xml(ET.tostring(meta, encoding="unicode"))
+
+
+def _reimaged() -> tuple[str, str, Intent]:
+    before = domxml.domain_xml(CASES["domain-tcg-data-disks"])
+    prov = _prov(before)
+    intent = Intent(Step.SWAPPED, prov.os_disk, NEW_DISK, running=True, creator="host:boot:42")
+    after = domxml.with_os_disk(
+        before, Path("/var/lib/sigvirt/pools/local-a/web-0.os1.qcow2"),
+        (Backing(Path(NEW_REPLICA)),), prov.booting(NEW_DISK, intent),
+    )  # fmt: skip
+    return before, after, intent
+
+
+def test_reimaged_domain_xml_matches_expected_file() -> None:
+    _before, after, _intent = _reimaged()
+    _check("domain-reimaged-swapped", after)
+
+
+def test_a_reimage_changes_only_vda_and_the_provenance() -> None:
+    before, after, intent = _reimaged()
+
+    def strip(text: str) -> ET.Element:
+        root = ET.fromstring(text)
+        for d in root.findall("./devices/disk"):
+            target = d.find("target")
+            if target is not None and target.get("dev") == "vda":
+                root.find("devices").remove(d)  # type: ignore[union-attr]
+        meta = root.find("metadata")
+        if meta is not None:
+            root.remove(meta)
+        return root
+
+    assert ET.tostring(strip(before)) == ET.tostring(strip(after))  # MAC, forward, seed, data
+    prov = _prov(after)
+    assert prov.intent == intent
+    assert (prov.overlay, prov.image, prov.model_generation) == (
+        "web-0.os1.qcow2",
+        NEW_DISK.image,
+        2,
+    )
+    # every volume the domain may own while the reimage is under way: both overlays
+    assert prov.volumes[:2] == ("web-0.os1.qcow2", "web-0.qcow2")
+    # the intent gone: the old overlay is no longer the domain's
+    done = _prov(domxml.with_provenance(after, prov.booting(NEW_DISK, None)))
+    assert done.intent is None and "web-0.qcow2" not in done.volumes
+    conn = libvirt.open("test:///default")
+    try:
+        conn.defineXML(after).undefine()
+    finally:
+        conn.close()
+
+
+def test_the_reimage_steps_follow_their_table() -> None:
+    planned = Intent(Step.PLANNED, OLD_DISK, NEW_DISK)
+    assert planned.moved(Step.SWAPPED).moved(Step.KEPT).moved(Step.REVERTING).step == "reverting"
+    assert planned.moved(Step.SWAPPED).moved(Step.COMMITTING).step == "committing"
+    for bad in ((Step.PLANNED, Step.COMMITTING), (Step.PLANNED, Step.KEPT),
+                (Step.COMMITTING, Step.REVERTING), (Step.REVERTING, Step.SWAPPED)):  # fmt: skip
+        with pytest.raises(BadStep):
+            replace(planned, step=bad[0]).moved(bad[1])
+    assert Intent.decode(planned.encode()) == planned
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{}", '{"step":"flying"}', "not json",
+                                  '{"step":"planned","old":{},"new":{},"running":1,"keep":false}'])  # fmt: skip
+def test_a_hand_edited_intent_is_none_not_a_crash(text: str) -> None:
+    prov = replace(PROV, reimage=text)
+    assert prov.intent is None
+    assert prov.volumes[0] == PROV.overlay

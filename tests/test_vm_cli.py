@@ -21,6 +21,7 @@ import typer
 
 from sigvirt import cli
 from sigvirt.catalog import azureid
+from sigvirt.catalog.fleet import FleetStore, ScaleSetModel
 from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState, VersionState
 from sigvirt.errors import ExitCode
 from sigvirt.guests import vmviews
@@ -299,12 +300,17 @@ def test_instance_keys_are_keys_az_prints() -> None:
 
 # -- flags az scripts pass --------------------------------------------------------------------
 def _commands() -> dict[str, Any]:
+    """Every vm and vmss command by its words (`vmss rolling-upgrade start` too)."""
     root = typer.main.get_command(cli.build())
     out = {}
-    for noun in ("vm", "vmss"):
-        group: Any = root.commands[noun]  # type: ignore[attr-defined]
+    todo: list[tuple[str, Any]] = [(n, root.commands[n]) for n in ("vm", "vmss")]  # type: ignore[attr-defined]
+    while todo:
+        words, group = todo.pop()
         for verb, cmd in group.commands.items():
-            out[f"{noun} {verb}"] = cmd
+            if hasattr(cmd, "commands"):
+                todo.append((f"{words} {verb}", cmd))
+            elif not cmd.hidden:  # a hidden command is sigvirt's own (a background worker)
+                out[f"{words} {verb}"] = cmd
     return out
 
 
@@ -489,3 +495,92 @@ def test_names_and_ids_are_checked_first(
     offline_sig: SigEnv, argv: list[str], code: ExitCode, line: str
 ) -> None:
     assert offline_sig.refused(code, *argv).startswith(line)
+
+
+# -- scale-set models: upgrade policy and health probe flags ---------------------------------
+POLICY = [
+    (["--max-batch-instance-percent", "4"], ExitCode.INVALID_ARGUMENT,
+     "--max-batch-instance-percent must be 5..100 (got 4)"),
+    (["--max-batch-instance-percent", "101"], ExitCode.INVALID_ARGUMENT,
+     "--max-batch-instance-percent must be 5..100 (got 101)"),
+    (["--max-unhealthy-instance-percent", "0"], ExitCode.INVALID_ARGUMENT,
+     "--max-unhealthy-instance-percent must be 5..100 (got 0)"),
+    (["--max-unhealthy-upgraded-instance-percent", "-1"], ExitCode.INVALID_ARGUMENT,
+     "--max-unhealthy-upgraded-instance-percent must be 0..100 (got -1)"),
+    (["--max-batch-instance-percent", "50", "--max-unhealthy-instance-percent", "30"],
+     ExitCode.INVALID_ARGUMENT,
+     "--max-batch-instance-percent 50 is more than --max-unhealthy-instance-percent 30"),
+    (["--pause-time-between-batches", "30S"], ExitCode.INVALID_ARGUMENT,
+     "--pause-time-between-batches '30S' is not a duration: ISO 8601"),
+    (["--pause-time-between-batches", "PT"], ExitCode.INVALID_ARGUMENT,
+     "--pause-time-between-batches 'PT' is not a duration"),
+    (["--pause-time-between-batches", "P1M"], ExitCode.INVALID_ARGUMENT,
+     "--pause-time-between-batches 'P1M' is not a duration"),
+    (["--pause-time-between-batches", "P2D"], ExitCode.INVALID_ARGUMENT,
+     "--pause-time-between-batches 'P2D' is longer than a day"),
+    (["--upgrade-policy-mode", "Sometimes"], ExitCode.INVALID_ARGUMENT,
+     "--upgrade-policy-mode 'Sometimes' is not one of Manual, Automatic, Rolling"),
+]  # fmt: skip
+
+
+@pytest.mark.offline
+@pytest.mark.parametrize(("args", "code", "line"), POLICY, ids=[" ".join(p[0]) for p in POLICY])
+def test_bad_upgrade_policies_are_refused(
+    catalog: SigEnv, args: list[str], code: ExitCode, line: str
+) -> None:
+    got = catalog.refused(code, "vmss", "create", "-n", "x", "--image", "myGallery/linux/1.0.0",
+                          "--ssh-key-value", KEY, *args)  # fmt: skip
+    assert got.startswith(line), got
+
+
+@pytest.mark.offline
+def test_bad_health_probes_are_refused(catalog: SigEnv, tmp_path: Path) -> None:
+    create = ["vmss", "create", "-n", "x", "--image", "myGallery/linux/1.0.0",
+              "--ssh-key-value", KEY]  # fmt: skip
+    not_python = tmp_path / "spec.py"
+    not_python.write_text("def test_x(host:\n")
+    got = catalog.refused(ExitCode.INVALID_ARGUMENT, *create, "--health-probe-spec",
+                          str(not_python))  # fmt: skip
+    assert got.startswith("--health-probe-spec: not a Python test file ("), got
+    got = catalog.refused(ExitCode.NOT_FOUND, *create, "--health-probe-spec",
+                          str(tmp_path / "missing.py"))  # fmt: skip
+    assert "missing.py" in got, got
+
+
+def test_unknown_scale_sets_are_refused(catalog: SigEnv) -> None:
+    """Not offline: a scale set made before models existed is found in libvirt, so "not
+    found" is an answer only a user libvirt lets in can get (others get exit 11)."""
+    for argv in (
+        ["vmss", "update", "-n", "nosuch", "--image", "myGallery/linux/1.0.0"],
+        ["vmss", "update", "-n", "nosuch", "--max-batch-instance-percent", "10"],
+        ["vmss", "reimage", "-n", "nosuch"],
+        ["vmss", "update-instances", "-n", "nosuch", "--instance-ids", "*"],
+    ):
+        got = catalog.refused(ExitCode.NOT_FOUND, *argv)
+        assert got == "scale set nosuch not found", (argv, got)
+
+
+@pytest.mark.offline
+def test_vmss_update_checks_the_image_before_the_model_changes(catalog: SigEnv) -> None:
+    store = FleetStore(catalog.root)
+    store.create(ScaleSetModel(name="web", region="local", image="myGallery/linux/1.0.0"))
+    before = store.get("web")
+    failed = ImageVersion("myGallery", "linux", "2.0.0", state=VersionState.FAILED,
+                          target_regions={"local": 1})  # fmt: skip
+    with catalog.store.definition_lock("myGallery", "linux"):
+        catalog.store.create_version(failed)
+    for image, code, line in (
+        ("myGallery/linux/2.0.0", ExitCode.CONFLICT,
+         "image version myGallery/linux/2.0.0 is failed, not published"),
+        ("myGallery/linux/9.9.9", ExitCode.NOT_FOUND, "image version myGallery/linux/9.9.9 not found"),
+        ("noGallery/linux", ExitCode.NOT_FOUND, "gallery noGallery not found"),
+        ("myGallery/nodef", ExitCode.NOT_FOUND, "image definition myGallery/nodef not found"),
+    ):  # fmt: skip
+        ran = catalog.cli("vmss", "update", "-n", "web", "--image", image)
+        assert (ran.code, ran.out) == (code, ""), ran.err
+        assert ran.error.startswith(line), ran.error
+        assert store.get("web") == before
+    ran = catalog.cli("vmss", "update", "-n", "web", "--set", "upgradePolicy.mode=Rolling",
+                      "--set", "upgradePolicy.rollingUpgradePolicy.maxBatchInstancePercent=x")  # fmt: skip
+    assert ran.code == ExitCode.INVALID_ARGUMENT and "expected a whole number" in ran.error
+    assert store.get("web") == before

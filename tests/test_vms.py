@@ -209,7 +209,9 @@ def check_scale_set_verbs(
     shown = cli_json(capsys, "vmss", "show", "-n", name)
     assert isinstance(shown, dict) and azureid.parse(shown["id"]).type == azureid.VMSS_TYPE
     image = azureid.parse(shown["virtualMachineProfile"]["storageProfile"]["imageReference"]["id"])
-    assert (image.gallery, image.definition, image.version) == (G, D, "1.0.0")
+    # the model's image as it was named (the definition: latest); instances run 1.0.0
+    assert (image.gallery, image.definition, image.version) == (G, D, "")
+    assert {r["storageProfile"]["imageReference"]["exactVersion"] for r in rows} == {"1.0.0"}
     listed = cli_json(capsys, "vmss", "list")
     assert isinstance(listed, list) and name in [s["name"] for s in listed]
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import InternalError
+from sigvirt.guests.osdisk import Intent, OsDisk
 from sigvirt.hosts.regions import Accel, Network
 from sigvirt.hosts.xmlbuild import render, sub
 
@@ -67,6 +68,9 @@ class Provenance:
     os_disk_gb: int = 0  # --os-disk-size-gb as asked (0: the image's own size)
     os_disk_bytes: int = 0  # the overlay's capacity as created
     data_disks: str = ""  # "VOLUME:GiB ..." in lun order (vdc, vdd, ...)
+    # scale-set instances: the model generation the instance got, and a reimage's intent
+    model_generation: int = 0
+    reimage: str = ""  # osdisk.Intent as JSON while a reimage is under way (or a disk kept)
 
     @property
     def tag_map(self) -> dict[str, str]:
@@ -89,10 +93,41 @@ class Provenance:
         return tuple(out)
 
     @property
+    def intent(self) -> Intent | None:
+        """The reimage under way (or the disk kept by one); None when there is none, or when
+        the element was edited into something that is not one."""
+        if not self.reimage:
+            return None
+        try:
+            return Intent.decode(self.reimage)
+        except (ValueError, TypeError):
+            return None
+
+    @property
+    def os_disk(self) -> OsDisk:
+        """The OS disk the domain boots."""
+        return OsDisk(
+            self.overlay, self.image, self.image_id, self.replica_pool, self.replica_path,
+            self.os_disk_bytes, self.model_generation, self.flattened,
+        )  # fmt: skip
+
+    def booting(self, disk: OsDisk, intent: Intent | None) -> Provenance:
+        """The provenance of the domain once it boots `disk`, with `intent` recorded."""
+        return replace(
+            self, overlay=disk.overlay, image=disk.image, image_id=disk.image_id,
+            replica_pool=disk.replica_pool, replica_path=disk.replica_path,
+            os_disk_bytes=disk.bytes, model_generation=disk.generation,
+            flattened=disk.flattened,
+            reimage=intent.encode() if intent else "",
+        )  # fmt: skip
+
+    @property
     def volumes(self) -> tuple[str, ...]:
-        """Every volume the domain owns, all in overlay_pool."""
-        own = (self.overlay, self.seed, self.console, *(v for v, _ in self.data_disk_list))
-        return tuple(v for v in own if v)
+        """Every volume the domain owns, all in overlay_pool: a reimage's second overlay too."""
+        intent = self.intent
+        extra = intent.overlays if intent else ()
+        own = (self.overlay, *extra, self.seed, self.console, *(v for v, _ in self.data_disk_list))
+        return tuple(dict.fromkeys(v for v in own if v))
 
     def to_xml(self, namespace: str | None = XMLNS) -> ET.Element:
         """The <guest> element; namespace=None gives it bare, as libvirt's setMetadata takes
@@ -295,3 +330,48 @@ def domain_xml(spec: DomainSpec) -> str:
         for arg in ("-netdev", netdev, "-device", device):
             ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     return render(dom)
+
+
+def with_os_disk(domain: str, disk: Path, backing: tuple[Backing, ...], prov: Provenance) -> str:
+    """A domain's XML (as libvirt gives it) booting another OS disk: vda's source and backing
+    chain replaced, and the provenance that says so. Everything else (MAC, port forward, seed,
+    data disks, console) is left as it was."""
+    root = ET.fromstring(domain)
+    vda = next(
+        (d for d in root.findall("./devices/disk") if d.find("target") is not None
+         and d.find("target").get("dev") == "vda"),  # type: ignore[union-attr]
+        None,
+    )  # fmt: skip
+    if vda is None:
+        raise InternalError(f"{root.findtext('name')}: the domain has no vda to reimage")
+    for old in vda.findall("backingStore"):
+        vda.remove(old)
+    source = vda.find("source")
+    if source is None:
+        source = sub(vda, "source")
+    source.attrib.clear()
+    source.set("file", str(disk))
+    for child in list(source):
+        source.remove(child)
+    holder = ET.Element("holder")
+    _disk_backing(holder, backing)
+    vda.insert(list(vda).index(source) + 1, holder[0])
+    return with_provenance_element(root, prov)
+
+
+def with_provenance(domain: str, prov: Provenance) -> str:
+    """A domain's XML with its provenance replaced."""
+    return with_provenance_element(ET.fromstring(domain), prov)
+
+
+def with_provenance_element(root: ET.Element, prov: Provenance) -> str:
+    meta = root.find("metadata")
+    if meta is None:
+        meta = ET.Element("metadata")
+        name = root.find("name")
+        root.insert(0 if name is None else list(root).index(name) + 1, meta)
+    for child in list(meta):
+        if child.tag == f"{{{XMLNS}}}guest":
+            meta.remove(child)
+    meta.append(prov.to_xml())
+    return render(root)

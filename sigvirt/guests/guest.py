@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 import time
 import uuid
@@ -102,6 +103,18 @@ def _names(name: str) -> tuple[str, str, str]:
 
 def data_disk_name(name: str, lun: int) -> str:
     return f"{name}.data{lun}.qcow2"
+
+
+def os_disk_name(name: str, serial: int) -> str:
+    """The overlay a reimage gives a guest: NAME.osN.qcow2 (the first disk is NAME.qcow2), so
+    the old and the new overlay coexist until one of them goes."""
+    return f"{name}.os{serial}.qcow2" if serial else f"{name}.qcow2"
+
+
+def os_disk_serial(name: str, volume: str) -> int:
+    """N of NAME.osN.qcow2; 0 for NAME.qcow2 (or anything else)."""
+    found = re.fullmatch(re.escape(name) + r"\.os([0-9]{1,9})\.qcow2", volume)
+    return int(found[1]) if found else 0
 
 
 GiB = 1 << 30

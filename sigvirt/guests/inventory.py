@@ -63,6 +63,10 @@ class Vm:
     replica_pool: str = ""
     ssh_port: int = 0
     flattened: str = ""
+    # scale-set instances: the model generation it got, and a reimage under way or kept
+    model_generation: int = 0
+    reimage_step: str = ""  # planned | swapped | committing | kept | reverting ("" if none)
+    previous_image: str = ""  # the version of the disk a reimage kept (or is leaving)
 
 
 def installation(ctx: Context) -> str:
@@ -103,6 +107,11 @@ def describe(hv: Hypervisor, region: str, dom: Domain) -> Vm:
     provisioning = "Succeeded"
     if prov.creator and info.state != "running":
         provisioning = "Failed" if guest.interrupted(dom) else "Creating"
+    intent = prov.intent
+    if intent is not None and intent.step != "kept":
+        # az's provisioningState of an instance being reimaged; one whose reimage was killed
+        # failed until the next reimage (or `vmss reimage`) finishes or undoes it
+        provisioning = "Updating" if guest.creator_alive(intent.creator) else "Failed"
     return Vm(
         name=dom.name,
         region=region,
@@ -132,6 +141,9 @@ def describe(hv: Hypervisor, region: str, dom: Domain) -> Vm:
         replica_pool=prov.replica_pool if not prov.flattened else "",
         ssh_port=prov.ssh_port,
         flattened=prov.flattened,
+        model_generation=prov.model_generation,
+        reimage_step=intent.step.value if intent else "",
+        previous_image=intent.old.image if intent else "",
     )
 
 

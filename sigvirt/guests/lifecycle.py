@@ -138,11 +138,13 @@ def delete_many(ctx: Context, vm_names: list[str], region: str | None = None) ->
 
 def remove_leftovers(ctx: Context, name: str, region: str | None = None) -> list[str]:
     """The volumes a VM's interrupted creation or deletion left in the pools of the region
-    (or all): NAME.qcow2 backed by a replica of a configured pool, NAME.cidata.iso,
+    (or all): NAME.qcow2 (or a reimage's NAME.osN.qcow2) backed by a replica of a configured
+    pool, NAME.cidata.iso,
     NAME.console.log and NAME.dataN.qcow2. A domain of that name (another installation's,
     or not sigvirt's) owns them: they are left alone."""
     overlay, seed, console = guest.volume_names(name)
     data = re.compile(re.escape(name) + r"\.data[0-9]+\.qcow2")
+    reimaged = re.compile(re.escape(name) + r"\.os[0-9]+\.qcow2")  # a reimage's overlays
     removed: list[str] = []
     for r in [region] if region else list(ctx.regions.regions):
         with contextlib.suppress(RegionUnavailable):
@@ -154,7 +156,7 @@ def remove_leftovers(ctx: Context, name: str, region: str | None = None) -> list
                 for vol in hv.volumes(pool):
                     if vol.name in (seed, console):
                         ours = True
-                    elif vol.name == overlay:
+                    elif vol.name == overlay or reimaged.fullmatch(vol.name):
                         backing = vol.backing_path()
                         ours = backing is not None and Path(backing).parent in pools.values()
                     else:

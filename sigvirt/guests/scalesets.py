@@ -1,8 +1,10 @@
 """Scale sets: N instances of one image, created concurrently, spread over the replicas.
 
-A scale set is the set of this installation's domains whose provenance names it; its model
-(image as the user named it, size, admin user, keys, tags, disks) is read back from an
-existing instance when scaling. An instance's index is az's instanceId.
+A scale set is its model (catalog/fleet.py: image as the user named it, size, admin user,
+keys, disks, upgrade policy, health probe) and the set of this installation's domains whose
+provenance names it. New instances are made from the model; a scale set made before models
+existed gets one read back from its first instance, on first use. An instance's index is
+az's instanceId; its provenance records the model generation it got.
 """
 
 from __future__ import annotations
@@ -11,15 +13,25 @@ import base64
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from sigvirt import faults
-from sigvirt.catalog import names
+from sigvirt.catalog import azureid, names
+from sigvirt.catalog.fleet import (
+    FleetStore,
+    HealthProbe,
+    RollingPolicy,
+    ScaleSetModel,
+    UpgradeMode,
+    checked,
+)
 from sigvirt.context import Context
 from sigvirt.errors import (
     Conflict,
+    HostAccessDenied,
     InvalidArgument,
+    InvalidName,
     NotFound,
+    PermissionRefused,
     RegionUnavailable,
     SigvirtError,
 )
@@ -52,7 +64,8 @@ class ScaleSet:
     instances: tuple[str, ...] = ()  # the instances' names (their domains), by instanceId
     provisioning_state: str = "Succeeded"
     ssh_public_keys: tuple[str, ...] = ()
-    created: str = ""  # when its oldest instance was
+    created: str = ""  # when it was created (before models: when its oldest instance was)
+    model: ScaleSetModel | None = None  # None: read back from an instance, not stored
 
 
 @dataclass(frozen=True)
@@ -109,39 +122,150 @@ def select(scale_set: str, found: list[Vm], instance_ids: list[str] | None) -> l
     return [out[i] for i in sorted(out)]
 
 
-def summary(name: str, found: list[Vm]) -> ScaleSet:
-    """The scale set its instances make up (the first one's model stands for all)."""
+def summary(name: str, found: list[Vm], model: ScaleSetModel | None = None) -> ScaleSet:
+    """The scale set its model and instances make up (without a model, the first instance's
+    stands for all)."""
     states: dict[str, int] = {}
     for m in found:
         states[m.state] = states.get(m.state, 0) + 1
-    m = found[0]
     unsettled = [v.provisioning_state for v in found if v.provisioning_state != "Succeeded"]
     provisioning = unsettled[0] if unsettled else "Succeeded"
+    listed = tuple(v.name for v in found)
+    if model is not None:
+        running = found[0].image if found else model.image  # what the instances run
+        return ScaleSet(
+            name, model.region, running, len(found), model.vcpus, model.memory_mib,
+            model.admin_user, states, resource_group=model.resource_group,
+            tags=dict(model.tags), size=model.size or vms.CUSTOM_SIZE,
+            image_id=model_image_id(model), image_request=model.image,
+            os_disk_gb=model.os_disk_gb, data_disk_gb=model.data_disk_gb, instances=listed,
+            provisioning_state=provisioning, ssh_public_keys=model.ssh_public_keys,
+            created=model.created, model=model,
+        )  # fmt: skip
+    m = found[0]
     return ScaleSet(
         name, m.region, m.image, len(found), m.vcpus, m.memory_mib, m.admin_user, states,
         resource_group=m.resource_group, tags=dict(m.tags), size=m.size, image_id=m.image_id,
         image_request=m.image_request, os_disk_gb=m.os_disk_gb,
         data_disk_gb=tuple(d.size_gb for d in m.data_disks),
-        instances=tuple(v.name for v in found), provisioning_state=provisioning,
+        instances=listed, provisioning_state=provisioning,
         ssh_public_keys=m.ssh_public_keys, created=min((v.created for v in found), default=""),
     )  # fmt: skip
 
 
+def model_image_id(model: ScaleSetModel) -> str:
+    """virtualMachineProfile.storageProfile.imageReference.id: the version's id, or the
+    definition's when the model means latest (in the group its id had, or sigvirt's)."""
+    try:
+        ref = names.parse_image_ref(model.image)
+    except InvalidName:
+        return ""
+    group = azureid.parse(model.image).group if model.image.startswith("/") else ""
+    if ref.version is None:
+        return azureid.definition_id(group, ref.gallery, ref.definition)
+    return azureid.version_id(group, ref.gallery, ref.definition, ref.version)
+
+
 def _after(ctx: Context, name: str) -> ScaleSet | None:
     found = instances(ctx, name)
-    return summary(name, found) if found else None
+    model = stored_model(ctx, name)
+    return summary(name, found, model) if found or model else None
+
+
+# -- the model --------------------------------------------------------------------------------
+def fleet(ctx: Context) -> FleetStore:
+    return FleetStore(ctx.store.root)
+
+
+def stored_model(ctx: Context, name: str) -> ScaleSetModel | None:
+    """The scale set's stored model; None when it has none (made before models)."""
+    try:
+        return fleet(ctx).get(name)
+    except NotFound:
+        return None
+
+
+def model_of(ctx: Context, name: str) -> ScaleSetModel:
+    """The scale set's model. One made before models existed gets one read back from its
+    first instance, stored (by whoever may: another user's first look stores nothing)."""
+    model = stored_model(ctx, name)
+    if model is not None:
+        return model
+    model = synthesize(ctx, name)
+    try:
+        return fleet(ctx).create(model)
+    except Conflict:  # another process stored it meanwhile
+        return fleet(ctx).get(name)
+    except (HostAccessDenied, PermissionRefused):
+        return model
+
+
+def synthesize(ctx: Context, name: str) -> ScaleSetModel:
+    """The model an older scale set's first instance was made with (NotFound: no instance)."""
+    reap_interrupted(ctx, name)
+    found = members(ctx, name)
+    first = found[0]
+    _hv, _r, dom = inventory.find(ctx, first.name, first.region)
+    prov = guest.provenance_of(dom)
+    assert prov is not None
+    return ScaleSetModel(
+        name=name, region=first.region, image=prov.image_request or prov.image,
+        generation=max(1, max(v.model_generation for v in found)),
+        size=prov.size or vms.CUSTOM_SIZE, vcpus=first.vcpus, memory_mib=first.memory_mib,
+        admin_user=prov.admin_user, ssh_public_keys=tuple(prov.ssh_keys.splitlines()),
+        key_path=prov.key_path, custom_data=prov.custom_data,
+        os_disk_gb=prov.os_disk_gb, data_disk_gb=tuple(gib for _vol, gib in prov.data_disk_list),
+        resource_group=prov.resource_group, tags=prov.tag_map,
+        created=min((v.created for v in found), default=""),
+    )  # fmt: skip
+
+
+def model_from(
+    p: Prepared, name: str, *, upgrade_mode: UpgradeMode = UpgradeMode.MANUAL,
+    rolling: RollingPolicy | None = None, health: HealthProbe | None = None,
+) -> ScaleSetModel:  # fmt: skip
+    """A new scale set's model, from its checked request."""
+    req = p.request
+    return ScaleSetModel(
+        name=name, region=p.region, image=req.image, generation=1, upgrade_mode=upgrade_mode,
+        rolling=rolling or RollingPolicy(), health=health or HealthProbe(), size=p.size,
+        vcpus=p.vcpus, memory_mib=p.memory_mib, admin_user=p.admin_user,
+        ssh_public_keys=p.public_keys, key_path=str(p.private_key or ""),
+        custom_data=base64.b64encode(req.custom_data).decode() if req.custom_data else "",
+        os_disk_gb=req.os_disk_gb or 0, data_disk_gb=req.data_disk_gb,
+        resource_group=req.resource_group, tags=dict(req.tags),
+    )  # fmt: skip
+
+
+def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
+    """What an instance of the model is created from (the image resolved when it is made:
+    a definition means the latest then)."""
+    named = model.size in vms.SIZES
+    return VmRequest(
+        name=instance_name(model.name, 0), image=model.image, region=model.region,
+        vcpus=None if named else model.vcpus, memory_mib=None if named else model.memory_mib,
+        size=model.size if named else None, admin_user=model.admin_user or None,
+        custom_data=base64.b64decode(model.custom_data) if model.custom_data else None,
+        force=True,  # the size was accepted when the scale set was created
+        wait=wait, resource_group=model.resource_group, tags=dict(model.tags),
+        os_disk_gb=model.os_disk_gb or None, data_disk_gb=model.data_disk_gb,
+        ssh_public_keys=model.ssh_public_keys, ssh_private_key=model.key_path,
+    )  # fmt: skip
 
 
 # -- create and scale -------------------------------------------------------------------------
-def _create_many(ctx: Context, template: Prepared, name: str, indices: list[int]) -> ScaleResult:
+def _create_many(
+    ctx: Context, template: Prepared, name: str, indices: list[int], generation: int
+) -> ScaleResult:
     hv = ctx.hv(template.region)
     placement = Placement()
 
     def one(i: int) -> Vm:
         p = replace(template, request=replace(template.request, name=instance_name(name, i)))
         return vms.create_prepared(
-            ctx, p, placement, kind="vmss-instance", scale_set=name, instance=i
-        )
+            ctx, p, placement, kind="vmss-instance", scale_set=name, instance=i,
+            generation=generation,
+        )  # fmt: skip
 
     created: list[Vm] = []
     failed: list[str] = []
@@ -156,16 +280,30 @@ def _create_many(ctx: Context, template: Prepared, name: str, indices: list[int]
     return ScaleResult(name, tuple(created), (), tuple(failed), _after(ctx, name))
 
 
-def create(ctx: Context, name: str, count: int, base: VmRequest) -> ScaleResult:
+def create(
+    ctx: Context, name: str, count: int, base: VmRequest, *,
+    upgrade_mode: UpgradeMode = UpgradeMode.MANUAL, rolling: RollingPolicy | None = None,
+    health: HealthProbe | None = None,
+) -> ScaleResult:  # fmt: skip
+    """The model is recorded first (generation 1), then the instances boot. If none of them
+    comes up, the model goes again: the scale set was never made."""
     names.vm_name(name)
     if not 1 <= count <= MAX_INSTANCES:
         raise InvalidArgument(f"--instance-count must be 1..{MAX_INSTANCES} (got {count})")
     # Everything the request says is checked before libvirt is asked anything.
     template = vms.prepare(ctx, replace(base, name=instance_name(name, 0)))
+    model = model_from(template, name, upgrade_mode=upgrade_mode, rolling=rolling, health=health)
+    checked(model)
     reap_interrupted(ctx, name)
     if instances(ctx, name):
         raise Conflict(f"scale set {name} already exists")
-    return _create_many(ctx, template, name, list(range(count)))
+    model = fleet(ctx).create(model)
+    faults.point("vmss.model")
+    result = _create_many(ctx, template, name, list(range(count)), model.generation)
+    if not result.created:
+        fleet(ctx).delete(name)
+        return replace(result, model=None)
+    return result
 
 
 def reap_interrupted(ctx: Context, name: str) -> list[str]:
@@ -182,48 +320,21 @@ def reap_interrupted(ctx: Context, name: str) -> list[str]:
     return removed
 
 
-def _model(ctx: Context, name: str) -> tuple[VmRequest, str, list[Vm]]:
-    reap_interrupted(ctx, name)
-    found = members(ctx, name)
-    first = found[0]
-    _hv, _r, dom = inventory.find(ctx, first.name, first.region)
-    prov = guest.provenance_of(dom)
-    assert prov is not None
-    keyfile = prov.key_path
-    named = prov.size in vms.SIZES
-    req = VmRequest(
-        name=first.name,
-        image=prov.image_request or prov.image,
-        region=first.region,
-        vcpus=None if named else first.vcpus,
-        memory_mib=None if named else first.memory_mib,
-        size=prov.size if named else None,
-        admin_user=prov.admin_user,
-        ssh_key_value=prov.ssh_keys.splitlines()[0] if prov.ssh_keys else None,
-        custom_data=base64.b64decode(prov.custom_data) if prov.custom_data else None,
-        force=True,  # the size was accepted when the scale set was created
-        resource_group=prov.resource_group,
-        tags=prov.tag_map,
-        os_disk_gb=prov.os_disk_gb or None,
-        data_disk_gb=tuple(gib for _vol, gib in prov.data_disk_list),
-    )
-    if keyfile and Path(keyfile + ".pub").exists():
-        req = replace(req, ssh_key_value=keyfile + ".pub")
-    return req, first.region, found
-
-
 def scale(ctx: Context, name: str, capacity: int, *, wait: bool = True) -> ScaleResult:
-    """Up: add instances after the highest index. Down: delete the newest first."""
+    """Up: add instances of the model after the highest index. Down: delete the newest
+    first."""
     if not 1 <= capacity <= MAX_INSTANCES:
         raise InvalidArgument(
             f"--new-capacity must be 1..{MAX_INSTANCES} (delete the scale set to remove all)"
         )
-    req, region, found = _model(ctx, name)
+    model = model_of(ctx, name)
+    reap_interrupted(ctx, name)
+    found = instances(ctx, name)
     if capacity > len(found):
-        top = max(_index(m) for m in found)
+        top = max((_index(m) for m in found), default=-1)
         indices = list(range(top + 1, top + 1 + capacity - len(found)))
-        template = vms.prepare(ctx, replace(req, wait=wait, region=region))
-        return _create_many(ctx, template, name, indices)
+        template = vms.prepare(ctx, request_of(model, wait=wait))
+        return _create_many(ctx, template, name, indices, model.generation)
     doomed = sorted(found, key=_index, reverse=True)[: len(found) - capacity]
     deleted = tuple(_delete_one(ctx, m) for m in doomed)
     return ScaleResult(name, (), deleted, (), _after(ctx, name))
@@ -237,9 +348,18 @@ def _delete_one(ctx: Context, vm: Vm) -> str:
 
 
 def delete(ctx: Context, name: str) -> ScaleResult:
-    found = members(ctx, name)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        deleted = tuple(pool.map(lambda m: _delete_one(ctx, m), found))
+    """Every instance, then the model (with the scale set's rollout records)."""
+    found = instances(ctx, name)
+    model = stored_model(ctx, name)
+    if not found and model is None:
+        raise NotFound(f"scale set {name} not found")
+    if found:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            deleted = tuple(pool.map(lambda m: _delete_one(ctx, m), found))
+    else:
+        deleted = ()
+    if model is not None:
+        fleet(ctx).delete(name)
     return ScaleResult(name, (), deleted, ())
 
 
@@ -277,12 +397,33 @@ def power(
 
 
 def show(ctx: Context, name: str) -> ScaleSet:
-    return summary(name, members(ctx, name))
+    found = instances(ctx, name)
+    model = stored_model(ctx, name)
+    if model is None:
+        if not found:
+            raise NotFound(f"scale set {name} not found")
+        model = model_of(ctx, name)
+    return summary(name, found, model)
+
+
+def members_of(ctx: Context, name: str) -> tuple[ScaleSetModel, list[Vm]]:
+    """The scale set's model and its instances (none: a scale set of capacity 0); NotFound
+    when there is neither."""
+    found = instances(ctx, name)
+    if not found and stored_model(ctx, name) is None:
+        raise NotFound(f"scale set {name} not found")
+    return model_of(ctx, name), found
 
 
 def list_all(ctx: Context) -> list[ScaleSet]:
+    """Every scale set: those with a model and those made before models (read back from their
+    instances, nothing stored by a listing)."""
     found, _unreachable = inventory.list_vms(ctx, kind="vmss-instance")
     groups: dict[str, list[Vm]] = {}
     for v in found:
         groups.setdefault(v.scale_set, []).append(v)
-    return [summary(n, sorted(groups[n], key=_index)) for n in sorted(groups)]
+    models = {m.name: m for m in fleet(ctx).list()}
+    return [
+        summary(n, sorted(groups.get(n, []), key=_index), models.get(n))
+        for n in sorted(set(groups) | set(models))
+    ]

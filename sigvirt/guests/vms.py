@@ -76,6 +76,9 @@ class VmRequest:
     tags: dict[str, str] = field(default_factory=dict)
     os_disk_gb: int | None = None  # None: the image's own virtual size
     data_disk_gb: tuple[int, ...] = ()  # empty data disks, lun 0 first
+    # keys already resolved (a scale set's model): used as they are, no file is read
+    ssh_public_keys: tuple[str, ...] = ()
+    ssh_private_key: str = ""  # the private key to wait for SSH with ("" if none is known)
 
 
 # -- sizes, users, keys -----------------------------------------------------------------------
@@ -280,7 +283,11 @@ def prepare(ctx: Context, req: VmRequest) -> Prepared:
     region = pick_region(ctx, rec, req.region)
     vcpus, mem = choose_size(req, d)
     admin = admin_name(req.admin_user or default_admin())
-    keys, private = sshkeys.resolve(req.ssh_key_value, req.generate_ssh_keys)
+    if req.ssh_public_keys:
+        keys = req.ssh_public_keys
+        private = Path(req.ssh_private_key) if req.ssh_private_key else None
+    else:
+        keys, private = sshkeys.resolve(req.ssh_key_value, req.generate_ssh_keys)
     size = size_name(req, vcpus, mem)
     return Prepared(req, rec, d, region, vcpus, mem, admin, keys, private, tuple(warnings), size)
 
@@ -308,6 +315,7 @@ def create_prepared(
     kind: str = "vm",
     scale_set: str = "",
     instance: int = -1,
+    generation: int = 0,
 ) -> Vm:
     placement = placement or Placement()
     hv = ctx.hv(p.region)
@@ -341,6 +349,7 @@ def create_prepared(
             replica_path=replica.path,
             scale_set=scale_set,
             instance=instance,
+            model_generation=generation,
             image_request=p.request.image,
             ssh_keys="\n".join(p.public_keys),
             key_path=str(p.private_key or ""),

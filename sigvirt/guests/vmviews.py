@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from sigvirt.catalog import azureid
+from sigvirt.catalog.fleet import ScaleSetModel, format_duration
 from sigvirt.errors import InvalidName
 from sigvirt.guests import domxml
 from sigvirt.guests.inventory import Vm
@@ -257,17 +259,49 @@ def ip_addresses(vms: list[Vm], group: str | None = None) -> list[dict[str, Any]
 
 
 # -- scale sets -------------------------------------------------------------------------------
-def instance_view(vm: Vm) -> dict[str, Any]:
-    """`az vmss get-instance-view --instance-id N`."""
-    return {
+# An instance's health as the health probe found it: (healthy, why not); None: not asked.
+HealthView = tuple[bool, str] | None
+
+
+def vm_health(health: HealthView, vm: Vm) -> dict[str, Any]:
+    """Azure's vmHealth of a scale-set instance (what its application health probe says)."""
+    if health is None or vm.state != "running":
+        code, level, text = "unknown", "Info", "The VM health is unknown"
+        reason = "" if health is None else f"the VM is {vm.state}"
+    elif health[0]:
+        code, level, text, reason = "healthy", "Info", "The VM is reporting itself as healthy", ""
+    else:
+        code, level, text = "unhealthy", "Warning", "The VM is reporting itself as unhealthy"
+        reason = health[1]
+    status: dict[str, Any] = {"code": f"HealthState/{code}", "level": level, "displayStatus": text}
+    if reason:
+        status["message"] = reason
+    return {"status": status}
+
+
+def instance_view(vm: Vm, health: HealthView = None) -> dict[str, Any]:
+    """`az vmss get-instance-view --instance-id N` (vmHealth when the health was checked)."""
+    out: dict[str, Any] = {
         "computerName": vm.name,
         "osName": OS_TYPE,
         "statuses": _statuses(vm),
-        EXTRA: {"name": vm.name, "address": vm.address, "state": vm.state},
     }
+    if health is not None:
+        out["vmHealth"] = vm_health(health, vm)
+    out[EXTRA] = {"name": vm.name, "address": vm.address, "state": vm.state}
+    return out
 
 
-def instance_resource(vm: Vm, *, group: str | None = None, expand: bool = False) -> dict[str, Any]:
+def latest_model_applied(vm: Vm, model_generation: int | None) -> bool:
+    """az's latestModelApplied: the instance got the model's current generation (one made
+    before generations were recorded got the first)."""
+    return model_generation is None or max(1, vm.model_generation) == model_generation
+
+
+def instance_resource(
+    vm: Vm, *, group: str | None = None, expand: bool = False,
+    model_generation: int | None = None, health: HealthView = None,
+) -> dict[str, Any]:  # fmt: skip
     """`az vmss list-instances [--expand instanceView]`: one scale-set VM. Its name is its
     domain's (what `sigvirt vm ssh -n` takes), where Azure says SCALESET_N."""
     rg = group_of(vm.resource_group, group)
@@ -280,7 +314,7 @@ def instance_resource(vm: Vm, *, group: str | None = None, expand: bool = False)
         "resourceGroup": rg,
         "tags": dict(vm.tags),
         "instanceId": str(index),
-        "latestModelApplied": True,
+        "latestModelApplied": latest_model_applied(vm, model_generation),
         "vmId": vm.vm_id,
         "provisioningState": vm.provisioning_state,
         "timeCreated": vm.created or None,
@@ -291,9 +325,19 @@ def instance_resource(vm: Vm, *, group: str | None = None, expand: bool = False)
         "osProfile": _os_profile(vm),
     }
     if expand:
-        out["instanceView"] = {k: v for k, v in instance_view(vm).items() if k != EXTRA}
-    out[EXTRA] = sigvirt_facts(vm)
+        out["instanceView"] = {k: v for k, v in instance_view(vm, health).items() if k != EXTRA}
+    out[EXTRA] = {**sigvirt_facts(vm), **instance_facts(vm)}
     return out
+
+
+def instance_facts(vm: Vm) -> dict[str, Any]:
+    """A scale-set instance's own: the model generation it got, a reimage under way or kept."""
+    return {
+        "version": vm.image.rsplit("/", 1)[-1] if vm.image.count("/") == 2 else "",
+        "model_generation": max(1, vm.model_generation),
+        "reimage": vm.reimage_step or None,
+        "previous_image": vm.previous_image or None,
+    }
 
 
 def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
@@ -317,7 +361,7 @@ def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
         "orchestrationMode": "Uniform",
         "overprovision": False,
         "singlePlacementGroup": True,
-        "upgradePolicy": {"mode": "Manual", "rollingUpgradePolicy": None},
+        "upgradePolicy": upgrade_policy(ss.model),
         "virtualMachineProfile": {
             "osProfile": {
                 "computerNamePrefix": f"{ss.name}-",
@@ -336,8 +380,43 @@ def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
             "memory_mib": ss.memory_mib,
             "states": dict(ss.states),
             "instances": list(ss.instances),
+            **model_facts(ss.model),
         },
     }
+
+
+def upgrade_policy(model: ScaleSetModel | None) -> dict[str, Any]:
+    """az's upgradePolicy with its rollingUpgradePolicy (Azure's defaults without a model)."""
+    if model is None:
+        return {"mode": "Manual", "rollingUpgradePolicy": None}
+    p = model.rolling
+    return {
+        "mode": model.upgrade_mode.value,
+        "rollingUpgradePolicy": {
+            "maxBatchInstancePercent": p.max_batch_instance_percent,
+            "maxUnhealthyInstancePercent": p.max_unhealthy_instance_percent,
+            "maxUnhealthyUpgradedInstancePercent": p.max_unhealthy_upgraded_instance_percent,
+            "pauseTimeBetweenBatches": format_duration(p.pause_time_between_batches),
+            "prioritizeUnhealthyInstances": p.prioritize_unhealthy_instances,
+        },
+    }
+
+
+def model_facts(model: ScaleSetModel | None) -> dict[str, Any]:
+    """The model's own under the extra key: its generation and health probe (a spec is
+    shown by size and owner, not printed back)."""
+    if model is None:
+        return {"model_generation": None, "health_probe": None}
+    h = model.health
+    probe = None
+    if not h.empty:
+        probe = {
+            "command": h.command or None,
+            "spec": f"{len(h.spec.encode())} bytes" if h.spec else None,
+            "spec_runs_as": (h.owner or None) if h.spec else None,
+            "timeout": h.timeout,
+        }
+    return {"model_generation": model.generation, "health_probe": probe}
 
 
 def connection_info(found: list[Vm]) -> dict[str, str]:
@@ -345,9 +424,12 @@ def connection_info(found: list[Vm]) -> dict[str, str]:
     return {f"instance {vm.instance}": vm.address for vm in found if vm.address}
 
 
-def vmss_instance_view(ss: ScaleSet, found: list[Vm]) -> dict[str, Any]:
+def vmss_instance_view(
+    ss: ScaleSet, found: list[Vm], health: Mapping[str, HealthView] | None = None
+) -> dict[str, Any]:
     """`az vmss get-instance-view`: the scale set's status and a count per status of its
-    instances; each instance's power state under the extra key."""
+    instances; each instance's power state (and health, when checked) under the extra key."""
+    health = health or {}
     counts: dict[str, int] = {}
     for vm in found:
         for status in _statuses(vm):
@@ -367,7 +449,12 @@ def vmss_instance_view(ss: ScaleSet, found: list[Vm]) -> dict[str, Any]:
         },
         EXTRA: {
             "instances": [
-                {"instanceId": str(vm.instance), "name": vm.name, "powerState": power_state(vm)}
+                {
+                    "instanceId": str(vm.instance),
+                    "name": vm.name,
+                    "powerState": power_state(vm),
+                    **({"vmHealth": vm_health(health[vm.name], vm)} if vm.name in health else {}),
+                }
                 for vm in found
             ]
         },

@@ -8,6 +8,7 @@ a fresh gallery root, and the pools are emptied after it, so tests don't see eac
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -27,7 +28,7 @@ from sigvirt.catalog.records import ImageVersion
 from sigvirt.catalog.store import GalleryStore
 from sigvirt.cli import main
 from sigvirt.context import Context
-from sigvirt.errors import ExitCode
+from sigvirt.errors import ExitCode, SigvirtError
 from sigvirt.hosts import regions
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
@@ -229,11 +230,24 @@ def sig(
 @pytest.fixture
 def offline_sig(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> SigEnv:
+) -> Iterator[SigEnv]:
     """A gallery root and regions.yaml in tmp_path whose pools are plain directories: for
     commands that are refused (or only touch metadata) before any libvirt host is asked.
     Galleries are made with the caller's own group as owner group, so the tier runs as any
-    user, root or not."""
+    user, root or not. Some refusals come only after looking for VMs (a scale set that
+    doesn't exist): run by root, that defines the pools in libvirt, so they go again."""
+    yield _offline_sig(tmp_path, capsys, monkeypatch)
+    if os.geteuid() == 0:
+        with contextlib.suppress(SigvirtError), Hypervisor.open("qemu:///system") as hv:
+            for name in ("offline-a", "offline-b"):
+                with contextlib.suppress(SigvirtError):  # NotFound: it was never defined
+                    if hv.pool_path(name).is_relative_to(tmp_path):
+                        hv.delete_pool(name)
+
+
+def _offline_sig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> SigEnv:
     pools = tuple(LabPool(f"offline-{n}", tmp_path / "pools" / n) for n in ("a", "b", "src"))
     for pool in pools:
         pool.path.mkdir(parents=True)
