@@ -490,10 +490,10 @@ def test_a_long_list_is_printed_without_rich(populated: SigEnv) -> None:
             populated.store.create_version(dataclasses.replace(rec, name=f"1.1.{i}"))
     lines = populated.cli("sig", "image-version", "list", *G, *D).out.splitlines()
     assert lines[0].strip() == "image versions"
-    assert lines[1].split() == ["name", "state", "replication", "regions", "exclude", "from",
-                                "latest", "end", "of", "life", "published"]  # fmt: skip
+    assert lines[1].split() == ["name", "state", "replication", "regions", "test", "exclude",
+                                "from", "latest", "end", "of", "life", "published"]  # fmt: skip
     assert len(lines) == 2 + 601
-    assert lines[2].split()[:5] == ["1.0.0", "succeeded", "Completed", "local=1/1", "no"]
+    assert lines[2].split()[:6] == ["1.0.0", "succeeded", "Completed", "local=1/1", "none", "no"]
     assert lines[-1].split()[0] == "1.1.599"
     columns = {line.index("Completed") for line in lines[2:]}
     assert len(columns) == 1  # aligned

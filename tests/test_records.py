@@ -13,11 +13,14 @@ import pytest
 from sigvirt.catalog import dates, names
 from sigvirt.catalog.codec import MAX_INT, from_dict, loads, to_dict
 from sigvirt.catalog.records import (
+    BootTest,
+    BootTestState,
     Definition,
     Gallery,
     ImageVersion,
     Replica,
     ReplicaState,
+    StoredSpec,
     VersionState,
 )
 from sigvirt.errors import InvalidArgument, InvalidName
@@ -152,10 +155,25 @@ def test_the_real_records_read_back_what_they_wrote() -> None:
         replica_count=2, virtual_size=10 << 30, end_of_life="2030-01-01T00:00:00+00:00",
         replicas=(Replica("local", "p", "v", "/p/v", ReplicaState.CORRUPT, 100, "bad", "", 9),),
         warnings=("w",),
+        boot_test=BootTest(BootTestState.FAILED, "c" * 64, ("test_x: no",), 2, "a", "b", 1.5),
     )  # fmt: skip
-    definition = Definition("G", "D", "P", "O", "S", min_vcpus=2, max_memory_mib=4096)
-    for rec in (version, definition, Gallery("G", "d")):
+    definition = Definition(
+        "G", "D", "P", "O", "S", min_vcpus=2, max_memory_mib=4096,
+        test_spec=StoredSpec("c" * 64, "alice", 120, "2030-01-01T00:00:00+00:00"),
+    )  # fmt: skip
+    for rec in (version, definition, Gallery("G", "d"), ImageVersion("G", "D", "1.0.0")):
         assert from_dict(type(rec), json.loads(json.dumps(to_dict(rec)))) == rec
+
+
+def test_a_nested_record_of_defaults_is_shared_and_any_other_is_read() -> None:
+    """A version's boot test is all defaults in most versions: read as one shared record."""
+    plain = json.dumps(to_dict(ImageVersion("G", "D", "1.0.0"))).encode()
+    assert loads(ImageVersion, plain).boot_test is loads(ImageVersion, plain).boot_test
+    assert loads(ImageVersion, plain).boot_test == BootTest()
+    data = to_dict(ImageVersion("G", "D", "1.0.0"))
+    data["boot_test"] = {**data["boot_test"], "state": "passed", "seconds": 3}
+    read = from_dict(ImageVersion, json.loads(json.dumps(data)))
+    assert (read.boot_test.state, read.boot_test.seconds) == (BootTestState.PASSED, 3)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import operator
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -286,8 +287,30 @@ def _date_problem(value: Any) -> Any:
     return value
 
 
-# Strings with a format of their own, by field name: end_of_life is compared with today.
-_FORMATS: dict[str, Decoder] = {"end_of_life": _date_problem}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
+
+
+def _sha256(value: Any) -> Any:
+    if value and not _SHA256.fullmatch(value):
+        raise RecordError(f"expected a sha256 (64 hex digits), found {_found(value)}")
+    return value
+
+
+def _user(value: Any) -> Any:
+    # A spec runs as this user (runuser -u): only what a user name can be gets through.
+    if value and not _USER.fullmatch(value):
+        raise RecordError(f"expected a user name, found {_found(value)}")
+    return value
+
+
+# Strings with a format of their own, by field name: end_of_life is compared with today; a
+# boot-test spec's sha256 names its file and an owner is who the spec runs as.
+_FORMATS: dict[str, Decoder] = {
+    "end_of_life": _date_problem,
+    "spec_sha256": _sha256,
+    "owner": _user,
+}
 
 
 def _compile(hint: Any, name: str) -> _Field:
@@ -313,12 +336,29 @@ def _compile(hint: Any, name: str) -> _Field:
     if isinstance(hint, type) and issubclass(hint, Enum):
         return _enum(name, hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _Field(name, (dict,), "a JSON object", functools.partial(from_dict, hint))
+        return _Field(name, (dict,), "a JSON object", _nested(hint))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return _Field(name, (list,), "a list", _tuple_of(_compile(args[0], "")))
     if origin is dict and args[0] is str:
         return _Field(name, (dict,), "an object", _dict_of(_compile(args[1], "")))
     raise TypeError(f"a record field cannot be {hint!r} ({name})")
+
+
+def _nested(cls: type[Any]) -> Decoder:
+    """A record inside a record. One that is all defaults (a version's boot test, in a
+    definition without a spec) is the same frozen record every time: a dict comparison
+    instead of a from_dict per version in a long listing."""
+    decode = functools.partial(from_dict, cls)
+    try:
+        default = cls()
+    except TypeError:  # it has required fields
+        return decode
+    as_json = json.loads(json.dumps(to_dict(default)))
+
+    def decoded(value: Any) -> Any:
+        return default if value == as_json else decode(value)
+
+    return decoded
 
 
 def _choice(name: str, choices: tuple[Any, ...]) -> _Field:

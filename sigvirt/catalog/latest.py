@@ -1,6 +1,7 @@
-"""What `latest` means: the highest published version not excluded from it, and why each
-version is or isn't (show-latest --explain). A damaged version record is never latest: it is
-skipped, and explained as damaged.
+"""What `latest` means: the highest published version not excluded from it and not held by
+the boot-test gate (a version whose definition had a test spec when it was published is
+eligible only once its test passed), and why each version is or isn't (show-latest
+--explain). A damaged version record is never latest: it is skipped, and explained as damaged.
 
 In a region, latest is the highest such version that has a completed replica there and is
 not excluded from latest there (Azure's targetRegions[].excludeFromLatest): `vm create -l R
@@ -9,12 +10,15 @@ not excluded from latest there (Azure's targetRegions[].excludeFromLatest): `vm 
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sigvirt.catalog.dates import past_end_of_life
 from sigvirt.catalog.names import ImageRef, Version
-from sigvirt.catalog.records import ImageVersion, VersionState
+from sigvirt.catalog.records import BootTest, BootTestState, ImageVersion, VersionState
 from sigvirt.catalog.store import Damaged, GalleryStore
 from sigvirt.errors import InvalidName, NotFound
 
@@ -32,12 +36,56 @@ def _unfit(v: ImageVersion, region: str | None) -> str | None:
         return f"not published (state {v.state})"
     if v.exclude_from_latest:
         return "excluded from latest"
+    if v.boot_test.gated:
+        return gate_reason(v.boot_test)
     if region is not None:
         if region in v.excluded_regions:
             return f"excluded from latest in region {region}"
         if not v.completed_replicas(region):
             return f"no completed replica in region {region}"
     return None
+
+
+def boot_test_now(test: BootTest) -> BootTest:
+    """A version's boot test as it stands: `running` whose runner (host:boot:pid) is gone is
+    `pending` again, which the next run picks up."""
+    if test.state == BootTestState.RUNNING and not _runner_alive(test.runner):
+        return test.moved(BootTestState.PENDING, vm="", runner="")
+    return test
+
+
+def _runner_alive(runner: str) -> bool:
+    """Whether the process named host:boot:pid may still be at work (one on another machine
+    can't be asked: it counts as alive)."""
+    host, _, rest = runner.partition(":")
+    boot, _, pid = rest.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return bool(runner)
+    try:
+        boot_now = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_now = ""
+    if boot != boot_now:
+        return False  # the machine rebooted since
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def gate_reason(test: BootTest) -> str:
+    """Why the boot-test gate keeps a version out of latest: "boot test failed: test_x: …"."""
+    test = boot_test_now(test)
+    if test.state == BootTestState.FAILED:
+        first = test.failures[0] if test.failures else "no test passed"
+        more = f" (and {len(test.failures) - 1} more)" if len(test.failures) > 1 else ""
+        return f"boot test failed: {first}{more}"
+    if test.state == BootTestState.RUNNING:
+        return f"boot test running (VM {test.vm})" if test.vm else "boot test running"
+    return "boot test pending"
 
 
 def explain_latest(
@@ -94,14 +142,27 @@ def resolve(
     if not chosen:
         if broken:
             raise broken[-1].error  # the highest-named one
+        explain = (
+            f"sigvirt sig image-version show-latest --gallery-name {ref.gallery} "
+            f"--gallery-image-definition {ref.definition} --explain"
+        )
+        gated = [v for v in versions if v.published_ok and v.boot_test.gated]
+        if region is None and gated:
+            raise NotFound(
+                f"image definition {ref.definition_ref} has no published version that is not "
+                f"excluded from latest and not held by its boot test (version {gated[-1].name}: "
+                f"{gate_reason(gated[-1].boot_test)})",
+                hint=explain,
+            )
         if region is None:
             raise NotFound(
                 f"image definition {ref.definition_ref} has no published version that is not "
                 "excluded from latest"
             )
+        held = f" (version {gated[-1].name}: {gate_reason(gated[-1].boot_test)})" if gated else ""
         raise NotFound(
             f"image definition {ref.definition_ref} has no published version complete in "
-            f"region {region} and not excluded from latest there",
+            f"region {region} and not excluded from latest there{held}",
             hint=f"sigvirt sig image-version show-latest --gallery-name {ref.gallery} "
             f"--gallery-image-definition {ref.definition} --location {region} --explain",
         )

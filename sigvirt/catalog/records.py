@@ -67,6 +67,29 @@ REPLICA_TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
 }
 
 
+class BootTestState(StrEnum):
+    """A version's boot test (the gate before `latest`): a linked clone of it boots in its
+    source region and the definition's testinfra spec passes against it over SSH."""
+
+    NONE = "none"  # published while its definition had no spec: the gate doesn't apply
+    PENDING = "pending"  # waiting for its first run (or its last run was killed)
+    RUNNING = "running"  # a test VM is up; `runner` names the process
+    PASSED = "passed"
+    FAILED = "failed"  # with the failing assertions
+
+
+_T = BootTestState
+BOOT_TEST_TRANSITIONS: dict[BootTestState, frozenset[BootTestState]] = {
+    _T.NONE: frozenset({_T.RUNNING}),  # `image-version test` run on it explicitly
+    _T.PENDING: frozenset({_T.RUNNING, _T.NONE}),  # NONE: its definition's spec was removed
+    # PENDING, or back to NONE: a run that could not judge (no room, a region down)
+    _T.RUNNING: frozenset({_T.PASSED, _T.FAILED, _T.PENDING, _T.NONE}),
+    _T.PASSED: frozenset({_T.RUNNING}),  # rerun
+    _T.FAILED: frozenset({_T.RUNNING}),  # rerun
+}
+GATED = frozenset({_T.PENDING, _T.RUNNING, _T.FAILED})  # not eligible for latest
+
+
 class BadTransition(InternalError):
     template = "{what}: {detail}"
 
@@ -84,6 +107,22 @@ class Gallery:
     created: str = ""
     resource_group: str = ""  # as created with -g: a name in its Azure-style ids only
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredSpec:
+    """A definition's boot-test spec: the file (test-spec.SHA16.py beside definition.json)
+    is named and checked by its sha256; `owner` is the user who stored it, whom it runs as
+    when root runs the gate."""
+
+    spec_sha256: str
+    owner: str
+    size: int
+    stored: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return f"test-spec.{self.spec_sha256[:16]}.py"
 
 
 @dataclass(frozen=True)
@@ -108,6 +147,7 @@ class Definition:
     created: str = ""
     privacy_statement_uri: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    test_spec: StoredSpec | None = None  # the boot test new versions must pass
 
     @property
     def firmware(self) -> Firmware:
@@ -142,6 +182,32 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class BootTest:
+    """A version's boot-test status (the gate before `latest`)."""
+
+    state: BootTestState = BootTestState.NONE
+    spec_sha256: str = ""  # the spec it was (or is to be) tested with
+    failures: tuple[str, ...] = ()  # "test_name: assertion", from the spec's run
+    tests: int = 0  # how many ran
+    started: str = ""
+    finished: str = ""  # when the result was recorded
+    seconds: float = 0.0
+    vm: str = ""  # the test VM, while running
+    runner: str = ""  # host:boot:pid of the process running it, while running
+
+    @property
+    def gated(self) -> bool:
+        """Whether it keeps its version out of `latest`."""
+        return self.state in GATED
+
+    def moved(self, state: BootTestState, **changes: Any) -> BootTest:
+        """The same status in a new state, if the lifecycle allows that step."""
+        if state != self.state and state not in BOOT_TEST_TRANSITIONS[self.state]:
+            raise BadTransition(f"{self.state} → {state} is not allowed", what="boot test")
+        return dataclasses.replace(self, state=state, **changes)
+
+
+@dataclass(frozen=True)
 class ImageVersion:
     gallery: str
     definition: str
@@ -166,6 +232,7 @@ class ImageVersion:
     excluded_regions: tuple[str, ...] = ()  # not latest there (targetRegions[].excludeFromLatest)
     storage_types: dict[str, str] = field(default_factory=dict)  # region -> Standard_LRS, ...
     replication_mode: Literal["Full", "Shallow"] = "Full"
+    boot_test: BootTest = field(default_factory=BootTest)
 
     @property
     def ref(self) -> str:

@@ -552,8 +552,9 @@ class GalleryStore:
         path = self.version_path(g, d, v)
         path.unlink(missing_ok=True)
         remove_stale_temps(path)
-        # the log of its background replication, if it ever had one
-        (path.parent / f".{path.stem}.replicate.log").unlink(missing_ok=True)
+        # the logs of its background replication and boot test, and the boot test's lock
+        for extra in ("replicate.log", "test.log", "gate"):
+            (path.parent / f".{path.stem}.{extra}").unlink(missing_ok=True)
         if not keep_op_lock:
             self.version_op_lock(g, d, v).unlink(missing_ok=True)
         fsync_dir(path.parent)

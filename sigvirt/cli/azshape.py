@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sigvirt.catalog import azureid
+from sigvirt.catalog import azureid, latest
 from sigvirt.catalog.records import (
+    BootTest,
     Definition,
     Gallery,
     ImageVersion,
+    StoredSpec,
     VersionState,
     aggregate,
 )
@@ -76,7 +78,39 @@ def definition(rec: Definition, group: str, location: str) -> dict[str, Any]:
         "disallowed": None,
         "purchasePlan": None,
         "provisioningState": "Succeeded",
-        "sigvirt": {"gallery": rec.gallery, "created": rec.created},
+        "sigvirt": {
+            "gallery": rec.gallery,
+            "created": rec.created,
+            "testSpec": _spec(rec.test_spec),
+        },
+    }
+
+
+def _spec(spec: StoredSpec | None) -> dict[str, Any] | None:
+    """The boot-test spec a definition carries: what identifies it, never its code."""
+    if spec is None:
+        return None
+    return {
+        "sha256": spec.spec_sha256,
+        "owner": spec.owner,
+        "size": spec.size,
+        "stored": spec.stored or None,
+        "file": spec.file_name,
+    }
+
+
+def boot_test(test: BootTest) -> dict[str, Any]:
+    """A version's boot-test status (the gate before latest), as it stands: a `running`
+    whose runner is gone shows `pending`."""
+    return {
+        "state": str(test.state),
+        "failures": list(test.failures),
+        "tests": test.tests,
+        "specSha256": test.spec_sha256 or None,
+        "started": test.started or None,
+        "finished": test.finished or None,
+        "seconds": test.seconds,
+        "vm": test.vm or None,
     }
 
 
@@ -143,6 +177,7 @@ def version(rec: ImageVersion, group: str) -> dict[str, Any]:
             "created": rec.created,
             "warnings": list(rec.warnings),
             "reason": rec.reason or None,
+            "test": boot_test(latest.boot_test_now(rec.boot_test)),
             "replicas": [
                 {
                     "region": r.region,

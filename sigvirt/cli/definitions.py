@@ -58,8 +58,26 @@ UPDATE_PATHS = {
 }
 
 
+TestSpecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--test-spec",
+        help="boot test: a testinfra spec file (def test_x(host): ...) a new version must pass "
+        'before it can be latest; "" removes it',
+    ),
+]
+
+
 def row(rec: Definition) -> dict[str, Any]:
-    return dataclasses.asdict(rec)
+    """A definition as people read it: the test spec as its identity, never its code."""
+    out = dataclasses.asdict(rec)
+    spec = rec.test_spec
+    out["test_spec"] = (
+        f"{spec.file_name} ({spec.size} bytes, sha256 {spec.spec_sha256[:16]}…, by {spec.owner})"
+        if spec
+        else None
+    )
+    return out
 
 
 def shape(s: GalleryStore, rec: Definition) -> dict[str, Any]:
@@ -97,6 +115,7 @@ def definition_create(
     ] = None,
     features: Annotated[str | None, typer.Option("--features", hidden=True)] = None,
     plan_name: Annotated[str | None, typer.Option("--plan-name", hidden=True)] = None,
+    test_spec: TestSpecOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -111,8 +130,8 @@ def definition_create(
         description or "", privacy_statement_uri, tag_rules.parse(tags) or {},
     )  # fmt: skip
     s = store()
-    rec = definitions.create_definition(s, gallery, definition, spec)
-    present(shape(s, rec), rec, output, COLUMNS)
+    rec = definitions.create_definition(s, gallery, definition, spec, test_spec)
+    present(shape(s, rec), row(rec), output, [*COLUMNS, "test_spec"])
 
 
 @app.command("list")
@@ -144,7 +163,7 @@ def definition_show(
     """Show an image definition."""
     s = store()
     recs = [s.get_definition(g, d) for g, d in definition_targets(ids, gallery, definition)]
-    present(one_or_many([shape(s, r) for r in recs]), one_or_many(recs), output)
+    present(one_or_many([shape(s, r) for r in recs]), one_or_many([row(r) for r in recs]), output)
 
 
 @app.command("update")
@@ -164,12 +183,14 @@ def definition_update(
     tags: TagsOpt = None,
     set_: SetOpt = None,
     remove: RemoveOpt = None,
+    test_spec: TestSpecOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a definition's recommendations, end of life, EULA, notes, description, tags
-    (az's --set/--remove for tags.KEY and these properties)."""
+    (az's --set/--remove for tags.KEY and these properties), its boot-test spec."""
     s = store()
+    spec = definitions.read_spec(test_spec) if test_spec is not None else None
     done = []
     for g, d in definition_targets(ids, gallery, definition):
         current = s.get_definition(g, d)
@@ -186,8 +207,11 @@ def definition_update(
             "description": description,
             "tags": set_tags if set_tags is not None else new_tags,
         }  # fmt: skip
-        done.append(definitions.update_definition(s, g, d, **{**given, **ints, **texts}))
-    present(one_or_many([shape(s, r) for r in done]), one_or_many(done), output)
+        rec = definitions.update_definition(s, g, d, **{**given, **ints, **texts})
+        if spec is not None:
+            rec = definitions.set_test_spec(s, g, d, spec)
+        done.append(rec)
+    present(one_or_many([shape(s, r) for r in done]), one_or_many([row(r) for r in done]), output)
 
 
 @app.command("wait")

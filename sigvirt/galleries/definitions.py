@@ -1,16 +1,19 @@
-"""Image definitions: create and update, every field checked the way az checks it."""
+"""Image definitions: create and update, every field checked the way az checks it; the
+boot-test spec a definition carries (`--test-spec`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
-from sigvirt.catalog import names
+from sigvirt.catalog import latest, names, specs
 from sigvirt.catalog.dates import parse_date
-from sigvirt.catalog.records import Definition, now
+from sigvirt.catalog.records import BootTestState, Definition, ImageVersion, now
 from sigvirt.catalog.store import GalleryStore
-from sigvirt.errors import InvalidArgument
+from sigvirt.errors import InvalidArgument, NotFound
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,18 @@ def _validated(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_definition(
-    store: GalleryStore, gallery: str, name: str, spec: DefinitionInput
+    store: GalleryStore,
+    gallery: str,
+    name: str,
+    spec: DefinitionInput,
+    test_spec: str | None = None,
 ) -> Definition:
     names.gallery_name(gallery)
     names.definition_name(name)
     fields = _validated(dataclasses.asdict(spec))
-    return store.create_definition(Definition(gallery=gallery, name=name, created=now(), **fields))
+    data = read_spec(test_spec) if test_spec is not None else b""  # refused before any write
+    rec = store.create_definition(Definition(gallery=gallery, name=name, created=now(), **fields))
+    return set_test_spec(store, gallery, name, data) if data else rec
 
 
 def update_definition(store: GalleryStore, gallery: str, name: str, **changes: Any) -> Definition:
@@ -102,3 +111,55 @@ def update_definition(store: GalleryStore, gallery: str, name: str, **changes: A
         return Definition(**merged)
 
     return store.update_definition(gallery, name, change)
+
+
+# -- the boot-test spec ------------------------------------------------------------------------
+def read_spec(path: str) -> bytes:
+    """`--test-spec FILE`, read (bounded) and checked: UTF-8 Python that compiles and has test
+    functions. An empty path ("") means no spec: b"" is returned."""
+    # specrun brings paramiko (a tenth of a second): only the commands storing a spec pay it
+    from sigvirt.guests import specrun
+
+    if path == "":
+        return b""
+    flag = f"--test-spec {names.shorten(path, 200)}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"{flag}: no such file") from None
+    except OSError as err:
+        raise InvalidArgument(f"{flag}: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"{flag}: not a regular file")
+        data = os.read(fd, specrun.MAX_SPEC_BYTES + 1)
+    finally:
+        os.close(fd)
+    specrun.check_spec(data, "--test-spec")
+    return data
+
+
+def set_test_spec(store: GalleryStore, gallery: str, name: str, data: bytes) -> Definition:
+    """Store `data` (checked by read_spec) as the definition's boot-test spec, owned by the
+    caller; b"" removes it. Versions published from now on start `pending` while it has one.
+    Removing it lets versions still waiting for their first test go (they become `none`, as
+    does one whose run was killed); results already recorded stay."""
+    store.get_definition(gallery, name)
+    store.require(gallery, "contributor", name, "update")
+    stored = specs.write(store, gallery, name, data) if data else None
+    rec = store.update_definition(
+        gallery, name, lambda cur: dataclasses.replace(cur, test_spec=stored)
+    )
+    specs.prune(store, gallery, name, keep=stored)
+    if stored is None:
+        for v in store.list_versions(gallery, name):
+            if latest.boot_test_now(v.boot_test).state == BootTestState.PENDING:
+                store.update_version(gallery, name, v.name, _released)
+    return rec
+
+
+def _released(cur: ImageVersion) -> ImageVersion:
+    if latest.boot_test_now(cur.boot_test).state != BootTestState.PENDING:
+        return cur  # tested meanwhile, or a live run has it
+    test = cur.boot_test.moved(BootTestState.NONE, vm="", runner="")
+    return dataclasses.replace(cur, boot_test=test)

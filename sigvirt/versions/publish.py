@@ -31,6 +31,8 @@ from sigvirt.catalog import dates, names
 from sigvirt.catalog.fileio import fsync_dir
 from sigvirt.catalog.names import ImageRef, shorten
 from sigvirt.catalog.records import (
+    BootTest,
+    BootTestState,
     ImageVersion,
     Replica,
     ReplicaState,
@@ -202,7 +204,7 @@ def prepare_create(
     names.definition_name(definition)
     version = str(names.Version.parse(version))
     gal = ctx.store.get_gallery(gallery)
-    ctx.store.get_definition(gallery, definition)
+    spec = ctx.store.get_definition(gallery, definition).test_spec
     ctx.store.require(gallery, "contributor", definition, "publish versions of")
     source_region = targets.normalize_region(inp.location or gal.location, ctx.regions)
     wanted = targets.parse_targets(
@@ -232,6 +234,8 @@ def prepare_create(
         excluded_regions=excluded,
         storage_types=kinds,
         replication_mode=mode,
+        # The definition has a boot test: not eligible for latest until it passes.
+        boot_test=BootTest(BootTestState.PENDING, spec.spec_sha256) if spec else BootTest(),
     )
     first_vol = targets.volume_name(rec, source_region, 0)
     first = Replica(source_region, pool.name, first_vol, str(hv.pool_path(pool.name) / first_vol))
