@@ -40,8 +40,9 @@ def build(noun: str | None = None, sub: str | None = None) -> typer.Typer:
 
         app.add_typer(sig.assemble(None if every else sub), name="sig")
     if every or noun in ("vm", "vmss"):
-        from sigvirt.cli import vm
+        from sigvirt.cli import rolling, vm
 
+        rolling.register(vm.vmss_app)
         app.add_typer(vm.app, name="vm")
         app.add_typer(vm.vmss_app, name="vmss")
     if every or noun == "region":

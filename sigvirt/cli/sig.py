@@ -219,8 +219,9 @@ def assemble(sub: str | None = None) -> typer.Typer:
 
         sig.add_typer(definitions.app, name="image-definition")
     if every or sub == "image-version":
-        from sigvirt.cli import versions
+        from sigvirt.cli import retire, versions
 
+        retire.register(versions.app)
         sig.add_typer(versions.app, name="image-version")
     if every or sub == "share":
         from sigvirt.cli import share

@@ -9,7 +9,7 @@ import typer
 from sigvirt.catalog import latest
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.names import ImageRef
-from sigvirt.catalog.records import ImageVersion, aggregate
+from sigvirt.catalog.records import BootTestState, ImageVersion, aggregate
 from sigvirt.catalog.store import Damaged, GalleryStore
 from sigvirt.cli import azshape, render, waiter
 from sigvirt.cli.common import (
@@ -31,7 +31,7 @@ from sigvirt.cli.common import (
     version_targets,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, note, warn
-from sigvirt.errors import ExitCode, Unsupported
+from sigvirt.errors import BootTestFailed, ExitCode, Unsupported
 
 # publish and replication (libvirt, paramiko) are imported by the commands that use them:
 # metadata-only commands start without them.
@@ -39,7 +39,8 @@ from sigvirt.errors import ExitCode, Unsupported
 app = typer.Typer(help="Image versions (az sig image-version).", no_args_is_help=True)
 
 COLUMNS = [
-    "name", "state", "replication", "regions", "exclude_from_latest", "end_of_life", "published",
+    "name", "state", "replication", "regions", "test", "exclude_from_latest", "end_of_life",
+    "published",
 ]  # fmt: skip
 OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
 OptDefinition = Annotated[
@@ -85,11 +86,13 @@ UPDATE_PATHS = {
 def row(rec: ImageVersion) -> dict[str, Any]:
     """A version as people read it in a table."""
     agg, regions = aggregate(rec)
+    test = latest.boot_test_now(rec.boot_test)
     out: dict[str, Any] = {
         "name": rec.name,
         "state": rec.state,
         "replication": agg,
         "regions": {r.region: f"{r.completed}/{r.wanted}" for r in regions},
+        "test": str(test.state),
         "exclude_from_latest": rec.exclude_from_latest,
         "end_of_life": rec.end_of_life,
         "published": rec.published,
@@ -100,6 +103,8 @@ def row(rec: ImageVersion) -> dict[str, Any]:
         "allocated_size": rec.allocated_size,
         "tags": rec.tags,
     }
+    if test.failures and test.state == BootTestState.FAILED:
+        out["test_failures"] = "; ".join(test.failures)
     if rec.warnings:
         out["warnings"] = list(rec.warnings)
     return out
@@ -124,6 +129,13 @@ def exit_if_failed(rec: ImageVersion) -> None:
         for line in lines:
             note(f"sigvirt: error: {line}")
         raise typer.Exit(code)
+
+
+def exit_if_test_failed(rec: ImageVersion) -> None:
+    """A boot test that failed fails the command that ran it (exit 24), in one line."""
+    if rec.boot_test.state == BootTestState.FAILED:
+        summary = "; ".join(rec.boot_test.failures) or "no test passed"
+        raise BootTestFailed(f"image version {rec.ref} failed its boot test: {summary}")
 
 
 def _refuse(flag: str, value: object, why: str) -> None:
@@ -174,7 +186,9 @@ def version_create(
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Publish a version: gate the source, store it in the source region, replicate it."""
+    """Publish a version: gate the source, store it in the source region, replicate it; if
+    its definition has a test spec, boot-test it (exit 24 when that fails)."""
+    from sigvirt.rollouts import automatic, gate
     from sigvirt.versions import publish
 
     _refuse("--os-snapshot", os_snapshot, "sigvirt has no snapshots; give the disk as --source")
@@ -197,9 +211,13 @@ def version_create(
         rec = publish.create_version(
             ctx, gallery, definition, version, inp, progress=bars, wait=not no_wait
         )
+        if not no_wait:  # with --no-wait, the background process does both after replicating
+            rec = gate.settle(ctx, rec)
+            automatic.on_latest_changed(ctx, rec.gallery, rec.definition)
         az = shape(ctx.store, rec)
     present(az, row(rec), output)
     exit_if_failed(rec)
+    exit_if_test_failed(rec)
 
 
 @app.command("list")
@@ -303,6 +321,7 @@ def version_update(
 ) -> None:
     """Change target regions and replica counts (resumes missing replicas), latest (also per
     region), end of life, tags; az's --set/--remove for tags.KEY and a few properties."""
+    from sigvirt.rollouts import automatic
     from sigvirt.versions import publish
 
     refs = version_targets(ids, gallery, definition, version)
@@ -328,6 +347,8 @@ def version_update(
                 progress=bars, wait=not no_wait,
             )  # fmt: skip
             done.append(rec)
+        for g, d in dict.fromkeys((r.gallery, r.definition) for r in done):
+            automatic.on_latest_changed(ctx, g, d)  # replicas or latest flags may have moved it
         present(
             one_or_many([shape(ctx.store, r) for r in done]),
             one_or_many([row(r) for r in done]),
@@ -346,16 +367,49 @@ def version_replicate(
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Bring every missing or failed replica to completed (what --no-wait runs, and resume)."""
+    """Bring every missing or failed replica to completed (what --no-wait runs, and resume),
+    then run the boot test if the version is waiting for one, then start the rolling upgrades
+    of Automatic scale sets if that changed their latest."""
+    from sigvirt.rollouts import automatic, gate
     from sigvirt.versions import publish
 
     (ref,) = version_targets(None, gallery, definition, version)
     with context() as ctx, replica_progress(not quiet) as bars:
         rec = publish.replicate(ctx, ref, bars)
+        rec = gate.settle(ctx, rec)
+        automatic.on_latest_changed(ctx, rec.gallery, rec.definition)
         az = shape(ctx.store, rec)
     if not quiet:
         present(az, row(rec), output)
     exit_if_failed(rec)
+    exit_if_test_failed(rec)
+
+
+@app.command("test")
+def version_test(
+    gallery: OptGallery = None,
+    definition: OptDefinition = None,
+    version: OptVersion = None,
+    ids: IdsOpt = None,
+    no_wait: NoWaitOpt = False,
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Run a version's boot test (again): a linked clone boots in its source region, its
+    definition's test spec runs against it over SSH, the clone is deleted; the result
+    decides whether the version may be latest. Exit 24 when it fails."""
+    from sigvirt.rollouts import automatic, gate
+
+    refs = version_targets(ids, gallery, definition, version)
+    with context() as ctx:
+        done = [gate.start(ctx, r) if no_wait else gate.run(ctx, r) for r in refs]
+        if not no_wait:  # with --no-wait, the background `test` run does it
+            for g, d in dict.fromkeys((r.gallery, r.definition) for r in done):
+                automatic.on_latest_changed(ctx, g, d)
+        az = one_or_many([shape(ctx.store, r) for r in done])
+    present(az, one_or_many([row(r) for r in done]), output)
+    for rec in done:
+        exit_if_test_failed(rec)
 
 
 @app.command("wait")
