@@ -40,7 +40,7 @@ def _commands() -> Iterator[tuple[str, Any]]:
         if subs is not None:
             for name, sub in sorted(subs.items()):
                 yield from walk(f"{prefix} {name}".strip(), sub)
-        else:
+        elif not cmd.hidden:  # sigvirt's own background entry points: nobody pastes those
             yield prefix, cmd
 
     yield from walk("", root)

@@ -210,8 +210,11 @@ def test_killed_mid_copy_never_completes_a_partial_and_a_rerun_finishes(
     for r in killed.replicas:
         if r.state == ReplicaState.COPYING:  # its bytes are under the temporary name only
             pool = lab.pool_path(r.region, r.pool)
-            assert (pool / targets.partial_name(r.volume)).exists()
             assert not (pool / r.volume).exists()
+            # Recorded copying before its file is made (a region may wait for a stream):
+            # bytes written means a partial exists.
+            if r.progress > 0:
+                assert (pool / targets.partial_name(r.volume)).exists()
 
     with replicator(["sig", "image-version", "replicate", *gallery.cli_args("1.0.0"), "--quiet"],
                     lab.env(gallery.root), log) as proc:  # fmt: skip
