@@ -21,6 +21,8 @@ ORDER = (
     "bench_control_plane",
     "bench_boot",
     "bench_scaleset",
+    "bench_gate",
+    "bench_rollout",
 )
 VERDICT = {0: "goal met", 1: "goal NOT met"}
 

@@ -366,13 +366,16 @@ def vm_create_rows(scale_set):
              "(NAME-0, NAME-1, ...)"),
             (["--orchestration-mode"], I, "sigvirt scale sets behave as Uniform (instance ids, "
              "`list-instances`); newer az defaults to Flexible"),
-            (["--upgrade-policy-mode"], I, "Manual is what sigvirt does: instances never change "
-             "after they are created"),
-            (["--max-batch-instance-percent"], I, "no rolling upgrades (see --upgrade-policy-mode)"),
-            (["--max-unhealthy-instance-percent"], I, "no rolling upgrades"),
-            (["--max-unhealthy-upgraded-instance-percent"], I, "no rolling upgrades"),
-            (["--pause-time-between-batches"], I, "no rolling upgrades"),
-            (["--prioritize-unhealthy-instances"], I, "no rolling upgrades"),
+            (["--upgrade-policy-mode"], A, "stored in the scale set's model: Manual (the "
+             "default: `update-instances`, `reimage`), Automatic (a new latest version is "
+             "rolled out on its own) or Rolling (`rolling-upgrade start`); case-insensitive"),
+            (["--max-batch-instance-percent"], A, "rollingUpgradePolicy, 5..100 (default 20), "
+             "not above --max-unhealthy-instance-percent when both are given"),
+            (["--max-unhealthy-instance-percent"], A, "5..100 (default 20)"),
+            (["--max-unhealthy-upgraded-instance-percent"], A, "0..100 (default 20)"),
+            (["--pause-time-between-batches"], A, "ISO 8601 as az takes it (PT30S, PT1M30S) "
+             "or seconds; at most a day"),
+            (["--prioritize-unhealthy-instances"], A, "unhealthy instances are upgraded first"),
             (["--enable-cross-zone-upgrade"], I, "no zones, no rolling upgrades"),
             (["--disable-overprovision"], I, "sigvirt never overprovisions"),
             (["--single-placement-group"], I, "one host per region"),
@@ -382,7 +385,9 @@ def vm_create_rows(scale_set):
              "NewestVM are that; OldestVM is refused"),
             (["--automatic-repairs-action"], R, "no health monitoring or automatic repairs"),
             (["--automatic-repairs-grace-period"], R, "no automatic repairs"),
-            (["--health-probe"], R, "no load balancers or probes"),
+            (["--health-probe"], R, "no load balancers or probes: sigvirt's "
+             "--health-probe-command and --health-probe-spec (a testinfra file) say when an "
+             "instance is healthy"),
             (["--terminate-notification-time"], R, "no scheduled events"),
             (["--enable-spot-restore"], R, NOSPOT),
             (["--spot-restore-timeout"], R, NOSPOT),
@@ -431,7 +436,8 @@ cmd("vmss scale", "vmss scale", [
     RG, IDS, NOWAIT,
 ])
 cmd("vmss list-instances", "vmss list-instances", [
-    (["--name", "-n"], A, ""), RG, IDS,
+    (["--name", "-n"], A, "the table has a `version` column; JSON each instance's "
+     "storageProfile.imageReference (the version it runs) and latestModelApplied"), RG, IDS,
     (["--expand"], N, "instanceView (statuses) per instance"),
     (["--filter"], N, "az's three OData filters (power state, latestModelApplied)"),
     (["--select"], N, "instanceView, instanceView/statuses"),
@@ -446,7 +452,16 @@ cmd("vmss delete", "vmss delete", [
     (["--force-deletion"], I, "instances are always destroyed first"),
 ])
 cmd("vmss update", "vmss update", [
-    (["--name", "-n"], A, ""), RG, IDS, *SETS, NOWAIT,
+    (["--name", "-n"], A, "changes the model only (its generation goes up when the image or "
+     "another instance property changes); instances follow with `update-instances`, "
+     "`reimage` or a rolling upgrade"), RG, IDS,
+    (["--set"], A, "generic update: `virtualMachineProfile.storageProfile.imageReference.id=ID` "
+     "(a version or definition id), `upgradePolicy.mode=...`, "
+     "`upgradePolicy.rollingUpgradePolicy.<property>=...`, `tags.KEY=VALUE`"),
+    (["--add"], R, "a scale set's model has no list sigvirt can add to"),
+    (["--remove"], A, "generic update: `tags.KEY`"),
+    (["--force-string"], N, "each --set value is parsed as the property it sets"),
+    (["--no-wait"], A, "the model changes at once either way"),
     (["--instance-id"], N, "update one instance"),
     (["--protect-from-scale-in"], N, "`vmss scale` could skip protected instances"),
     (["--protect-from-scale-set-actions"], N, "as --protect-from-scale-in"),
@@ -457,12 +472,12 @@ cmd("vmss update", "vmss update", [
     (["--enable-vtpm"], N, "see `vm create`"),
     (["--scale-in-policy"], I, "see `vmss create`"),
     (["--license-type"], I, "no licensing or billing"),
-    (["--max-batch-instance-percent"], I, "no rolling upgrades"),
-    (["--max-unhealthy-instance-percent"], I, "no rolling upgrades"),
-    (["--max-unhealthy-upgraded-instance-percent"], I, "no rolling upgrades"),
-    (["--pause-time-between-batches"], I, "no rolling upgrades"),
-    (["--prioritize-unhealthy-instances"], I, "no rolling upgrades"),
-    (["--enable-cross-zone-upgrade"], I, "no zones, no rolling upgrades"),
+    (["--max-batch-instance-percent"], A, "see `vmss create`"),
+    (["--max-unhealthy-instance-percent"], A, "see `vmss create`"),
+    (["--max-unhealthy-upgraded-instance-percent"], A, "see `vmss create`"),
+    (["--pause-time-between-batches"], A, "see `vmss create`"),
+    (["--prioritize-unhealthy-instances"], A, "see `vmss create`"),
+    (["--enable-cross-zone-upgrade"], I, "no zones"),
     (["--force-deletion"], I, "instances are always destroyed first"),
     (["--ephemeral-os-disk-placement", "--ephemeral-placement"], R, "see `vm create`"),
     (["--automatic-repairs-action"], R, "no automatic repairs"),
@@ -476,10 +491,52 @@ cmd("vmss update", "vmss update", [
     (["--ppg"], R, "no proximity placement groups"),
     (["--ultra-ssd-enabled"], R, "no Ultra disks"),
     (["--user-data"], R, "no instance metadata service"),
-], intro="**`vmss update` does not exist in sigvirt yet** (`No such command`); the rows say what "
-         "each parameter means for sigvirt once it does. az's own examples mostly use `--set` "
-         "(`--set virtualMachineProfile.storageProfile.imageReference.id=...` to move a scale "
-         "set to another image version).")
+], intro="The image is checked (it exists and is published) before the model changes; the "
+         "scale set is printed as az prints it, with `upgradePolicy.rollingUpgradePolicy` and "
+         "the model's `virtualMachineProfile.storageProfile.imageReference.id`. Under an "
+         "Automatic or Rolling policy, instances not on the new image then move by a rolling "
+         "upgrade in the background, as Azure applies a model change under those policies.")
+cmd("vmss reimage", "vmss reimage", [
+    (["--name", "-n"], A, "each instance gets a fresh OS disk of the model's version (same "
+     "name, hostname, SSH port, admin user, keys and data disks), boots and must pass the "
+     "health probe; one that fails is put back on its old disk and version (exit 26)"),
+    RG, IDS,
+    (["--instance-ids"], A, "instance ids (all when omitted)"),
+    (["--no-wait"], A, "runs in a detached sigvirt process; `list-instances` follows"),
+    (["--force-update-os-disk-for-ephemeral"], I, "OS disks are never ephemeral here"),
+])
+cmd("vmss update-instances", "vmss update-instances", [
+    (["--name", "-n"], A, "applies the model: instances whose version or model generation "
+     "differ are reimaged (health-checked, rolled back on failure), the others take the "
+     "model's generation"),
+    RG, IDS,
+    (["--instance-ids"], A, "`*` or instance ids"),
+    (["--no-wait"], A, "runs in a detached sigvirt process"),
+])
+cmd("vmss rolling-upgrade start", "vmss rolling-upgrade start", [
+    (["--name", "-n"], A, "instances not on the model's image (a definition: its latest in the "
+     "scale set's region) are reimaged batch by batch per rollingUpgradePolicy, each "
+     "health-checked; a batch over maxUnhealthyUpgradedInstancePercent is rolled back and the "
+     "upgrade ends Faulted (exit 25); run again after a killed upgrade, it finishes it"),
+    RG, IDS,
+    (["--no-wait"], A, "runs in a detached sigvirt process; `get-latest` follows"),
+])
+cmd("vmss rolling-upgrade cancel", "vmss rolling-upgrade cancel", [
+    (["--name", "-n"], A, "stops after the batch under way (Cancelled)"), RG, IDS,
+    (["--no-wait"], A, "returns once the cancel is recorded"),
+])
+cmd("vmss rolling-upgrade get-latest", "vmss rolling-upgrade get-latest", [
+    (["--name", "-n"], A, "az's RollingUpgradeStatusInfo (policy, runningStatus, progress, "
+     "error); batches and each instance's state and reason under `sigvirt`"), RG, IDS,
+])
+cmd("vmss get-instance-view", "vmss get-instance-view", [
+    (["--name", "-n"], A, "per instance `vmHealth.status.code` HealthState/healthy or "
+     "HealthState/unhealthy (the reason in `message`): SSH answers and the health probe "
+     "passes"),
+    RG, IDS,
+    (["--instance-id"], A, "one instance's view; without it, the scale set's with every "
+     "instance's under `sigvirt.instances`"),
+])
 
 def fmt_names(names):
     return " ".join(f"`{n}`" for n in names)
