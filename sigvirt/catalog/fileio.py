@@ -299,6 +299,31 @@ def read_record(dir_fd: int, name: str, where: Path) -> bytes:
     return data
 
 
+def write_record(dir_fd: int, name: str, data: bytes, mode: int, where: Path) -> None:
+    """Write the record file `name` in the directory `dir_fd` atomically (`where` is its
+    path, for messages): a temporary file opened O_EXCL|O_NOFOLLOW beside it, written,
+    fsynced, renamed over it, the directory fsynced; the temporary file goes on failure.
+    The counterpart of read_record for stores that hold their directory open."""
+    tmp = f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                     dir_fd=dir_fd)  # fmt: skip
+        try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise access_error(where / name, err) from None
+
+
 def _too_big(path: Path) -> CorruptRecord:
     return CorruptRecord(
         f"is larger than a record may be ({MAX_RECORD_BYTES >> 20} MiB)", path=path

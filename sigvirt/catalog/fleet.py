@@ -27,14 +27,19 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sigvirt.catalog import names
 from sigvirt.catalog.codec import loads, to_dict
-from sigvirt.catalog.fileio import MAX_RECORD_BYTES, CorruptRecord, access_error, open_dir
+from sigvirt.catalog.fileio import (
+    MAX_RECORD_BYTES,
+    CorruptRecord,
+    access_error,
+    open_dir,
+    write_record,
+)
 from sigvirt.catalog.fleetmodel import (
     HealthProbe,
     RollingPolicy,
@@ -338,25 +343,7 @@ class FleetStore:
 
     def _write(self, dfd: int, model: ScaleSetModel) -> None:
         data = json.dumps(to_dict(model), indent=2, sort_keys=True).encode() + b"\n"
-        tmp = f".{MODEL}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        path = self.dir_for(model.name) / MODEL
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                         dir_fd=dfd)  # fmt: skip
-            try:
-                os.fchmod(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, MODEL, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
-        except OSError as err:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dfd)
-            raise access_error(path, err) from None
+        write_record(dfd, MODEL, data, FILE_MODE, self.dir_for(model.name))
 
 
 def _exists(dfd: int, name: str) -> bool:

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,14 @@ from typing import Any, Literal
 
 from sigvirt.catalog import names
 from sigvirt.catalog.codec import RecordError, loads, to_dict
-from sigvirt.catalog.fileio import CorruptRecord, access_error, lock_error, open_dir, read_record
+from sigvirt.catalog.fileio import (
+    CorruptRecord,
+    access_error,
+    lock_error,
+    open_dir,
+    read_record,
+    write_record,
+)
 from sigvirt.catalog.fleet import SCALESETS
 from sigvirt.catalog.records import BadTransition, now
 from sigvirt.errors import Conflict, InvalidName, NotFound, SigvirtError
@@ -393,26 +399,8 @@ class RolloutStore:
         """Write a rollout atomically (the caller holds `locked()`)."""
         check(rec)
         data = json.dumps(to_dict(rec), indent=2, sort_keys=True).encode() + b"\n"
-        name = file_name(rec.id)
-        tmp = f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         with self._opened(create=True) as (_sfd, rfd):
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                             dir_fd=rfd)  # fmt: skip
-                try:
-                    os.fchmod(fd, 0o644)
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, name, src_dir_fd=rfd, dst_dir_fd=rfd)
-                os.fsync(rfd)
-            except OSError as err:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=rfd)
-                raise access_error(self.dir / name, err) from None
+            write_record(rfd, file_name(rec.id), data, 0o644, self.dir)
 
     def update(self, rollout_id: int, change: Callable[[Rollout], Rollout]) -> Rollout:
         with self.locked():
