@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import socket
 import statistics
 import sys
-import threading
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -40,6 +38,11 @@ from sigvirt.guests import scalesets
 from sigvirt.hosts.regions import load as load_regions
 from sigvirt.rollouts import rolling
 
+# The sampler the rollout tests use: the same rule for "down" in both (tests/support is not
+# installed, so the checkout's root goes on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.availability import Sampler
+
 G, D = guestlab.GALLERY, guestlab.DEFINITION
 V1, V2 = f"{G}/{D}/1.0.0", f"{G}/{D}/1.1.0"
 TIME_GOAL = 1.3
@@ -51,60 +54,6 @@ def sigvirt(*argv: str) -> None:
         code = sigvirt_main(list(argv))
     if code != 0:
         raise RuntimeError(f"sigvirt {' '.join(argv)} failed ({code}): {err.getvalue()}")
-
-
-# -- availability -----------------------------------------------------------------------------
-def answers(port: int, timeout: float = 3.0) -> bool:
-    """sshd's banner arrives: the instance is available."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(4) == b"SSH-"
-    except OSError:
-        return False
-
-
-class Sampler:
-    """A thread per port. A port counts as down from the start of a failing probe to the
-    start of the last failing one of that run (as tests/support/availability.py explains: a
-    probe begun while a guest was down can time out through QEMU's forward after the guest
-    came back, so counting it down until then would overlap its return with the next stop)."""
-
-    def __init__(self, ports: list[int], interval: float = 0.2) -> None:
-        self.ports = ports
-        self.interval = interval
-        self.samples: dict[int, list[tuple[float, float, bool]]] = {p: [] for p in ports}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch, args=(p,)) for p in ports]
-
-    def _watch(self, port: int) -> None:
-        while not self._stop.is_set():
-            began = time.monotonic()
-            up = answers(port)
-            self.samples[port].append((began, time.monotonic(), up))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Sampler:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def most_down(self) -> int:
-        spans: list[tuple[float, float]] = []
-        for rows in self.samples.values():
-            opened: tuple[float, float] | None = None
-            for start, _end, up in rows:
-                if up and opened is not None:
-                    spans.append(opened)
-                opened = None if up else (opened[0] if opened else start, start)
-            if opened is not None:
-                spans.append(opened)
-        return max((sum(a <= t <= b for a, b in spans) for t, _ in spans), default=0)
 
 
 # -- phases -----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import testinfra
@@ -27,23 +26,11 @@ from sigvirt.hosts.regions import load
 from sigvirt.runner import Runner
 from tests.support.base import PREFIX, SshKey, unique
 from tests.support.catalog import tree
+from tests.support.fleetlab import cli, cli_json
 
 pytestmark = pytest.mark.guest
 G, D = "retGallery", "tiny"
 V1, V2 = f"{G}/{D}/1.0.0", f"{G}/{D}/1.1.0"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    code, out, err = cli(capsys, *argv, "-o", "json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")

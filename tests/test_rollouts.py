@@ -48,6 +48,7 @@ from sigvirt.rollouts.rolling import Member, batch_size, exceeds, plan
 from sigvirt.versions import publish
 from tests.support.availability import Sampler, down_spans, most_at_once
 from tests.support.base import PREFIX, SshKey, unique
+from tests.support.fleetlab import cli, cli_json
 
 G, D = "rollGallery", "tiny"
 V1, V2 = f"{G}/{D}/1.0.0", f"{G}/{D}/1.1.0"
@@ -281,19 +282,6 @@ class Lab:
 
     def context(self) -> Context:
         return Context.from_config(load(self.root / "regions.yaml", env=self.env))
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-    code, out, err = cli(capsys, *argv, "-o", "json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def binary(lab: Lab, *argv: str, fault: str = "") -> subprocess.CompletedProcess[str]:

@@ -33,6 +33,21 @@ REPO = Path(__file__).resolve().parents[2]
 G, D = "fleetGallery", "tiny"
 
 
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """sigvirt run in this process, as the console script runs it: exit code, out, err."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    """What a run that must succeed printed with `-o json`."""
+    code, out, err = cli(capsys, *argv, "-o", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
 @dataclass(frozen=True)
 class FleetLab:
     root: Path
@@ -53,15 +68,10 @@ class FleetLab:
     # -- running sigvirt ------------------------------------------------------------------
     def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
         """In process (the environment names this lab: see open_lab)."""
-        capsys.readouterr()
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
+        return cli(capsys, *argv)
 
     def json(self, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
-        code, out, err = self.cli(capsys, *argv, "-o", "json")
-        assert code == 0, err
-        return json.loads(out)
+        return cli_json(capsys, *argv)
 
     def run(
         self, *argv: str, fault: str = "", timeout: float = 600
