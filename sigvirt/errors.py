@@ -34,6 +34,8 @@ class ExitCode(IntEnum):
     BOOT_TEST_FAILED = 24  # a version's boot test (its definition's spec) failed
     ROLLOUT_FAULTED = 25  # a rolling upgrade stopped at a health limit (batch rolled back)
     REIMAGE_FAILED = 26  # a reimage failed its health check: the instance is back on its old one
+    END_OF_LIFE = 27  # the version is past its end of life and its eol policy is deny
+    SAFETY_PROFILE = 28  # the version's safety profile refuses the deletion
     INTERRUPTED = 130
 
 
@@ -152,3 +154,17 @@ class ReimageFailed(SigvirtError):
     """Instances whose new disk did not come up healthy: each is back on its old version."""
 
     exit_code = ExitCode.REIMAGE_FAILED
+
+
+class EndOfLife(SigvirtError):
+    """A version past its end-of-life date, where the definition's (or gallery's) eol policy
+    is deny: nothing new is deployed from it."""
+
+    exit_code = ExitCode.END_OF_LIFE
+
+
+class SafetyProfileRefused(SigvirtError):
+    """The version's safety profile (Azure's) refuses the change: removing replicated regions
+    without allowReplicatedLocationDeletion, or deleting before its end of life."""
+
+    exit_code = ExitCode.SAFETY_PROFILE

@@ -33,14 +33,24 @@ class VersionState(StrEnum):
     SUCCEEDED = "succeeded"  # published: its first replica is complete and verified
     FAILED = "failed"
     DELETING = "deleting"
+    # In the recycle bin (its gallery has soft delete on): not listed, not deployable, not
+    # latest, replicas kept until undelete, or purge after the gallery's retention.
+    SOFT_DELETED = "soft-deleted"
+    # Deleted for users (not listed, not deployable); some region holding a replica did not
+    # answer, so the record stays until a later `sig gc` removes the files there.
+    PENDING_DELETION = "pending-deletion"
 
 
+_V = VersionState
 VERSION_TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
-    VersionState.CREATING: frozenset({VersionState.SUCCEEDED, VersionState.FAILED}),
-    VersionState.SUCCEEDED: frozenset({VersionState.DELETING}),
-    VersionState.FAILED: frozenset({VersionState.DELETING}),
-    VersionState.DELETING: frozenset(),  # the record goes when its replicas are gone
+    _V.CREATING: frozenset({_V.SUCCEEDED, _V.FAILED}),
+    _V.SUCCEEDED: frozenset({_V.DELETING, _V.SOFT_DELETED}),
+    _V.FAILED: frozenset({_V.DELETING}),
+    _V.SOFT_DELETED: frozenset({_V.SUCCEEDED, _V.DELETING}),  # undelete, purge
+    _V.DELETING: frozenset({_V.PENDING_DELETION}),  # or the record goes with its replicas
+    _V.PENDING_DELETION: frozenset({_V.DELETING}),  # gc retries when the region answers
 }
+HIDDEN = frozenset({_V.SOFT_DELETED, _V.PENDING_DELETION})  # gone, for users
 
 
 class ReplicaState(StrEnum):
@@ -107,6 +117,10 @@ class Gallery:
     created: str = ""
     resource_group: str = ""  # as created with -g: a name in its Azure-style ids only
     tags: dict[str, str] = field(default_factory=dict)
+    # Azure's softDeletePolicy.isSoftDeleteEnabled; retention before `sig gc` purges
+    soft_delete: bool = False
+    soft_delete_retention_days: int = 7
+    eol_policy: str = ""  # warn | deny; "" = warn (a definition's own policy wins)
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ class Definition:
     privacy_statement_uri: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     test_spec: StoredSpec | None = None  # the boot test new versions must pass
+    eol_policy: str = ""  # warn | deny; "" = the gallery's
+    soft_deleted: str = ""  # when it went to the recycle bin ("" = it is live)
 
     @property
     def firmware(self) -> Firmware:
@@ -233,6 +249,10 @@ class ImageVersion:
     storage_types: dict[str, str] = field(default_factory=dict)  # region -> Standard_LRS, ...
     replication_mode: Literal["Full", "Shallow"] = "Full"
     boot_test: BootTest = field(default_factory=BootTest)
+    # Azure's safetyProfile
+    allow_replicated_location_deletion: bool = False
+    block_deletion_before_end_of_life: bool = False
+    soft_deleted: str = ""  # when it went to the recycle bin (state soft-deleted)
 
     @property
     def ref(self) -> str:
