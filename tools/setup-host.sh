@@ -17,6 +17,9 @@ apt_packages=(
   # sharing (ACLs, the sudo rule for the ACL helper), the second-host lab, misc
   acl sudo openssh-server openssh-client iproute2 make
 )
+# Vagrant labs (vagrant/, tests marked vagrant): SIGVIRT_WITH_VAGRANT=1, as CI sets it.
+# Without recommends: 67 packages instead of 230 (which upgrade perl under running processes).
+if [ "${SIGVIRT_WITH_VAGRANT:-0}" = 1 ]; then apt_packages+=(vagrant vagrant-libvirt); fi
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 

@@ -32,6 +32,7 @@ def doctor(
     """Check libvirtd, virtlogd, KVM or TCG, /dev/kvm, qemu-img, image cache and free disk."""
     paths = [Path("/var/lib/sigvirt"), recipes.DEFAULT_CACHE, *(path or [])]
     checks = doctor_lib.run_checks(uri, Runner(), paths)
+    checks += _vagrant_leftovers()
     emit(checks, output, ["status", "name", "detail", "fix"])
     failed = [c for c in checks if c.status == "fail"]
     if failed and output is Output.table:
@@ -61,3 +62,26 @@ def image_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Outp
         path = recipes.cached_path(r)
         rows.append({"recipe": r.name, "digest": r.digest(), "built": path.exists(), "path": path})
     emit(rows, output, title="image recipes")
+
+
+def _vagrant_leftovers() -> list[doctor_lib.Check]:
+    """Box volumes `vagrant box remove` left in the pools of this machine's regions, that
+    nothing uses (a warning: they only take space); none when regions.yaml can't be read."""
+    from sigvirt.cli.common import context
+    from sigvirt.errors import SigvirtError
+    from sigvirt.vagrant import leftovers
+
+    try:
+        with context() as ctx:
+            found = leftovers.box_volumes(ctx)
+    except SigvirtError:
+        return []
+    return [
+        doctor_lib.Check(
+            f"vagrant box volume {b.pool}/{b.name}", "warn",
+            f"{b.bytes >> 20} MiB that no machine uses (left by `vagrant box remove`)",
+            b.remove_command,
+        )
+        for b in found
+        if not b.used_by
+    ]  # fmt: skip

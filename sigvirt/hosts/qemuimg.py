@@ -46,9 +46,13 @@ class QemuImg:
         *,
         options: str = "compat=1.1",
         limits: Limits | None = PRIVATE,
+        compress: bool = False,
     ) -> None:
-        """Write a standalone copy (no backing file) of src into dst."""
+        """Write a standalone copy (no backing file) of src into dst; compress: zlib clusters
+        (qcow2 only; QEMU reads them transparently, writes land uncompressed)."""
         args: list[str | os.PathLike[str]] = ["convert", "-f", src_fmt, "-O", dst_fmt]
+        if compress:
+            args.append("-c")
         if options and dst_fmt == "qcow2":
             args += ["-o", options]
         self._run(*args, src, dst, limits=limits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,10 @@ from sigvirt.catalog.records import ImageVersion
 from sigvirt.context import Context
 from sigvirt.errors import Conflict, InvalidName, NotFound, Unsupported
 from sigvirt.hosts import streams
-from sigvirt.versions import imagecheck, transfer
+from sigvirt.versions import boxfile, imagecheck, transfer
 from sigvirt.versions.transfer import ChecksumMismatch
 
-SourceKind = Literal["file", "volume", "vm", "version"]
+SourceKind = Literal["file", "volume", "vm", "version", "box"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class Source:
 
 
 def parse_source(text: str) -> Source:
-    """A file, `pool/volume`, `vm:NAME`, or another version (`G/D/V` or an Azure id).
-    Explicit prefixes (`file:`, `volume:`, `vm:`, `version:`) settle any ambiguity."""
-    for kind in ("file", "volume", "vm", "version"):
+    """A file, `pool/volume`, `vm:NAME`, another version (`G/D/V` or an Azure id) or a
+    vagrant-libvirt box (`box:FILE.box`). Explicit prefixes (`file:`, `volume:`, `vm:`,
+    `version:`) settle any ambiguity."""
+    for kind in ("file", "volume", "vm", "version", "box"):
         if text.startswith(kind + ":"):
             return Source(kind, text[len(kind) + 1 :])
     if text.startswith("/subscriptions/"):
@@ -81,7 +83,7 @@ def size_hint(ctx: Context, src: Source, copy_of: ImageVersion | None, region: s
     try:
         if copy_of is not None:
             return copy_of.allocated_size
-        if src.kind == "file":
+        if src.kind in ("file", "box"):
             return os.stat(src.ref).st_blocks * 512
         if src.kind == "volume":
             pool, _, vol = src.ref.partition("/")
@@ -105,6 +107,9 @@ def _local_source_path(
     """A local file qemu-img can read for this source, and the format to declare (None = detect)."""
     if src.kind == "file":
         return Path(src.ref), None
+    if src.kind == "box":
+        # the tarball is checked member by member, box.img alone extracted and gated
+        return boxfile.read_box(Path(src.ref), staging, ctx.qemu_img).image, "qcow2"
     hv = ctx.hv(region)
     if src.kind == "volume":
         pool, _, vol = src.ref.partition("/")
@@ -151,7 +156,7 @@ def import_into(
             ctx.qemu_img.convert(path, "qcow2", partial, "qcow2")
             warnings: tuple[str, ...] = ()
         else:
-            verified = imagecheck.inspect(path, declared, ctx.qemu_img)
+            verified = imagecheck.inspect(path, detected or declared, ctx.qemu_img)
             ctx.qemu_img.convert(path, verified.format, partial, "qcow2")
             # convert opened the path again: refuse unless it still names the file the gate
             # passed (a swap to a qcow2 with a backing file would copy that file's bytes).
@@ -162,7 +167,10 @@ def import_into(
         st = partial.stat()
         return Imported(sha, final.virtual_size, st.st_blocks * 512, warnings + final.warnings)
     finally:
-        staging.unlink(missing_ok=True)
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)  # a box's work directory
+        else:
+            staging.unlink(missing_ok=True)
 
 
 def copy_version(ctx: Context, other: ImageVersion, dest: Path) -> Imported:

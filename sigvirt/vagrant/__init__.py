@@ -1,0 +1,1 @@
+"""Vagrant: gallery versions as vagrant-libvirt boxes, definitions as box catalogs."""
