@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import resource
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,44 @@ class Runner:
         if check and not result.ok:
             raise command_error(result)
         return result
+
+    def feed(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        chunks: Iterable[bytes],
+        *,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run argv with `chunks` written to its stdin in order (more bytes than `input`
+        should hold: a replica pushed over ssh); its result once it exits. Its stderr goes to
+        a file, so a chatty program can't block on a full pipe while we write."""
+        args = tuple(os.fspath(a) for a in argv)
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
+                )
+            except FileNotFoundError:
+                raise CommandFailed(f"{args[0]}: command not found") from None
+            try:
+                try:
+                    for chunk in chunks:
+                        assert proc.stdin is not None
+                        proc.stdin.write(chunk)
+                except BrokenPipeError:
+                    pass  # it exited early: its status and stderr say why
+                finally:
+                    if proc.stdin is not None:
+                        with contextlib.suppress(BrokenPipeError):
+                            proc.stdin.close()
+                rc = proc.wait(timeout=timeout)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            err.seek(0)
+            text = err.read().decode(errors="replace")
+        return Result(args, rc, "", text)
 
     def spawn_detached(self, argv: Sequence[str | os.PathLike[str]], log: Path) -> int:
         """Start a process that outlives this one (its own session, output appended to

@@ -165,15 +165,16 @@ regions:
 
 def test_replication_section_is_read_and_written_back() -> None:
     text = HEAD + (
-        "replication:\n  max_streams_out: 3\n  max_streams_in: 1\n"
+        "replication:\n  max_streams_out: 3\n  max_streams_in: 1\n  direct_ssh: false\n"
         "  costs:\n    a: {b: 2.5}\n    b: {a: 4}\n"
     )
     config = regions_mod.parse(text)
     rep = config.replication
-    assert (rep.max_streams_out, rep.max_streams_in) == (3, 1)
+    assert (rep.max_streams_out, rep.max_streams_in, rep.direct_ssh) == (3, 1, False)
     assert dict(rep.costs) == {("a", "b"): 2.5, ("b", "a"): 4.0}
     assert regions_mod.parse(regions_mod.dump(config)).replication == rep
     assert regions_mod.parse(HEAD).replication == regions_mod.ReplicationConfig()
+    assert regions_mod.ReplicationConfig().direct_ssh is True
 
 
 @pytest.mark.parametrize(
@@ -186,6 +187,7 @@ def test_replication_section_is_read_and_written_back() -> None:
         ("replication: {costs: {a: {b: -1}}}", "replication.costs.a.b: must be 0..1000000"),
         ("replication: {costs: {a: {b: fast}}}", "replication.costs.a.b: must be a number"),
         ("replication: {streams: 2}", "unknown key 'streams'"),
+        ("replication: {direct_ssh: maybe}", "replication.direct_ssh: must be true or false"),
     ],
 )
 def test_replication_section_errors_name_the_key(section: str, problem: str) -> None:

@@ -39,6 +39,8 @@ _NOT_FOUND = frozenset(
 _UNREACHABLE = frozenset(
     {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_INVALID_CONN}
 )
+# Where libvirt's client reports its transport's failures (the socket, ssh, the RPC layer).
+_TRANSPORT = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
 _AUTH = frozenset(
     {
         libvirt.VIR_ERR_AUTH_FAILED,
@@ -134,6 +136,10 @@ def translate(err: libvirt.libvirtError, what: str, uri: str = "") -> SigvirtErr
             return rule.make(what, uri, msg)
     if code in _AUTH:
         return _denied(what, uri, msg)
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR and err.get_error_domain() in _TRANSPORT:
+        # The connection itself failed (its daemon died, its ssh went away): "Cannot write
+        # data: Broken pipe", "End of file while reading data", whatever errno says.
+        return _unreachable(what, uri, msg)
     if code in _UNREACHABLE:
         return _unreachable(what, uri, msg)
     if code in _EXISTS:

@@ -38,7 +38,7 @@ PORT_MIN, PORT_MAX = 1024, 65535  # forwards bind as an unprivileged QEMU: no po
 SHIPPED_REGIONS = Path(__file__).resolve().parents[2] / "regions.yaml"
 
 _TOP_KEYS = ("gallery_root", "regions", "replication")
-_REPLICATION_KEYS = ("max_streams_out", "max_streams_in", "costs")
+_REPLICATION_KEYS = ("max_streams_out", "max_streams_in", "costs", "direct_ssh")
 MAX_STREAMS = 64
 _REGION_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "description")
 _POOL_KEYS = ("name", "path", "storage_type")
@@ -108,6 +108,9 @@ class ReplicationConfig:
     max_streams_out: int = 2
     max_streams_in: int = 2
     costs: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (src, dst) → cost
+    # This machine's replicas go to a qemu+ssh host over one ssh into `cat` (hosts/sshpush.py),
+    # as fast as scp, rather than through libvirt's stream relay.
+    direct_ssh: bool = True
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,12 @@ def _replication(w: _Walker, node: yaml.Node, regions: Mapping[str, object]) -> 
                 if not 0 <= cost <= 1e6:
                     w.fail(cnode, f"{key}.{dst}", f"must be 0..1000000 (got {cost:g})")
                 costs[(src, dst)] = cost
-    return ReplicationConfig(**limits, costs=costs)
+    direct = True
+    if "direct_ssh" in m:
+        direct = bool(
+            w.scalar(m["direct_ssh"][1], "replication.direct_ssh", "bool", "true or false")
+        )
+    return ReplicationConfig(**limits, costs=costs, direct_ssh=direct)
 
 
 def _region(w: _Walker, name: str, knode: yaml.Node, node: yaml.Node) -> RegionConfig:
@@ -543,6 +551,7 @@ def dump(config: RegionsConfig) -> str:
             "max_streams_out": rep.max_streams_out,
             "max_streams_in": rep.max_streams_in,
             **({"costs": costs} if costs else {}),
+            **({} if rep.direct_ssh else {"direct_ssh": False}),
         }
     body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     return "# sigvirt regions: each region is a libvirt host and its storage pools.\n" + body

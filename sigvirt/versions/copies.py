@@ -20,7 +20,7 @@ from sigvirt.catalog.fileio import fsync_dir
 from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState, now
 from sigvirt.context import Context, same_host
 from sigvirt.errors import NoSpace, SigvirtError
-from sigvirt.hosts import hostshell, streams, xmlbuild
+from sigvirt.hosts import hostshell, sshpush, streams, xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.sharing.plan import protect_replica
 from sigvirt.versions import imagecheck, transfer
@@ -186,7 +186,7 @@ def copy_replica(
 
     # The destination is a remote host: bytes reach it only through libvirt.
     try:
-        result = check(_copy_to_remote(ctx, src, dst, progress))
+        result = check(_copy_to_remote(ctx, rec, src, dst, progress))
         faults.point("replica.verified")
         # Identical bytes (sha256) to the gated original, so the copy passes the gate too.
         hostshell.rename_volume(dst_hv, dst.pool, partial, dst.volume)
@@ -199,7 +199,7 @@ def copy_replica(
 
 
 def _copy_to_remote(
-    ctx: Context, src: Replica, dst: Replica, progress: streams.Progress | None
+    ctx: Context, rec: ImageVersion, src: Replica, dst: Replica, progress: streams.Progress | None
 ) -> streams.CopyResult:
     src_cfg, dst_cfg = ctx.regions.region(src.region), ctx.regions.region(dst.region)
     src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
@@ -216,6 +216,12 @@ def _copy_to_remote(
         # file, so the copy's sha256 would never match.
         src_path = dst_hv.volume_path(src.pool, src.volume)
         return hostshell.host_copy(dst_hv, src_path, dst.pool, partial)
+    if src_cfg.is_local and dst_hv.ssh_target is not None and ctx.regions.replication.direct_ssh:
+        # A source verified as it is now (its fingerprint) is sent without hashing it again.
+        known = (rec.sha256, src.fingerprint) if src.verified and src.fingerprint else None
+        return sshpush.push_file(
+            dst_hv, ctx.runner, Path(src.path), dst.pool, partial, progress, known
+        )
     vol = dst_hv.create_volume(dst.pool, xmlbuild.raw_volume_xml(partial, size, mode=0o644))
     if src_cfg.is_local:
         return streams.upload_file(vol, Path(src.path), progress)
