@@ -177,8 +177,8 @@ def occupants(
     store = ctx.store
     damaged: list[Damaged] = []
     for g in store.list_galleries(damaged):
-        for d in store.list_definitions(g.name, damaged):
-            for v in store.list_versions(g.name, d.name, damaged):
+        for d in store.list_definitions(g.name, damaged, hidden=True):
+            for v in store.list_versions(g.name, d.name, damaged, hidden=True):
                 for r in v.replicas:
                     if r.region == region.name and (not pools or r.pool in pools):
                         out.append(Occupant("replica", f"{v.ref} {r.volume}", r.pool))

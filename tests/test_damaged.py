@@ -32,7 +32,7 @@ pytestmark = pytest.mark.offline
 
 G, D = ["--gallery-name", "myGallery"], ["--gallery-image-definition", "myDef"]
 LIST = ["sig", "image-version", "list", *G, *D]
-STATES = "creating, succeeded, failed, deleting"
+STATES = "creating, succeeded, failed, deleting, soft-deleted, pending-deletion"
 REPLICA_STATES = "pending, copying, verifying, completed, failed, corrupt, deleting"
 LINK = "is a symbolic link (sigvirt follows no links in its catalog)"
 RANGE = f"expected an integer from 0 to {MAX_INT}"
@@ -180,7 +180,8 @@ def test_a_damaged_version_is_exit_17_by_name_and_skipped_by_the_rest(
     chosen = sig.cli("sig", "image-version", "show-latest", *G, *D, "-o", "json")
     assert (chosen.code, chosen.err, chosen.json["name"]) == (0, warning, "2.0.0")
     explained = sig.cli("sig", "image-version", "show-latest", *G, *D, "--explain", "-o", "json")
-    assert explained.json[1] == {"version": "1.0.0", "chosen": False, "why": f"damaged: {reason}"}
+    assert explained.json[1] == {"version": "1.0.0", "chosen": False, "why": f"damaged: {reason}",
+                                 "end_of_life": None, "eol_policy": "warn (default)"}  # fmt: skip
 
     # what the other commands read: the good version, as if nothing were wrong
     store = sig.store
@@ -238,10 +239,11 @@ def test_latest_when_the_highest_version_is_damaged(catalog: SigEnv) -> None:
     assert chosen.json["name"] == "1.0.0"  # the highest one that can be read
     assert chosen.err == f"sigvirt: warning: skipped damaged metadata file {path}: {reason}\n"
     explained = sig.cli("sig", "image-version", "show-latest", *G, *D, "--explain", "-o", "json")
+    eol = {"end_of_life": None, "eol_policy": "warn (default)"}
     assert explained.json == [
-        {"version": "2.0.0", "chosen": False, "why": f"damaged: {reason}"},
+        {"version": "2.0.0", "chosen": False, "why": f"damaged: {reason}", **eol},
         {"version": "1.0.0", "chosen": True,
-         "why": "highest published version not excluded from latest"},
+         "why": "highest published version not excluded from latest", **eol},
     ]  # fmt: skip
     # Nothing readable is eligible: the damaged record is the error (it may have been latest).
     version_path(sig, "1.0.0").unlink()

@@ -247,7 +247,7 @@ def test_update_that_shrinks_killed_at_every_step_recovers(
 ) -> None:
     gallery.publish("1.0.0", image, ["local=2", "east=2"])
     update = ["sig", "image-version", "update", *_version_args(gallery, "1.0.0"),
-              "--target-regions", "local=1"]  # fmt: skip
+              "--target-regions", "local=1", "--allow-replicated-location-deletion", "true"]  # fmt: skip
     killed(lab, gallery, fault, *update)
     invariants_after_kill(gallery)
     ok(lab, gallery, *update)

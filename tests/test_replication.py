@@ -139,7 +139,10 @@ def test_count_changes_add_and_remove_replicas(
     assert not Path(gone.path).exists()
     assert not gallery.ctx.hv("east").volume_exists(gone.pool, gone.volume)
 
-    rec = publish.update_version(gallery.ctx, _ref(gallery, "1.0.0"), target_regions=["local"])
+    rec = publish.update_version(
+        gallery.ctx, _ref(gallery, "1.0.0"), target_regions=["local"],
+        allow_replicated_location_deletion=True,
+    )  # fmt: skip
     assert [r.region for r in rec.replicas] == ["local"]
     assert rec.target_regions == {"local": 1}
     assert list(lab.east[0].path.glob(f"{gallery.gallery}*")) == []
@@ -358,7 +361,10 @@ def test_a_replica_with_a_live_dependent_survives_count_reductions(
 
     # Removing the region would remove the depended-on replica: refused, nothing changes.
     with pytest.raises(HasDependents) as err:
-        publish.update_version(gallery.ctx, _ref(gallery, "1.0.0"), target_regions=["local"])
+        publish.update_version(
+            gallery.ctx, _ref(gallery, "1.0.0"), target_regions=["local"],
+            allow_replicated_location_deletion=True,
+        )  # fmt: skip
     assert err.value.message == (
         f"image version {rec.ref}: can't remove replicas that clones depend on: "
         f"volume {clone} (on {east[2].volume})"
@@ -390,3 +396,40 @@ def test_only_regions_that_shrink_are_asked_for_dependents(
         with pytest.raises(RegionUnavailable, match="region east: connect: libvirt host"):
             targets.dependents_for(ctx, rec, {"local": 1})
     assert targets.dependents_for(gallery.ctx, rec, {"local": 1}) == {}
+
+
+# -- the direct path and the libvirt relay ----------------------------------------------------
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-ssh", "libvirt-relay"])
+def test_a_copy_to_a_remote_host_takes_the_configured_path_and_is_whole(
+    lab: Lab, gallery: Gallery, small_image: Path, direct: bool
+) -> None:
+    """By default a local replica reaches a qemu+ssh host over one ssh into `cat`
+    (hosts/sshpush.py); `replication: {direct_ssh: false}` sends it through libvirt's
+    stream. Either way the replica is the version's bytes, and each path is the one taken:
+    the other's copy function is never called (counted, not replaced)."""
+    from sigvirt.hosts import regions as regions_mod
+    from sigvirt.hosts import sshpush, streams
+
+    config = dataclasses.replace(
+        gallery.ctx.regions, replication=regions_mod.ReplicationConfig(direct_ssh=direct)
+    )
+    gallery.ctx = dataclasses.replace(gallery.ctx, regions=config)
+    calls: dict[str, int] = {"push_file": 0, "upload_file": 0}
+    real = {"push_file": sshpush.push_file, "upload_file": streams.upload_file}
+
+    def counted(name: str) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return real[name](*args, **kwargs)  # type: ignore[operator]
+
+        return call
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sshpush, "push_file", counted("push_file"))
+        mp.setattr(streams, "upload_file", counted("upload_file"))
+        rec = gallery.publish("1.0.0", small_image, ["local", "east=2"])
+    assert [r.state for r in rec.replicas] == [ReplicaState.COMPLETED] * 3
+    assert_completed_replicas_are_whole(lab, rec)
+    assert calls == ({"push_file": 1, "upload_file": 0} if direct else
+                     {"push_file": 0, "upload_file": 1})  # fmt: skip
+    assert _partials(lab) == []

@@ -269,6 +269,7 @@ def test_killed_import_is_not_published_and_a_retry_cleans_up(
     assert definition.cli(*latest).json["name"] == "1.0.0"
     assert definition.cli(*latest, "--explain").json[0] == {
         "version": "2.0.0", "chosen": False, "why": "not published (state creating)",
+        "end_of_life": None, "eol_policy": "warn (default)",
     }  # fmt: skip
     assert _partial(definition, "2.0.0").exists()  # what the killed run left
 

@@ -531,4 +531,4 @@ def test_vm_on_the_second_host_is_created_reached_and_deleted(
     code, _o, err = cli(capsys, "vm", "show", "-n", name, "--region", "east")
     assert code == 4, err
     cli_json(capsys, "sig", "image-version", "update", "-r", G, "-i", D, "-e", "1.0.0",
-             "--target-regions", "local=2")  # fmt: skip
+             "--target-regions", "local=2", "--allow-replicated-location-deletion", "true")  # fmt: skip

@@ -63,3 +63,6 @@ step "a scale set of 2 on linked clones spread over the 2 replicas"
 run $S vmss create --name demo-web --image demoGallery/debian12/1.0.0 --instance-count 2 --memory 512
 run $S vmss list-instances --name demo-web
 run $S sig image-version delete -r demoGallery -i debian12 -e 1.0.0 || echo "(refused while clones depend on it, as it should be)"
+
+step "where the disk space went: replicas, the clones on them, the pools (from the files)"
+run $S sig space demoGallery

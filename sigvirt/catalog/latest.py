@@ -6,6 +6,8 @@ eligible only once its test passed), and why each version is or isn't (show-late
 In a region, latest is the highest such version that has a completed replica there and is
 not excluded from latest there (Azure's targetRegions[].excludeFromLatest): `vm create -l R
 --image G/D` takes it, where the global latest may not have reached R yet.
+
+Under an eol policy `deny` (catalog/eol.py), a version past its end of life is never latest.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigvirt.catalog import eol
 from sigvirt.catalog.dates import past_end_of_life
 from sigvirt.catalog.names import ImageRef, Version
 from sigvirt.catalog.records import BootTest, BootTestState, ImageVersion, VersionState
 from sigvirt.catalog.store import Damaged, GalleryStore
-from sigvirt.errors import InvalidName, NotFound
+from sigvirt.errors import EndOfLife, InvalidName, NotFound
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,18 @@ class Candidate:
     version: str
     chosen: bool
     why: str
+    end_of_life: str | None = None  # its own date, or its definition's (", its definition's")
+    eol_policy: str = ""  # "deny (gallery G)", "warn (default)": what its end of life means
 
 
-def _unfit(v: ImageVersion, region: str | None) -> str | None:
+def _unfit(v: ImageVersion, region: str | None, policy: eol.Policy | None = None) -> str | None:
     """Why `v` can't be latest (in `region`, if given); None when it can."""
     if v.state != VersionState.SUCCEEDED:
         return f"not published (state {v.state})"
     if v.exclude_from_latest:
         return "excluded from latest"
+    if policy is not None and (expired := policy.unfit(v)) is not None:
+        return expired
     if v.boot_test.gated:
         return gate_reason(v.boot_test)
     if region is not None:
@@ -88,29 +95,43 @@ def gate_reason(test: BootTest) -> str:
     return "boot test pending"
 
 
+def policy_for(store: GalleryStore, gallery: str, definition: str) -> eol.Policy:
+    """The eol policy that rules the definition's versions (its own, the gallery's, warn)."""
+    return eol.policy_of(store.get_gallery(gallery), store.get_definition(gallery, definition))
+
+
 def explain_latest(
-    versions: list[ImageVersion], damaged: Sequence[Damaged] = (), region: str | None = None
+    versions: list[ImageVersion],
+    damaged: Sequence[Damaged] = (),
+    region: str | None = None,
+    policy: eol.Policy | None = None,
 ) -> list[Candidate]:
     """Each version and why it is or isn't latest (in `region`, if given): highest
     Major.Minor.Patch that is published and not excluded from latest (and, in a region,
-    complete there and not excluded there). Damaged records (from list_versions) are listed
-    with why they are, in their file name's place."""
-    eligible = [v for v in versions if _unfit(v, region) is None]
+    complete there and not excluded there), and, under an eol policy deny, not past its end
+    of life. Damaged records (from list_versions) are listed with why they are, in their
+    file name's place."""
+    eligible = [v for v in versions if _unfit(v, region, policy) is None]
     best = max(eligible, key=lambda v: Version.parse(v.name), default=None)
     where = f" in region {region}" if region else ""
+    rules = policy.described() if policy is not None else ""
     out = []
     for v in versions:
-        unfit = _unfit(v, region)
+        unfit = _unfit(v, region, policy)
+        ends = policy.date_text(v) if policy and policy.end_of_life(v) else v.end_of_life
         if v is best:
             why = f"highest published version not excluded from latest{where}"
-            if past_end_of_life(v.end_of_life):
-                why += f" (past end of life {v.end_of_life})"
+            if past_end_of_life(policy.end_of_life(v) if policy else v.end_of_life):
+                why += f" (past end of life {ends})"
         elif unfit is not None:
             why = unfit
         else:
             why = f"lower than {best.name}" if best else "not eligible"
-        out.append((_order(v.name), Candidate(v.name, v is best, why)))
-    out += [(_order(d.name), Candidate(d.name, False, f"damaged: {d.reason}")) for d in damaged]
+        out.append((_order(v.name), Candidate(v.name, v is best, why, ends, rules)))
+    out += [
+        (_order(d.name), Candidate(d.name, False, f"damaged: {d.reason}", None, rules))
+        for d in damaged
+    ]
     out.sort(key=lambda pair: pair[0], reverse=True)
     return [candidate for _order_key, candidate in out]
 
@@ -138,10 +159,12 @@ def resolve(
     versions = store.list_versions(ref.gallery, ref.definition, broken)
     if damaged is not None:
         damaged += broken
-    chosen = [c for c in explain_latest(versions, region=region) if c.chosen]
+    policy = policy_for(store, ref.gallery, ref.definition)
+    chosen = [c for c in explain_latest(versions, region=region, policy=policy) if c.chosen]
     if not chosen:
         if broken:
             raise broken[-1].error  # the highest-named one
+        _refuse_expired(ref, versions, region, policy)
         explain = (
             f"sigvirt sig image-version show-latest --gallery-name {ref.gallery} "
             f"--gallery-image-definition {ref.definition} --explain"
@@ -167,3 +190,23 @@ def resolve(
             f"--gallery-image-definition {ref.definition} --location {region} --explain",
         )
     return next(v for v in versions if v.name == chosen[0].version)
+
+
+def _refuse_expired(
+    ref: ImageRef, versions: list[ImageVersion], region: str | None, policy: eol.Policy
+) -> None:
+    """Nothing is latest, and the eol policy deny is why (a version would be, but for its end
+    of life): EndOfLife, naming the highest such version."""
+    expired = [
+        v
+        for v in versions
+        if policy.expired(v) and _unfit(v, region) is None  # fit, but for its end of life
+    ]
+    if expired:
+        v = max(expired, key=lambda v: Version.parse(v.name))
+        where = f" in region {region}" if region else ""
+        raise EndOfLife(
+            f"image definition {ref.definition_ref} has no version{where} before its end of "
+            f"life: {v.name} ended {policy.date_text(v)} and the eol policy of {policy.origin} "
+            "is deny"
+        )

@@ -321,3 +321,22 @@ def aggregate(rec: ImageVersion) -> tuple[str, list[RegionStatus]]:
     else:
         agg = "Failed"
     return agg, rows
+
+
+def reuse_line(rec: ImageVersion) -> str:
+    """Why a hidden version's name can't be published again (Azure's rule)."""
+    return f"{hidden_line(rec)}; its name can't be reused until then"
+
+
+def hidden_line(rec: ImageVersion) -> str:
+    """What a user asking for a hidden version is told."""
+    if rec.state == VersionState.SOFT_DELETED:
+        return (
+            f"image version {rec.ref} is soft-deleted (since {rec.soft_deleted}); "
+            "`sigvirt sig image-version undelete` restores it until `sig gc` purges it"
+        )
+    regions = sorted({r.region for r in rec.replicas})
+    return (
+        f"image version {rec.ref} is deleted; its files in {', '.join(regions) or 'no region'} "
+        "go when `sigvirt sig gc --yes` finds the region answering"
+    )

@@ -15,6 +15,10 @@ of its path; sharing/plan.py computes ACLs from records, so one that claims anot
 refused). A damaged record is a CorruptRecord (exit 17) for whoever asks for it by name, and
 listings skip it (handing it to the caller in `damaged`), so one bad file breaks no command
 on the others.
+
+Soft-deleted records (and versions whose deletion waits for a region) stay where they are,
+in their state: every read hides them — NotFound by name, skipped by listings — unless the
+caller asks with `hidden=True` (the recycle bin, gc, space, sharing and region admin do).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sigvirt.catalog import names
 from sigvirt.catalog.codec import loads, to_dict
+from sigvirt.catalog.damage import Damaged as Damaged
+from sigvirt.catalog.damage import Place, is_name, keep, misplaced
 from sigvirt.catalog.fileio import (
     DIR_MODE,
     FILE_MODE,
@@ -47,62 +52,26 @@ from sigvirt.catalog.fileio import (
     remove_tree,
 )
 from sigvirt.catalog.policy import Caller, Policy, Role, can_see, require, role_of
-from sigvirt.catalog.records import Definition, Gallery, ImageVersion
+from sigvirt.catalog.records import (
+    HIDDEN,
+    Definition,
+    Gallery,
+    ImageVersion,
+    hidden_line,
+    reuse_line,
+)
 from sigvirt.errors import (
     Conflict,
     HasDependents,
     HostAccessDenied,
-    InvalidName,
     NotFound,
     PermissionRefused,
     SigvirtError,
 )
 
 T = TypeVar("T")
-# Where a record lies, as (field, what the field names, the value its path gives it).
-Place = tuple[tuple[str, str, str], ...]
 # A version file's name: Major.Minor.Patch without leading zeros (32-bit parts: checked apart).
 _VERSION_FILE = re.compile(r"(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.json")
-
-
-@dataclass(frozen=True)
-class Damaged:
-    """A record a listing skipped: the name its file or directory gives it, and the error
-    reading it raised (what anyone asking for it by name gets, exit 17)."""
-
-    name: str
-    error: CorruptRecord
-
-    @property
-    def path(self) -> str:
-        return str(self.error.fields["path"])
-
-    @property
-    def reason(self) -> str:
-        return str(self.error.fields["detail"])
-
-
-def _keep(damaged: list[Damaged] | None, name: str, err: CorruptRecord) -> None:
-    if damaged is not None:
-        damaged.append(Damaged(name, err))
-
-
-def _misplaced(rec: Any, place: Place) -> str | None:
-    """Why `rec` does not belong where it lies (None: it does)."""
-    for attr, label, expected in place:
-        actual = getattr(rec, attr)
-        if actual != expected:
-            where = "is the file of" if attr == "name" else "lies in"
-            return f"says {label} {names.shorten(actual)} but {where} {label} {expected!r}"
-    return None
-
-
-def _is_name(check: Callable[[str], str], name: str) -> bool:
-    try:
-        check(name)
-    except InvalidName:
-        return False
-    return True
 
 
 class GalleryStore:
@@ -220,7 +189,7 @@ class GalleryStore:
             rec = loads(cls, raw)
         except (TypeError, ValueError) as err:  # JSON, UTF-8 and the record's shape
             raise CorruptRecord(str(err), path=where / name) from None
-        if place and (wrong := _misplaced(rec, place)):
+        if place and (wrong := misplaced(rec, place)):
             raise CorruptRecord(wrong, path=where / name)
         return rec
 
@@ -289,14 +258,14 @@ class GalleryStore:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             name = entry.name
-            if name.startswith(".") or not entry.is_dir() or not _is_name(names.gallery_name, name):
+            if name.startswith(".") or not entry.is_dir() or not is_name(names.gallery_name, name):
                 continue
             try:
                 out.append(self.get_gallery(name))
             except (NotFound, HostAccessDenied, PermissionRefused):
                 continue
             except CorruptRecord as err:
-                _keep(damaged, name, err)
+                keep(damaged, name, err)
         return out
 
     def create_gallery(self, rec: Gallery) -> Gallery:
@@ -325,29 +294,45 @@ class GalleryStore:
         self.require(g, "owner", "", "delete")
         with file_lock(self.root / ".lock"), file_lock(self.gallery_dir(g) / ".lock"):
             broken: list[Damaged] = []
-            defs = [d.name for d in self.list_definitions(g, broken)]
+            defs = [
+                f"{d.name} (soft-deleted)" if d.soft_deleted else d.name
+                for d in self.list_definitions(g, broken, hidden=True)
+            ]
             if broken:  # removing the tree would remove it unread
                 raise broken[0].error
             if defs:
                 raise HasDependents(
                     f"gallery {g} still has image definitions: {', '.join(defs)}; delete them first"
+                    + (
+                        ""
+                        if not any("soft-deleted" in x for x in defs)
+                        else " (soft-deleted ones go when `sig gc` purges them)"
+                    )
                 )
             gdir = self.gallery_dir(g)
             (gdir / "gallery.json").unlink()
             remove_tree(gdir)
 
     # -- definitions ------------------------------------------------------------------------
-    def get_definition(self, g: str, d: str) -> Definition:
+    def get_definition(self, g: str, d: str, *, hidden: bool = False) -> Definition:
         path = self.definition_dir(g, d) / "definition.json"
         self._need_see(g, d)
         place = (("gallery", "gallery", g), ("name", "image definition", d))
         try:
-            return self._read(Definition, path, f"image definition {g}/{d}", place)
+            rec = self._read(Definition, path, f"image definition {g}/{d}", place)
         except NotFound:
             self.get_gallery(g)  # say which level is missing
             raise
+        if rec.soft_deleted and not hidden:
+            raise NotFound(
+                f"image definition {g}/{d} is soft-deleted (since {rec.soft_deleted}); "
+                "`sigvirt sig image-definition undelete` restores it"
+            )
+        return rec
 
-    def list_definitions(self, g: str, damaged: list[Damaged] | None = None) -> list[Definition]:
+    def list_definitions(
+        self, g: str, damaged: list[Damaged] | None = None, *, hidden: bool = False
+    ) -> list[Definition]:
         """A gallery's definitions the caller may see, by name; damaged ones go to `damaged`.
         A caller with no access to the gallery at all is refused by sharing's rules first
         (exit 10), before the kernel refuses them the directory."""
@@ -361,7 +346,7 @@ class GalleryStore:
                 given = sorted(
                     {x.scope.split("/")[0] for x in policy.grants if x.group in self.caller.groups}
                 )
-                return self._read_definitions(g, given, damaged)
+                return self._read_definitions(g, given, damaged, hidden)
         try:
             dfd = open_dir(self.root, (g, "images"), readable=True)
         except (FileNotFoundError, NotADirectoryError):
@@ -374,23 +359,23 @@ class GalleryStore:
                 e.name
                 for e in os.scandir(dfd)
                 if not e.name.startswith(".") and e.is_dir()
-                and _is_name(names.definition_name, e.name)
+                and is_name(names.definition_name, e.name)
             )  # fmt: skip
         finally:
             os.close(dfd)
-        return self._read_definitions(g, found, damaged)
+        return self._read_definitions(g, found, damaged, hidden)
 
     def _read_definitions(
-        self, g: str, found: list[str], damaged: list[Damaged] | None
+        self, g: str, found: list[str], damaged: list[Damaged] | None, hidden: bool
     ) -> list[Definition]:
         out = []
         for name in found:
             try:
-                out.append(self.get_definition(g, name))
+                out.append(self.get_definition(g, name, hidden=hidden))
             except (NotFound, HostAccessDenied, PermissionRefused):
                 continue
             except CorruptRecord as err:
-                _keep(damaged, name, err)
+                keep(damaged, name, err)
         return out
 
     def create_definition(self, rec: Definition) -> Definition:
@@ -399,6 +384,14 @@ class GalleryStore:
         with file_lock(self.gallery_dir(rec.gallery) / "images" / ".lock"):
             ddir = self.definition_dir(rec.gallery, rec.name)
             if (ddir / "definition.json").exists():
+                old: Definition | None = None
+                with contextlib.suppress(SigvirtError):
+                    old = self.get_definition(rec.gallery, rec.name, hidden=True)
+                if old is not None and old.soft_deleted:
+                    raise Conflict(
+                        f"image definition {rec.gallery}/{rec.name} is soft-deleted: its name "
+                        "can't be reused until it is purged (undelete it instead)"
+                    )
                 raise Conflict(f"image definition {rec.gallery}/{rec.name} already exists")
             triple = (rec.publisher.lower(), rec.offer.lower(), rec.sku.lower())
             for other in self.list_definitions(rec.gallery):
@@ -413,64 +406,74 @@ class GalleryStore:
         return rec
 
     def update_definition(
-        self, g: str, d: str, change: Callable[[Definition], Definition]
+        self, g: str, d: str, change: Callable[[Definition], Definition], *, hidden: bool = False
     ) -> Definition:
-        self.get_definition(g, d)  # NotFound before a lock file is made for it
+        self.get_definition(g, d, hidden=hidden)  # NotFound before a lock file is made for it
         self.require(g, "contributor", d, "update")
         with file_lock(self.definition_dir(g, d) / ".lock"):
-            rec = change(self.get_definition(g, d))
+            rec = change(self.get_definition(g, d, hidden=hidden))
             self._write(self.definition_dir(g, d) / "definition.json", rec)
         return rec
 
-    def delete_definition(self, g: str, d: str) -> None:
-        self.get_definition(g, d)
+    def delete_definition(self, g: str, d: str, *, hidden: bool = False) -> None:
+        """Remove a definition without versions (`hidden`: one in the recycle bin, whose own
+        soft-deleted versions were purged first)."""
+        self.get_definition(g, d, hidden=hidden)
         self.require(g, "owner", d, "delete")
         with (
             file_lock(self.gallery_dir(g) / "images" / ".lock"),
             file_lock(self.definition_dir(g, d) / ".lock"),
         ):
             broken: list[Damaged] = []
-            versions = [v.name for v in self.list_versions(g, d, broken)]
+            versions = self.list_versions(g, d, broken, hidden=True)
             if broken:  # removing the tree would remove it unread
                 raise broken[0].error
             if versions:
+                binned = any(v.state in HIDDEN for v in versions)
                 raise HasDependents(
-                    f"image definition {g}/{d} still has versions: {', '.join(versions)}; "
-                    "delete them first"
-                )
+                    f"image definition {g}/{d} still has versions: "
+                    + ", ".join(f"{v.name} ({v.state})" if v.state in HIDDEN else v.name
+                                for v in versions)
+                    + ("; delete them first" if not binned else
+                       "; soft-deleted ones go when `sig gc` purges them")
+                )  # fmt: skip
             ddir = self.definition_dir(g, d)
             (ddir / "definition.json").unlink()
             remove_tree(ddir)
 
     # -- versions ---------------------------------------------------------------------------
-    def get_version(self, g: str, d: str, v: str) -> ImageVersion:
+    def get_version(self, g: str, d: str, v: str, *, hidden: bool = False) -> ImageVersion:
         v = str(names.Version.parse(v))
         self.require(g, "reader", f"{d}/{v}", "read")
         place = (("gallery", "gallery", g), ("definition", "image definition", d))
         try:
-            return self._read(
+            rec = self._read(
                 ImageVersion,
                 self.version_path(g, d, v),
                 f"image version {g}/{d}/{v}",
                 (*place, ("name", "version", v)),
             )
         except NotFound:
-            self.get_definition(g, d)
+            self.get_definition(g, d, hidden=hidden)
             raise
+        if rec.state in HIDDEN and not hidden:
+            raise NotFound(hidden_line(rec))
+        return rec
 
     def list_versions(
-        self, g: str, d: str, damaged: list[Damaged] | None = None
+        self, g: str, d: str, damaged: list[Damaged] | None = None, *, hidden: bool = False
     ) -> list[ImageVersion]:
         """A definition's versions the caller may see, oldest first; damaged ones (a file
-        that does not parse, does not fit, or names another place) go to `damaged`."""
+        that does not parse, does not fit, or names another place) go to `damaged`;
+        soft-deleted and pending-deletion ones only with `hidden`."""
         vdir = self.versions_dir(g, d)
         try:
             dfd = open_dir(self.root, (g, "images", d, "versions"), readable=True)
         except FileNotFoundError:
-            self.get_definition(g, d)
+            self.get_definition(g, d, hidden=hidden)
             return []
         except NotADirectoryError:
-            self.get_definition(g, d)
+            self.get_definition(g, d, hidden=hidden)
             raise CorruptRecord("is not a directory", path=vdir) from None
         except OSError as err:
             raise access_error(vdir, err) from None
@@ -503,8 +506,9 @@ class GalleryStore:
                         raise CorruptRecord(str(err), path=vdir / name) from None
                     if rec.gallery != g or rec.definition != d or rec.name != stem:
                         place = (in_gallery, in_definition, ("name", "version", stem))
-                        raise CorruptRecord(_misplaced(rec, place) or "", path=vdir / name)
-                    found.append((key, rec))
+                        raise CorruptRecord(misplaced(rec, place) or "", path=vdir / name)
+                    if hidden or rec.state not in HIDDEN:
+                        found.append((key, rec))
                 except (FileNotFoundError, PermissionError):
                     continue  # removed meanwhile, or not the caller's to read
                 except OSError as err:
@@ -530,6 +534,11 @@ class GalleryStore:
         self.require(rec.gallery, "contributor", rec.definition, "publish versions of")
         path = self.version_path(rec.gallery, rec.definition, rec.name)
         if path.exists():
+            taken: ImageVersion | None = None
+            with contextlib.suppress(SigvirtError):
+                taken = self.get_version(rec.gallery, rec.definition, rec.name, hidden=True)
+            if taken is not None and taken.state in HIDDEN:
+                raise Conflict(reuse_line(taken))
             raise Conflict(f"image version {rec.ref} already exists")
         self._write(path, rec)
 
@@ -538,11 +547,17 @@ class GalleryStore:
         self._write(self.version_path(rec.gallery, rec.definition, rec.name), rec)
 
     def update_version(
-        self, g: str, d: str, v: str, change: Callable[[ImageVersion], ImageVersion]
+        self,
+        g: str,
+        d: str,
+        v: str,
+        change: Callable[[ImageVersion], ImageVersion],
+        *,
+        hidden: bool = False,
     ) -> ImageVersion:
         self.require(g, "contributor", f"{d}/{v}", "update")
         with self.definition_lock(g, d):
-            rec = change(self.get_version(g, d, v))
+            rec = change(self.get_version(g, d, v, hidden=hidden))
             self.put_version(rec)
         return rec
 

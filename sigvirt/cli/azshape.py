@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sigvirt.catalog import azureid, latest
+from sigvirt.catalog import azureid, eol, latest
 from sigvirt.catalog.records import (
     BootTest,
     Definition,
@@ -28,6 +28,10 @@ _PROVISIONING = {
     VersionState.SUCCEEDED: "Succeeded",
     VersionState.FAILED: "Failed",
     VersionState.DELETING: "Deleting",
+    # In the recycle bin the version is whole (undelete restores it as it was); the
+    # `sigvirt.state` key says where it is.
+    VersionState.SOFT_DELETED: "Succeeded",
+    VersionState.PENDING_DELETION: "Deleting",
 }
 # Azure's ReplicationState has no "pending": a replica waiting its turn is replicating.
 _REGION_STATE = {"Completed": "Completed", "Replicating": "Replicating", "Failed": "Failed",
@@ -46,12 +50,22 @@ def gallery(rec: Gallery) -> dict[str, Any]:
         "identifier": {"uniqueName": f"{azureid.SUBSCRIPTION}-{rec.name.upper()}"},
         "provisioningState": "Succeeded",
         "sharingProfile": None,
-        "softDeletePolicy": None,
-        "sigvirt": {"ownerGroup": rec.owner_group, "created": rec.created},
+        "softDeletePolicy": {"isSoftDeleteEnabled": rec.soft_delete},
+        "sigvirt": {
+            "ownerGroup": rec.owner_group,
+            "created": rec.created,
+            "softDeleteRetentionDays": rec.soft_delete_retention_days,
+            # what a version past its end of life may do, for definitions that set none
+            "eolPolicy": rec.eol_policy or eol.WARN,
+        },
     }
 
 
-def definition(rec: Definition, group: str, location: str) -> dict[str, Any]:
+def definition(
+    rec: Definition, group: str, location: str, gallery: Gallery | None = None
+) -> dict[str, Any]:
+    """`gallery` (its gallery's record) lets the eol policy in force be shown, and where it
+    is set."""
     return {
         "id": azureid.definition_id(group, rec.gallery, rec.name),
         "name": rec.name,
@@ -82,8 +96,15 @@ def definition(rec: Definition, group: str, location: str) -> dict[str, Any]:
             "gallery": rec.gallery,
             "created": rec.created,
             "testSpec": _spec(rec.test_spec),
+            "eolPolicy": rec.eol_policy or None,  # its own; None: the gallery's
+            **(_eol_in_force(rec, gallery) if gallery is not None else {}),
         },
     }
+
+
+def _eol_in_force(rec: Definition, gallery: Gallery) -> dict[str, Any]:
+    policy = eol.policy_of(gallery, rec)
+    return {"effectiveEolPolicy": policy.policy, "eolPolicyOrigin": policy.origin}
 
 
 def _spec(spec: StoredSpec | None) -> dict[str, Any] | None:
@@ -165,7 +186,12 @@ def version(rec: ImageVersion, group: str) -> dict[str, Any]:
             "dataDiskImages": [],
             "source": {"id": _source_id(rec, group)},
         },
-        "safetyProfile": {"allowDeletionOfReplicatedLocations": True},
+        "safetyProfile": {
+            "allowDeletionOfReplicatedLocations": rec.allow_replicated_location_deletion,
+            "blockDeletionBeforeEndOfLife": rec.block_deletion_before_end_of_life,
+            "reportedForPolicyViolation": False,
+            "policyViolations": [],
+        },
         "sigvirt": {
             "state": str(rec.state),
             "sha256": rec.sha256,

@@ -10,17 +10,15 @@ import typer
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.records import Definition
 from sigvirt.catalog.store import Damaged, GalleryStore
-from sigvirt.cli import azshape, waiter
+from sigvirt.cli import azshape, safetyargs, waiter
 from sigvirt.cli.common import (
     DescriptionOpt,
     GalleryOpt,
     IdsOpt,
-    NoWaitOpt,
     RemoveOpt,
     ResourceGroupOpt,
     SetOpt,
     TagsOpt,
-    YesOpt,
     definition_targets,
     generic_update,
     one_or_many,
@@ -36,7 +34,7 @@ app = typer.Typer(help="Image definitions (az sig image-definition).", no_args_i
 
 COLUMNS = [
     "name", "publisher", "offer", "sku", "os_type", "os_state", "hyper_v_generation",
-    "architecture", "end_of_life",
+    "architecture", "end_of_life", "eol_policy",
 ]  # fmt: skip
 DefinitionOpt = Annotated[
     str, typer.Option("--gallery-image-definition", "-i", help="image definition name")
@@ -82,7 +80,7 @@ def row(rec: Definition) -> dict[str, Any]:
 
 def shape(s: GalleryStore, rec: Definition) -> dict[str, Any]:
     g = s.get_gallery(rec.gallery)
-    return azshape.definition(rec, g.resource_group, g.location)
+    return azshape.definition(rec, g.resource_group, g.location, g)
 
 
 @app.command("create")
@@ -116,6 +114,7 @@ def definition_create(
     features: Annotated[str | None, typer.Option("--features", hidden=True)] = None,
     plan_name: Annotated[str | None, typer.Option("--plan-name", hidden=True)] = None,
     test_spec: TestSpecOpt = None,
+    eol_policy: safetyargs.EolPolicyOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -127,7 +126,7 @@ def definition_create(
     spec = DefinitionInput(
         publisher, offer, sku, os_type, os_state, hyper_v_generation, architecture,
         min_cpu, max_cpu, min_mem, max_mem, end_of_life, eula, release_note_uri,
-        description or "", privacy_statement_uri, tag_rules.parse(tags) or {},
+        description or "", privacy_statement_uri, tag_rules.parse(tags) or {}, eol_policy or "",
     )  # fmt: skip
     s = store()
     rec = definitions.create_definition(s, gallery, definition, spec, test_spec)
@@ -184,11 +183,13 @@ def definition_update(
     set_: SetOpt = None,
     remove: RemoveOpt = None,
     test_spec: TestSpecOpt = None,
+    eol_policy: safetyargs.EolPolicyOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a definition's recommendations, end of life, EULA, notes, description, tags
-    (az's --set/--remove for tags.KEY and these properties), its boot-test spec."""
+    (az's --set/--remove for tags.KEY and these properties), its boot-test spec, its eol
+    policy ("" = its gallery's)."""
     s = store()
     spec = definitions.read_spec(test_spec) if test_spec is not None else None
     done = []
@@ -204,7 +205,7 @@ def definition_update(
             "min_vcpus": min_cpu, "max_vcpus": max_cpu, "min_memory_mib": min_mem,
             "max_memory_mib": max_mem, "end_of_life": end_of_life, "eula": eula,
             "release_note_uri": release_note_uri, "privacy_statement_uri": privacy_statement_uri,
-            "description": description,
+            "description": description, "eol_policy": eol_policy,
             "tags": set_tags if set_tags is not None else new_tags,
         }  # fmt: skip
         rec = definitions.update_definition(s, g, d, **{**given, **ints, **texts})
@@ -237,21 +238,6 @@ def definition_wait(
     )  # fmt: skip
 
 
-@app.command("delete")
-def definition_delete(
-    gallery: OptGallery = None,
-    definition: OptDefinition = None,
-    ids: IdsOpt = None,
-    yes: YesOpt = False,
-    no_wait: NoWaitOpt = False,
-    resource_group: ResourceGroupOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Delete an image definition (refused while it has versions)."""
-    s = store()
-    gone = []
-    for g, d in definition_targets(ids, gallery, definition):
-        s.delete_definition(g, d)
-        gone.append({"deleted": f"{g}/{d}"})
-    if output is Output.table:
-        emit(one_or_many(gone), output)
+from sigvirt.cli import boxes  # noqa: E402  (export-boxes, in its own module)
+
+boxes.register_definitions(app)

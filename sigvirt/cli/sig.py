@@ -11,7 +11,7 @@ import typer
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.records import Gallery
 from sigvirt.catalog.store import Damaged, GalleryStore
-from sigvirt.cli import azshape, waiter
+from sigvirt.cli import azshape, safetyargs, waiter
 from sigvirt.cli.common import (
     DescriptionOpt,
     IdsOpt,
@@ -56,6 +56,20 @@ def shape(s: GalleryStore, rec: Gallery, sharing: bool = False) -> dict[str, Any
     return out
 
 
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")]
+SoftDeleteOpt = Annotated[
+    str | None,
+    typer.Option("--soft-delete", metavar="true|false",
+                 help="deleted versions and definitions go to a recycle bin (undelete restores "
+                 "them) until `sig gc` purges them after the retention; off by default"),
+]  # fmt: skip
+RetentionOpt = Annotated[
+    int,
+    typer.Option("--soft-delete-retention-days", min=0, max=3650,
+                 help="days the recycle bin keeps what is deleted (sigvirt's; Azure's is 7)"),
+]  # fmt: skip
+
+
 @app.command("create")
 def gallery_create(
     gallery: GalleryOpt,
@@ -68,11 +82,14 @@ def gallery_create(
     ] = "",
     tags: TagsOpt = None,
     permissions: Annotated[str | None, typer.Option("--permissions", hidden=True)] = None,
-    soft_delete: Annotated[str | None, typer.Option("--soft-delete", hidden=True)] = None,
+    soft_delete: SoftDeleteOpt = None,
+    retention: RetentionOpt = 7,
+    eol_policy: safetyargs.EolPolicyOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Create a gallery (-g names its resource group in the ids it gets)."""
+    """Create a gallery (-g names its resource group in the ids it gets); --eol-policy deny
+    keeps versions past their end of life from new deployments and from latest."""
     from sigvirt.errors import Unsupported
     from sigvirt.versions import targets
 
@@ -80,13 +97,12 @@ def gallery_create(
         raise Unsupported(
             f"--permissions {permissions}: sigvirt shares with Unix groups (sig share)"
         )
-    if soft_delete and soft_delete.lower() == "true":
-        raise Unsupported("--soft-delete: not yet (planned)")
     with context() as ctx:
         location = targets.normalize_region(location, ctx.regions)
         rec = galleries.create_gallery(
             ctx.store, gallery, description or "", location, owner_group,
-            resource_group or "", tag_rules.parse(tags),
+            resource_group or "", tag_rules.parse(tags), eol_policy or "",
+            bool(safetyargs.flag(soft_delete, "--soft-delete")), retention,
         )  # fmt: skip
         present(shape(ctx.store, rec), rec, output, COLUMNS)
 
@@ -146,12 +162,24 @@ def gallery_update(
     ids: IdsOpt = None,
     description: DescriptionOpt = None,
     tags: TagsOpt = None,
+    eol_policy: safetyargs.EolPolicyOpt = None,
+    soft_delete: SoftDeleteOpt = None,
+    retention: Annotated[
+        int | None,
+        typer.Option(
+            "--soft-delete-retention-days",
+            min=0,
+            max=3650,
+            help="days the recycle bin keeps what is deleted",
+        ),
+    ] = None,
     set_: SetOpt = None,
     remove: RemoveOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Change a gallery's description or tags (az's --set/--remove for tags.KEY too)."""
+    """Change a gallery's description, tags (az's --set/--remove for tags.KEY too) or eol
+    policy."""
     s = store()
     done = []
     for g in gallery_targets(ids, gallery):
@@ -162,7 +190,10 @@ def gallery_update(
         )
         new_description = changes.get("description", description)
         final_tags = set_tags if set_tags is not None else new_tags
-        done.append(galleries.update_gallery(s, g, new_description, final_tags))
+        done.append(galleries.update_gallery(
+            s, g, new_description, final_tags, eol_policy,
+            safetyargs.flag(soft_delete, "--soft-delete"), retention,
+        ))  # fmt: skip
     present(one_or_many([shape(s, r) for r in done]), one_or_many(done), output)
 
 
@@ -192,13 +223,21 @@ def gallery_wait(
 def gallery_delete(
     gallery: OptGallery = None,
     ids: IdsOpt = None,
+    dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     no_wait: NoWaitOpt = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Delete an empty gallery (refused while it has image definitions)."""
+    """Delete an empty gallery (refused while it has image definitions, live or in the
+    recycle bin)."""
     s = store()
+    if dry_run:
+        from sigvirt.cli import plans
+
+        for g in gallery_targets(ids, gallery):
+            plans.show(galleries.delete_plan(s, g), output)
+        return
     gone = []
     for g in gallery_targets(ids, gallery):
         s.delete_gallery(g)
@@ -215,13 +254,15 @@ def assemble(sub: str | None = None) -> typer.Typer:
         sig.registered_commands.append(info)
     every = sub not in ("image-definition", "image-version", "share")
     if every or sub == "image-definition":
-        from sigvirt.cli import definitions
+        from sigvirt.cli import definitions, recycle
 
+        recycle.register_definitions(definitions.app)
         sig.add_typer(definitions.app, name="image-definition")
     if every or sub == "image-version":
-        from sigvirt.cli import retire, versions
+        from sigvirt.cli import recycle, retire, versions
 
         retire.register(versions.app)
+        recycle.register_versions(versions.app)
         sig.add_typer(versions.app, name="image-version")
     if every or sub == "share":
         from sigvirt.cli import share

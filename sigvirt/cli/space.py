@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sigvirt.catalog.plans import Action, Plan
+from sigvirt.cli import plans
 from sigvirt.cli.common import ResourceGroupOpt, context
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note, warn
 
@@ -92,7 +94,8 @@ def space_json(r: SpaceReport) -> dict[str, Any]:
                     for c in v.clones
                 ],
                 "cloneBytes": v.clone_bytes,
-                "softDeleted": v.soft_deleted,  # always 0 until soft delete exists
+                "state": v.state,
+                "softDeleted": v.soft_deleted,
                 "freedByDelete": v.freed_by_delete,
             }
             for v in r.versions
@@ -205,6 +208,30 @@ def gc_json(p: GcPlan) -> dict[str, Any]:
     }
 
 
+# An item's action as a plan's verb (files are volumes; the recycle bin's purges and pending
+# deletions remove records, and their files with them), and the outcomes that mean it was done.
+GC_VERBS = {"delete": "delete-volume", "mark-corrupt": "update-record", "purge": "delete-record",
+            "finish-delete": "delete-record"}  # fmt: skip
+GC_DONE = ("removed", "marked", "purged")
+
+
+def gc_plan(p: GcPlan) -> Plan:
+    """A gc plan's planned items (or, once applied, the items it collected) as actions: the
+    dry run's and the real run's are the same when gc did what it planned."""
+    wanted = GC_DONE if p.applied else ("planned",)
+    actions = []
+    for i in p.items:
+        if i.outcome not in wanted:
+            continue
+        verb = GC_VERBS.get(i.action, "update-record")
+        on_file = i.action in ("delete", "mark-corrupt")
+        target = i.volume if on_file else i.version
+        kind = "replica" if i.action == "mark-corrupt" else i.kind
+        detail = i.detail or ("mark corrupt" if i.action == "mark-corrupt" else i.action)
+        actions.append(Action(verb, kind, target, i.region, i.pool, i.path, i.bytes, detail))
+    return Plan("sig gc", "", tuple(actions), dry_run=not p.applied)
+
+
 GC_COLUMNS = ["kind", "region", "volume", "owner", "size", "age", "action", "outcome", "detail"]
 
 
@@ -221,18 +248,26 @@ def gc(
         ),
     ] = "1h",
     location: RegionOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan as actions, change nothing "
+                           "(wins over --yes)")
+    ] = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
-) -> None:
-    """Find (and with --yes remove) partials, orphan replicas, lost files, guests' leftovers."""
+) -> None:  # fmt: skip
+    """Find (and with --yes remove) partials, orphan replicas, lost files, guests' leftovers.
+    --dry-run prints what --yes would do as a plan (the same actions) and changes nothing."""
     from sigvirt.lifecycle import gc as lib
 
     seconds = lib.parse_grace(grace)
     with context() as ctx:
-        p = lib.collect(ctx, yes=yes, region=location, grace=seconds)
+        p = lib.collect(ctx, yes=yes and not dry_run, region=location, grace=seconds)
     for u in p.unreachable:
         where = f"pool {u.pool} in region {u.region}" if u.pool else f"region {u.region}"
         warn(f"{where} was not collected: {u.detail}")
+    if dry_run:
+        plans.show(gc_plan(p), output)
+        return
     if not for_people(output):
         emit(gc_json(p), output, ready=True)
         return

@@ -9,9 +9,10 @@ import typer
 from sigvirt.catalog import latest
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.names import ImageRef
+from sigvirt.catalog.plans import Journal
 from sigvirt.catalog.records import BootTestState, ImageVersion, aggregate
 from sigvirt.catalog.store import Damaged, GalleryStore
-from sigvirt.cli import azshape, render, waiter
+from sigvirt.cli import azshape, plans, render, safetyargs, waiter
 from sigvirt.cli.common import (
     DefinitionOpt,
     GalleryOpt,
@@ -21,7 +22,6 @@ from sigvirt.cli.common import (
     ResourceGroupOpt,
     SetOpt,
     TagsOpt,
-    YesOpt,
     context,
     generic_update,
     one_or_many,
@@ -80,6 +80,7 @@ UPDATE_PATHS = {
     "publishingProfile.excludeFromLatest": "exclude_from_latest",
     "publishingProfile.endOfLifeDate": "end_of_life",
     "publishingProfile.replicaCount": "replica_count",
+    **safetyargs.UPDATE_PATHS,
 }
 
 
@@ -177,17 +178,21 @@ def version_create(
     location: LocationOpt = None,
     exclude_from_latest: Annotated[bool, typer.Option("--exclude-from-latest")] = False,
     end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    allow_deletion: safetyargs.AllowDeletionOpt = None,
+    block_deletion: safetyargs.BlockDeletionOpt = None,
     tags: TagsOpt = None,
     os_snapshot: Annotated[str | None, typer.Option("--os-snapshot", hidden=True)] = None,
     data_snapshots: Annotated[
         list[str] | None, typer.Option("--data-snapshots", hidden=True)
     ] = None,
     no_wait: NoWaitOpt = False,
+    dry_run: plans.DryRunOpt = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Publish a version: gate the source, store it in the source region, replicate it; if
-    its definition has a test spec, boot-test it (exit 24 when that fails)."""
+    its definition has a test spec, boot-test it (exit 24 when that fails). --dry-run prints
+    the plan (import, copies) and changes nothing."""
     from sigvirt.rollouts import automatic, gate
     from sigvirt.versions import publish
 
@@ -205,8 +210,12 @@ def version_create(
     inp = publish.VersionInput(
         src, source_format, target_regions, replica_count, exclude_from_latest, end_of_life,
         location, tag_rules.parse(tags), tuple(excluded or ()), replication_mode,
-        storage_account_type,
+        storage_account_type, *safetyargs.settings(allow_deletion, block_deletion),
     )  # fmt: skip
+    if dry_run:
+        with context() as ctx:
+            plans.show(publish.plan_create(ctx, gallery, definition, version, inp), output)
+        return
     with context() as ctx, replica_progress(output is Output.table) as bars:
         rec = publish.create_version(
             ctx, gallery, definition, version, inp, progress=bars, wait=not no_wait
@@ -290,8 +299,10 @@ def version_show_latest(
         damaged: list[Damaged] = []
         if explain:
             versions = s.list_versions(gallery, definition, damaged)
-            rows = latest.explain_latest(versions, damaged, region)
-            emit(rows, output, ["version", "chosen", "why"], title="latest candidates")
+            policy = latest.policy_for(s, gallery, definition)
+            rows = latest.explain_latest(versions, damaged, region, policy)
+            columns = ["version", "chosen", "why", "end_of_life", "eol_policy"]
+            emit(rows, output, columns, title="latest candidates")
             return
         rec = latest.resolve(s, ImageRef(gallery, definition), damaged, region)
         for item in damaged:
@@ -312,21 +323,26 @@ def version_update(
         bool | None, typer.Option("--exclude-from-latest/--include-in-latest")
     ] = None,
     end_of_life: Annotated[str | None, typer.Option("--end-of-life-date")] = None,
+    allow_deletion: safetyargs.AllowDeletionOpt = None,
+    block_deletion: safetyargs.BlockDeletionOpt = None,
     tags: TagsOpt = None,
     set_: SetOpt = None,
     remove: RemoveOpt = None,
     no_wait: NoWaitOpt = False,
+    dry_run: plans.DryRunOpt = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change target regions and replica counts (resumes missing replicas), latest (also per
-    region), end of life, tags; az's --set/--remove for tags.KEY and a few properties."""
+    region), end of life, tags; az's --set/--remove for tags.KEY and a few properties.
+    --dry-run prints the plan (copies, replicas deleted) and changes nothing."""
     from sigvirt.rollouts import automatic
     from sigvirt.versions import publish
 
     refs = version_targets(ids, gallery, definition, version)
     done = []
-    with context() as ctx, replica_progress(output is Output.table) as bars:
+    journal = Journal()
+    with context() as ctx, replica_progress(output is Output.table and not dry_run) as bars:
         for ref in refs:
             assert ref.version is not None
             current = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
@@ -335,6 +351,7 @@ def version_update(
                 set_, remove, UPDATE_PATHS, new_tags if new_tags is not None else current.tags
             )
             excl = changes.get("exclude_from_latest")
+            allow, block = safetyargs.profile(allow_deletion, block_deletion, changes)
             rec = publish.update_version(
                 ctx, ref,
                 target_regions=target_regions,
@@ -343,10 +360,15 @@ def version_update(
                 exclude_from_latest=excl.lower() == "true" if excl else exclude_from_latest,
                 end_of_life=changes.get("end_of_life", end_of_life),
                 tags=set_tags if set_tags is not None else new_tags,
-                excluded_regions=excluded,
-                progress=bars, wait=not no_wait,
+                excluded_regions=excluded, allow_replicated_location_deletion=allow,
+                block_deletion_before_end_of_life=block,
+                progress=bars, wait=not no_wait, journal=journal, dry_run=dry_run,
             )  # fmt: skip
             done.append(rec)
+        if dry_run:
+            subject = " ".join(r.ref for r in done)
+            plans.show(journal.plan("image-version update", subject, dry_run=True), output)
+            return
         for g, d in dict.fromkeys((r.gallery, r.definition) for r in done):
             automatic.on_latest_changed(ctx, g, d)  # replicas or latest flags may have moved it
         present(
@@ -364,16 +386,22 @@ def version_replicate(
     definition: DefinitionOpt,
     version: VersionOpt,
     quiet: Annotated[bool, typer.Option("--quiet", help="no output (background runs)")] = False,
+    dry_run: plans.DryRunOpt = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Bring every missing or failed replica to completed (what --no-wait runs, and resume),
     then run the boot test if the version is waiting for one, then start the rolling upgrades
-    of Automatic scale sets if that changed their latest."""
+    of Automatic scale sets if that changed their latest. --dry-run prints the copies and
+    removals it would make and changes nothing."""
     from sigvirt.rollouts import automatic, gate
     from sigvirt.versions import publish
 
     (ref,) = version_targets(None, gallery, definition, version)
+    if dry_run:
+        with context() as ctx:
+            plans.show(publish.plan_replicate(ctx, ref), output)
+        return
     with context() as ctx, replica_progress(not quiet) as bars:
         rec = publish.replicate(ctx, ref, bars)
         rec = gate.settle(ctx, rec)
@@ -462,39 +490,6 @@ def version_wait(
         )  # fmt: skip
 
 
-@app.command("delete")
-def version_delete(
-    gallery: OptGallery = None,
-    definition: OptDefinition = None,
-    version: OptVersion = None,
-    ids: IdsOpt = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="also remove a record that doesn't parse, with the replica files its name "
-            "identifies",
-        ),
-    ] = False,
-    yes: YesOpt = False,
-    no_wait: NoWaitOpt = False,
-    resource_group: ResourceGroupOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Delete a version and its replicas (refused while clones depend on them)."""
-    from sigvirt.versions import publish
-
-    deleted = []
-    with context() as ctx:
-        for ref in version_targets(ids, gallery, definition, version):
-            rec = publish.delete_version(ctx, ref, force=force)
-            # None: a damaged record removed unread, whose replicas it could not count
-            deleted.append({"deleted": str(ref), "replicas": len(rec.replicas) if rec else 0})
-    if output is not Output.table:
-        return  # az prints nothing for a delete
-    emit(one_or_many(deleted), output)
-
-
 SCRUB_COLUMNS = ["version", "region", "volume", "outcome", "bytes", "seconds", "detail"]
 
 
@@ -554,3 +549,8 @@ def version_dependents(
     with context() as ctx:
         rows = vms.version_dependents(ctx, gallery, definition, version)
     emit(rows, output, ["kind", "name", "replica"], title="dependents")
+
+
+from sigvirt.cli import boxes  # noqa: E402  (export-box, in its own module)
+
+boxes.register(app)

@@ -13,7 +13,7 @@ import typer
 
 from sigvirt.catalog import tags as tagging
 from sigvirt.catalog.policy import Caller
-from sigvirt.cli import vmssargs
+from sigvirt.cli import plans, vmssargs
 from sigvirt.cli.common import (
     AddOpt,
     IdsOpt,
@@ -261,11 +261,16 @@ def vmss_update(
 def vmss_scale(
     new_capacity: Annotated[int, typer.Option("--new-capacity", help="instances wanted")],
     name: VmssOpt = None, ids: IdsOpt = None, no_wait: NoWaitOpt = False,
+    dry_run: plans.DryRunOpt = False,
     resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
-    """Add instances of the model, or remove the newest ones."""
+    """Add instances of the model, or remove the newest ones. --dry-run prints the domains
+    and volumes it would create or delete, and changes nothing."""
     target = _one_set(name, ids)
     with context() as ctx:
+        if dry_run:
+            plans.show(scalesets.plan_scale(ctx, target, new_capacity), output)
+            return
         result = scalesets.scale(ctx, target, new_capacity, wait=not no_wait)
     _report(result, output, az="resource", group=resource_group)
 
@@ -392,11 +397,16 @@ def vmss_list(resource_group: ResourceGroupOpt = None, output: OutputOpt = Outpu
 @app.command("delete")
 def vmss_delete(
     name: VmssOpt = None, ids: IdsOpt = None, yes: YesOpt = False, no_wait: NoWaitOpt = False,
+    dry_run: plans.DryRunOpt = False,
     resource_group: ResourceGroupOpt = None, output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
-    """Delete a scale set: all its instances, then its model."""
+    """Delete a scale set: all its instances, then its model. --dry-run prints what would
+    go and changes nothing."""
     target = _one_set(name, ids)
     with context() as ctx:
+        if dry_run:
+            plans.show(scalesets.plan_delete(ctx, target), output)
+            return
         result = scalesets.delete(ctx, target)
     _report(result, output)
 

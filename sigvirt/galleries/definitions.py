@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from sigvirt.catalog import latest, names, specs
+from sigvirt.catalog import eol, latest, names, specs
 from sigvirt.catalog.dates import parse_date
 from sigvirt.catalog.records import BootTestState, Definition, ImageVersion, now
 from sigvirt.catalog.store import GalleryStore
@@ -35,6 +35,7 @@ class DefinitionInput:
     description: str = ""
     privacy_statement_uri: str = ""
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    eol_policy: str = ""  # warn | deny; "" = the gallery's
 
 
 _CHOICES = {
@@ -71,6 +72,8 @@ def _validated(fields: dict[str, Any]) -> dict[str, Any]:
             raise InvalidArgument(f"--minimum-{flag} {a} is greater than --maximum-{flag} {b}")
     if "end_of_life" in out:
         out["end_of_life"] = parse_date(out["end_of_life"])
+    if out.get("eol_policy"):
+        out["eol_policy"] = eol.parse_policy(out["eol_policy"])
     return out
 
 

@@ -24,8 +24,11 @@ from sigvirt.catalog.fleet import (
     UpgradeMode,
     checked,
 )
+from sigvirt.catalog.plans import Action, Journal, Plan, note
+from sigvirt.catalog.records import ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import (
+    CapacityExhausted,
     Conflict,
     HostAccessDenied,
     InvalidArgument,
@@ -35,7 +38,7 @@ from sigvirt.errors import (
     RegionUnavailable,
     SigvirtError,
 )
-from sigvirt.guests import guest, inventory, lifecycle, vms
+from sigvirt.guests import guest, guestplans, inventory, lifecycle, vms
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.guests.vms import Placement, Prepared, VmRequest
@@ -200,9 +203,11 @@ def model_of(ctx: Context, name: str) -> ScaleSetModel:
         return model
 
 
-def synthesize(ctx: Context, name: str) -> ScaleSetModel:
-    """The model an older scale set's first instance was made with (NotFound: no instance)."""
-    reap_interrupted(ctx, name)
+def synthesize(ctx: Context, name: str, *, reap: bool = True) -> ScaleSetModel:
+    """The model an older scale set's first instance was made with (NotFound: no instance);
+    reap=False: read-only (a dry run), interrupted instances left where they are."""
+    if reap:
+        reap_interrupted(ctx, name)
     found = members(ctx, name)
     first = found[0]
     _hv, _r, dom = inventory.find(ctx, first.name, first.region)
@@ -255,16 +260,18 @@ def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
 
 # -- create and scale -------------------------------------------------------------------------
 def _create_many(
-    ctx: Context, template: Prepared, name: str, indices: list[int], generation: int
-) -> ScaleResult:
+    ctx: Context, template: Prepared, name: str, indices: list[int], generation: int,
+    journal: Journal | None = None,
+) -> ScaleResult:  # fmt: skip
     hv = ctx.hv(template.region)
     placement = Placement()
+    picks = placements(ctx, hv, template, indices)
 
     def one(i: int) -> Vm:
         p = replace(template, request=replace(template.request, name=instance_name(name, i)))
         return vms.create_prepared(
-            ctx, p, placement, kind="vmss-instance", scale_set=name, instance=i,
-            generation=generation,
+            ctx, p, _Pinned(picks[i]) if i in picks else placement, kind="vmss-instance",
+            scale_set=name, instance=i, generation=generation,
         )  # fmt: skip
 
     created: list[Vm] = []
@@ -274,10 +281,47 @@ def _create_many(
         for i, fut in futures.items():
             try:
                 created.append(fut.result())
+                if journal is not None:
+                    vm = created[-1]
+                    journal.extend(
+                        guestplans.made_actions(hv, vm.name, vm.region, vm.pool, vm.volumes)
+                    )
                 faults.point("vmss.instance")
             except SigvirtError as err:
                 failed.append(f"{instance_name(name, i)}: {err.message}")
     return ScaleResult(name, tuple(created), (), tuple(failed), _after(ctx, name))
+
+
+class _Pinned(Placement):
+    """The replica chosen for one instance before any was created (counted then)."""
+
+    def __init__(self, replica: Replica) -> None:
+        super().__init__()
+        self.replica = replica
+
+    def pick(self, hv: Hypervisor, rec: ImageVersion, region: str, budget: int) -> Replica:
+        return self.replica
+
+    def done(self, replica: Replica) -> None:
+        pass
+
+
+def placements(
+    ctx: Context, hv: Hypervisor, template: Prepared, indices: list[int], *, strict: bool = False
+) -> dict[int, Replica]:
+    """Each new instance's replica, least-used first, as if all were in flight at once: what
+    a plan prints and the real run then uses. Instances past every replica's budget get none
+    (their creation fails, saying so), or with `strict` the whole plan is refused."""
+    budget = ctx.regions.region(template.region).clones_per_replica
+    sim, out = Placement(), {}
+    for i in indices:
+        try:
+            out[i] = sim.pick(hv, template.version, template.region, budget)
+        except CapacityExhausted:
+            if strict:
+                raise
+            break
+    return out
 
 
 def create(
@@ -306,61 +350,137 @@ def create(
     return result
 
 
-def reap_interrupted(ctx: Context, name: str) -> list[str]:
-    """This installation's instances whose creation was killed before they started (their
-    creator is gone): removed, so a scale counts and refills only real instances."""
+def _interrupted(ctx: Context, name: str) -> list[tuple[Hypervisor, str, Vm]]:
+    """This installation's instances of `name` whose creation was killed before they
+    started (their creator is gone), with their host and region (read-only)."""
     mine = inventory.installation(ctx)
-    removed = []
+    out = []
     for region in ctx.regions.regions:
         with contextlib.suppress(RegionUnavailable):
             hv = ctx.hv(region)
             for dom, prov in inventory.own_domains(hv, mine):
                 if prov.scale_set == name and prov.region == region and guest.interrupted(dom):
-                    removed += guest.delete(hv, dom.name)
+                    out.append((hv, region, inventory.describe(hv, region, dom)))
+    return out
+
+
+def reap_interrupted(ctx: Context, name: str, journal: Journal | None = None) -> list[str]:
+    """This installation's instances whose creation was killed before they started (their
+    creator is gone): removed, so a scale counts and refills only real instances."""
+    removed = []
+    for hv, region, vm in _interrupted(ctx, name):
+        gone = guest.delete(hv, vm.name)
+        if journal is not None:
+            journal.extend(guestplans.removed_actions(hv, region, vm, gone))
+        removed += gone
     return removed
 
 
-def scale(ctx: Context, name: str, capacity: int, *, wait: bool = True) -> ScaleResult:
-    """Up: add instances of the model after the highest index. Down: delete the newest
-    first."""
+def _check_capacity(capacity: int) -> None:
     if not 1 <= capacity <= MAX_INSTANCES:
         raise InvalidArgument(
             f"--new-capacity must be 1..{MAX_INSTANCES} (delete the scale set to remove all)"
         )
+
+
+def _new_indices(found: list[Vm], capacity: int) -> list[int]:
+    top = max((_index(m) for m in found), default=-1)
+    return list(range(top + 1, top + 1 + capacity - len(found)))
+
+
+def _doomed(found: list[Vm], capacity: int) -> list[Vm]:
+    return sorted(found, key=_index, reverse=True)[: len(found) - capacity]
+
+
+def scale(
+    ctx: Context, name: str, capacity: int, *, wait: bool = True, journal: Journal | None = None
+) -> ScaleResult:
+    """Up: add instances of the model after the highest index. Down: delete the newest
+    first. Each action taken is reported to `journal` (plan_scale lists the same ones)."""
+    _check_capacity(capacity)
+    had_model = stored_model(ctx, name) is not None
     model = model_of(ctx, name)
-    reap_interrupted(ctx, name)
+    if not had_model and stored_model(ctx, name) is not None:
+        note(journal, Action("create-record", "scale-set", name, model.region))
+    reap_interrupted(ctx, name, journal)
     found = instances(ctx, name)
     if capacity > len(found):
-        top = max((_index(m) for m in found), default=-1)
-        indices = list(range(top + 1, top + 1 + capacity - len(found)))
+        indices = _new_indices(found, capacity)
         template = vms.prepare(ctx, request_of(model, wait=wait))
-        return _create_many(ctx, template, name, indices, model.generation)
-    doomed = sorted(found, key=_index, reverse=True)[: len(found) - capacity]
-    deleted = tuple(_delete_one(ctx, m) for m in doomed)
+        return _create_many(ctx, template, name, indices, model.generation, journal)
+    deleted = tuple(_delete_one(ctx, m, journal) for m in _doomed(found, capacity))
     return ScaleResult(name, (), deleted, (), _after(ctx, name))
 
 
+def plan_scale(ctx: Context, name: str, capacity: int) -> Plan:
+    """What `vmss scale` would do, as data; nothing changes. New instances go on the
+    replicas `placements` gives, as in the real run."""
+    _check_capacity(capacity)
+    actions: list[Action] = []
+    model = stored_model(ctx, name)
+    if model is None:
+        model = synthesize(ctx, name, reap=False)
+        actions.append(Action("create-record", "scale-set", name, model.region))
+    reaped = _interrupted(ctx, name)
+    for hv, region, vm in reaped:
+        actions += guestplans.removal_plan(hv, region, vm)
+    gone = {vm.name for _hv, _r, vm in reaped}
+    found = [v for v in instances(ctx, name) if v.name not in gone]
+    if capacity > len(found):
+        template = vms.prepare(ctx, request_of(model))
+        hv = ctx.hv(template.region)
+        indices = _new_indices(found, capacity)
+        picks = placements(ctx, hv, template, indices, strict=True)
+        for i in indices:
+            vm_name = instance_name(name, i)
+            replica = picks[i]
+            disks = [guest.data_disk_name(vm_name, lun)
+                     for lun in range(len(template.request.data_disk_gb))]  # fmt: skip
+            volumes = (*guest.volume_names(vm_name), *disks)
+            actions += guestplans.made_actions(hv, vm_name, template.region, replica.pool, volumes)
+    else:
+        for vm in _doomed(found, capacity):
+            actions += guestplans.removal_plan(ctx.hv(vm.region), vm.region, vm)
+    return Plan("vmss scale", name, tuple(actions))
+
+
 # -- instances --------------------------------------------------------------------------------
-def _delete_one(ctx: Context, vm: Vm) -> str:
-    lifecycle.delete(ctx, vm.name, vm.region)
+def _delete_one(ctx: Context, vm: Vm, journal: Journal | None = None) -> str:
+    removed = lifecycle.delete(ctx, vm.name, vm.region)
+    if journal is not None:
+        journal.extend(guestplans.removed_actions(ctx.hv(vm.region), vm.region, vm, removed))
     faults.point("vmss.instance-deleted")
     return vm.name
 
 
-def delete(ctx: Context, name: str) -> ScaleResult:
-    """Every instance, then the model (with the scale set's rollout records)."""
+def delete(ctx: Context, name: str, journal: Journal | None = None) -> ScaleResult:
+    """Every instance, then the model (with the scale set's rollout records); each action
+    taken is reported to `journal` (plan_delete lists the same ones)."""
     found = instances(ctx, name)
     model = stored_model(ctx, name)
     if not found and model is None:
         raise NotFound(f"scale set {name} not found")
     if found:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            deleted = tuple(pool.map(lambda m: _delete_one(ctx, m), found))
+            deleted = tuple(pool.map(lambda m: _delete_one(ctx, m, journal), found))
     else:
         deleted = ()
     if model is not None:
         fleet(ctx).delete(name)
+        note(journal, Action("delete-record", "scale-set", name, model.region))
     return ScaleResult(name, (), deleted, ())
+
+
+def plan_delete(ctx: Context, name: str) -> Plan:
+    """What `vmss delete` would do, as data; nothing changes."""
+    found = instances(ctx, name)
+    model = stored_model(ctx, name)
+    if not found and model is None:
+        raise NotFound(f"scale set {name} not found")
+    actions = [a for vm in found for a in guestplans.removal_plan(ctx.hv(vm.region), vm.region, vm)]
+    if model is not None:
+        actions.append(Action("delete-record", "scale-set", name, model.region))
+    return Plan("vmss delete", name, tuple(actions))
 
 
 def delete_instances(ctx: Context, name: str, instance_ids: list[str]) -> ScaleResult:

@@ -18,12 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sigvirt.catalog import azureid, dates, latest, names
+from sigvirt.catalog import azureid, dates, eol, latest, names
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import (
     CapacityExhausted,
     Conflict,
+    EndOfLife,
     GuestFailed,
     InvalidArgument,
     InvalidName,
@@ -131,6 +132,14 @@ def check_definition(d: Definition) -> None:
             f"{where} is --os-state {d.os_state}: sigvirt deploys generalized images only "
             "(hostname, admin user and key come from cloud-init)"
         )
+
+
+def check_end_of_life(ctx: Context, rec: ImageVersion, d: Definition | None = None) -> None:
+    """A version past its end of life is refused (EndOfLife) where its eol policy is deny."""
+    d = d or ctx.store.get_definition(rec.gallery, rec.definition)
+    line = eol.refusal(rec, d, ctx.store.get_gallery(rec.gallery))
+    if line is not None:
+        raise EndOfLife(line)
 
 
 def check_disks(req: VmRequest, rec: ImageVersion) -> None:
@@ -272,14 +281,15 @@ def prepare(ctx: Context, req: VmRequest) -> Prepared:
         raise Conflict(f"image version {rec.ref} is {rec.state}, not published")
     d = ctx.store.get_definition(rec.gallery, rec.definition)
     check_definition(d)
+    check_end_of_life(ctx, rec, d)
     check_disks(req, rec)
     warnings = []
-    for what, eol in (
+    for what, ends in (
         (f"image version {rec.ref}", rec.end_of_life),
         (f"image definition {d.name}", d.end_of_life),
     ):
-        if dates.past_end_of_life(eol):
-            warnings.append(f"{what} is past its end of life ({eol})")
+        if dates.past_end_of_life(ends):
+            warnings.append(f"{what} is past its end of life ({ends})")
     region = pick_region(ctx, rec, req.region)
     vcpus, mem = choose_size(req, d)
     admin = admin_name(req.admin_user or default_admin())

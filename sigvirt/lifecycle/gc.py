@@ -32,15 +32,23 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sigvirt import faults
 from sigvirt.catalog.fileio import CorruptRecord
-from sigvirt.catalog.records import ImageVersion, ReplicaState
+from sigvirt.catalog.names import ImageRef
+from sigvirt.catalog.records import Definition, Gallery, ImageVersion, ReplicaState, VersionState
 from sigvirt.catalog.store import Damaged
 from sigvirt.context import Context
-from sigvirt.errors import Conflict, InvalidArgument, NotFound, PermissionRefused, SigvirtError
+from sigvirt.errors import (
+    Conflict,
+    HasDependents,
+    InvalidArgument,
+    NotFound,
+    PermissionRefused,
+    SigvirtError,
+)
 from sigvirt.hosts.hypervisor import VolumeFacts
 from sigvirt.lifecycle.scan import (
     UNREACHABLE,
@@ -51,7 +59,7 @@ from sigvirt.lifecycle.scan import (
     replica_name,
     scan_region,
 )
-from sigvirt.versions import dependents, targets
+from sigvirt.versions import deletion, dependents, recycle, targets
 
 DEFAULT_GRACE = 3600.0  # seconds: no copy, import or boot leaves a file untouched that long
 MISSING_REASON = "its file is missing (found by sig gc)"
@@ -65,18 +73,22 @@ MISSING_REASON = "its file is missing (found by sig gc)"
 OUTCOMES = (
     "planned", "young", "held", "kept",
     "removed", "marked", "busy", "gone", "owned", "changed", "unreachable", "failed",
+    "purged", "pending",
 )  # fmt: skip
+# Actions whose items wait out the grace period (a file's age); the recycle bin's purges wait
+# out their gallery's retention instead, and a pending deletion waits for nothing.
+GRACED = ("delete", "mark-corrupt")
 
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # partial | orphan-replica | missing-file | guest-volume
+    kind: str  # partial | orphan-replica | missing-file | guest-volume | soft-deleted | ...
     region: str
     pool: str
     volume: str
     path: str
-    action: str  # delete | mark-corrupt
-    version: str = ""  # G/D/V the file or record belongs to
+    action: str  # delete | mark-corrupt | purge | finish-delete
+    version: str = ""  # G/D/V the file or record belongs to (G/D: a definition)
     vm: str = ""  # guest-volume: the VM it was named after
     bytes: int = 0  # allocated on disk
     mtime: float | None = None  # the host's clock; for a record, when its replica last changed
@@ -122,6 +134,8 @@ class Scan:
     versions: list[ImageVersion]
     damaged: tuple[str, ...] = ()  # name prefixes of damaged records: their files are kept
     owned: frozenset[str] = field(default_factory=frozenset)  # replica volumes records name
+    binned: tuple[tuple[Gallery, Definition], ...] = ()  # definitions in a recycle bin
+    region_only: bool = False  # gc limited to one region
 
     def configured(self, region: str) -> list[str]:
         return [p.name for p in self.ctx.regions.region(region).pools]
@@ -272,7 +286,7 @@ def remove_orphan_replica(ctx: Context, plan: GcPlan, item: Item) -> Item:
     def work() -> Item:
         g, d, v = item.version.split("/")
         try:
-            rec = ctx.store.get_version(g, d, v)
+            rec = ctx.store.get_version(g, d, v, hidden=True)
         except NotFound:
             rec = None
         except CorruptRecord as err:
@@ -288,7 +302,7 @@ def mark_missing(ctx: Context, plan: GcPlan, item: Item) -> Item:
     def work() -> Item:
         g, d, v = item.version.split("/")
         try:
-            rec = ctx.store.get_version(g, d, v)
+            rec = ctx.store.get_version(g, d, v, hidden=True)
         except NotFound:
             return replace(item, outcome="gone", detail="its record is gone")
         except CorruptRecord as err:
@@ -309,11 +323,100 @@ def mark_missing(ctx: Context, plan: GcPlan, item: Item) -> Item:
             )
             return dataclasses.replace(cur, replicas=reps)
 
-        ctx.store.update_version(g, d, v, change)
+        ctx.store.update_version(g, d, v, change, hidden=True)
         faults.point("gc.marked")
         return replace(item, outcome="marked", detail="corrupt: heal copies it again")
 
     return _under_version(ctx, item, work)
+
+
+def find_binned_versions(scan: Scan) -> Iterator[Item]:
+    """Soft-deleted versions: purged once their gallery's retention ends (a gc limited to
+    one region leaves the recycle bin alone: a version spans regions)."""
+    if scan.region_only:
+        return
+    for rec in scan.versions:
+        if rec.state == VersionState.SOFT_DELETED:
+            gallery = scan.ctx.store.get_gallery(rec.gallery)
+            yield _bin_item(scan, "soft-deleted", rec.ref, gallery, rec.soft_deleted,
+                            rec.allocated_size * len(rec.replicas))  # fmt: skip
+
+
+def find_binned_definitions(scan: Scan) -> Iterator[Item]:
+    if scan.region_only:
+        return
+    for gallery, d in scan.binned:
+        yield _bin_item(scan, "soft-deleted-definition", f"{d.gallery}/{d.name}", gallery,
+                        d.soft_deleted, 0)  # fmt: skip
+
+
+def _bin_item(scan: Scan, kind: str, ref: str, gallery: Gallery, since: str, size: int) -> Item:
+    when = recycle.purge_after(gallery, since)
+    stamp = _timestamp(since)
+    item = Item(kind, "", "", ref.rsplit("/", 1)[-1], "", "purge", version=ref, bytes=size,
+                mtime=stamp, age=_age(scan, stamp))  # fmt: skip
+    if when is None:
+        return replace(item, outcome="kept", detail=f"its soft-delete time {since!r} is unreadable")
+    if when.timestamp() > scan.now:
+        return replace(item, outcome="young", detail=f"in the recycle bin until {when.isoformat()}")
+    return replace(item, detail=f"retention ended {when.isoformat()}")
+
+
+def find_pending(scan: Scan) -> Iterator[Item]:
+    """Deletions that waited for a region, finished when it answers; and deletions a kill
+    interrupted (`deleting`: a live one holds its op lock, and is left busy)."""
+    for rec in scan.versions:
+        if rec.state in (VersionState.PENDING_DELETION, VersionState.DELETING):
+            regions = sorted({r.region for r in rec.replicas})
+            yield Item(
+                "pending-deletion", ",".join(regions), "", rec.name, "", "finish-delete",
+                version=rec.ref, bytes=rec.allocated_size * len(rec.replicas),
+                detail=rec.reason or f"a delete was interrupted (state {rec.state})",
+            )  # fmt: skip
+
+
+def purge_binned_version(ctx: Context, plan: GcPlan, item: Item) -> Item:
+    at = datetime.fromtimestamp(plan.now, UTC)
+    try:
+        outcome = recycle.purge_version(ctx, ImageRef(*item.version.split("/")), at)
+    except NotFound:
+        return replace(item, outcome="gone", detail="its record is gone")
+    except HasDependents as err:
+        return replace(item, outcome="held", detail=err.message)
+    except Conflict as err:
+        return replace(item, outcome="busy", detail=err.message)
+    return replace(item, outcome=outcome)
+
+
+def purge_binned_definition(ctx: Context, plan: GcPlan, item: Item) -> Item:
+    g, d = item.version.split("/")
+    at = datetime.fromtimestamp(plan.now, UTC)
+    try:
+        outcome = recycle.purge_definition(ctx, g, d, at)
+    except NotFound:
+        return replace(item, outcome="gone", detail="its record is gone")
+    except HasDependents as err:
+        return replace(item, outcome="held", detail=err.message)
+    except Conflict as err:
+        return replace(item, outcome="busy", detail=err.message)
+    return replace(item, outcome=outcome)
+
+
+def finish_pending(ctx: Context, plan: GcPlan, item: Item) -> Item:
+    g, d, v = item.version.split("/")
+    try:
+        rec = ctx.store.get_version(g, d, v, hidden=True)
+    except NotFound:
+        return replace(item, outcome="gone", detail="its record is gone")
+    try:
+        out = deletion.finish_pending(ctx, rec)
+    except Conflict as err:
+        return replace(item, outcome="busy", detail=err.message)
+    if out is None:
+        return replace(item, outcome="removed")
+    if out.state not in (VersionState.PENDING_DELETION, VersionState.DELETING):
+        return replace(item, outcome="changed", detail=f"it is {out.state} now")
+    return replace(item, outcome="pending", detail=out.reason)
 
 
 def remove_guest_volume(ctx: Context, plan: GcPlan, item: Item) -> Item:
@@ -336,6 +439,9 @@ COLLECTORS: tuple[Collector, ...] = (
     Collector("orphan-replica", find_orphan_replicas, remove_orphan_replica),
     Collector("missing-file", find_missing_files, mark_missing),
     Collector("guest-volume", find_guest_volumes, remove_guest_volume),
+    Collector("soft-deleted", find_binned_versions, purge_binned_version),
+    Collector("soft-deleted-definition", find_binned_definitions, purge_binned_definition),
+    Collector("pending-deletion", find_pending, finish_pending),
 )
 
 
@@ -364,14 +470,16 @@ def _scan(ctx: Context, region: str | None, grace: float, now: float) -> Scan:
     bad: list[Damaged] = []
     galleries = ctx.store.list_galleries(bad)
     damaged += [f"{b.name}-" for b in bad]
+    binned: list[tuple[Gallery, Definition]] = []
     for gal in galleries:
         bad = []
-        defs = ctx.store.list_definitions(gal.name, bad)
+        defs = ctx.store.list_definitions(gal.name, bad, hidden=True)
+        binned += [(gal, d) for d in defs if d.soft_deleted]
         damaged += [f"{gal.name}-{b.name}-" for b in bad]
         for d in defs:
             bad = []
             try:
-                versions += ctx.store.list_versions(gal.name, d.name, bad)
+                versions += ctx.store.list_versions(gal.name, d.name, bad, hidden=True)
             except CorruptRecord:
                 damaged.append(f"{gal.name}-{d.name}-")
             damaged += [f"{gal.name}-{d.name}-{b.name}-" for b in bad]
@@ -384,7 +492,8 @@ def _scan(ctx: Context, region: str | None, grace: float, now: float) -> Scan:
                 pools[r.region].append(r.pool)
     regions = {r: scan_region(ctx, r, ps) for r, ps in pools.items()}
     owned = frozenset(r.volume for rec in versions for r in rec.replicas)
-    return Scan(ctx, now, grace, regions, versions, tuple(damaged), owned)
+    return Scan(ctx, now, grace, regions, versions, tuple(damaged), owned, tuple(binned),
+                region is not None)  # fmt: skip
 
 
 def _who(found: list[dependents.Dependent]) -> list[str]:
@@ -407,7 +516,7 @@ def _judge(scan: Scan, items: list[Item]) -> list[Item]:
             out.append(item)
         elif deps:
             out.append(replace(item, outcome="held", held_by=tuple(_who(deps))))
-        elif item.age is None or item.age < scan.grace:
+        elif item.action in GRACED and (item.age is None or item.age < scan.grace):
             out.append(replace(item, outcome="young"))
         else:
             out.append(item)

@@ -52,7 +52,12 @@ class VersionSpace:
     virtual_size: int | None  # from a replica's file (None: none could be read)
     replicas: tuple[ReplicaSpace, ...]
     clones: tuple[CloneSpace, ...]
-    soft_deleted: int = 0  # bytes of soft-deleted replicas: always 0 until soft delete exists
+    state: str = "succeeded"  # the version's (soft-deleted ones hold bytes in the bin)
+
+    @property
+    def soft_deleted(self) -> int:
+        """Bytes of its replicas here while it is in the recycle bin."""
+        return (self.replica_bytes or 0) if self.state == "soft-deleted" else 0
 
     @property
     def replica_bytes(self) -> int | None:
@@ -119,7 +124,7 @@ def report(ctx: Context, scope: str | None = None, region: str | None = None) ->
     only = targets.normalize_region(region, ctx.regions) if region else None
     if g is not None:
         ctx.store.get_gallery(g)  # NotFound for a gallery that isn't there
-    recs = list(scrub.versions_in(ctx, g, d, v))
+    recs = list(scrub.versions_in(ctx, g, d, v, hidden=True))
     wanted: dict[str, list[str]] = {}  # region -> pools to read
     configured = [only] if only else list(ctx.regions.regions)
     for name in configured:
@@ -155,13 +160,14 @@ def _version_space(
             ReplicaSpace(r.volume, r.pool, r.path, r.state.value, None, None, None, None)
             for r in mine
         )
-        return VersionSpace(rec.ref, region, False, scan.error, None, unknown, ())
+        return VersionSpace(rec.ref, region, False, scan.error, None, unknown, (), rec.state.value)
     reps = tuple(_replica_space(scan, r) for r in mine)
     sizes = [r.virtual_size for r in reps if r.present and r.virtual_size is not None]
     held = tuple(c for r in mine for c in clones.get(r.path, []))
     detail = "; ".join(dict.fromkeys(scan.pool_errors[r.pool] for r in mine
                                      if r.pool in scan.pool_errors))  # fmt: skip
-    return VersionSpace(rec.ref, region, True, detail, max(sizes) if sizes else None, reps, held)
+    size = max(sizes) if sizes else None
+    return VersionSpace(rec.ref, region, True, detail, size, reps, held, rec.state.value)
 
 
 def _replica_space(scan: RegionScan, r: Replica) -> ReplicaSpace:

@@ -40,7 +40,9 @@ def resolve_image(ctx: Context, image: str, region: str) -> ImageVersion:
     rec = latest.resolve(ctx.store, ref, region=region)
     if not rec.published_ok:
         raise Conflict(f"image version {rec.ref} is {rec.state}, not published")
-    vms.check_definition(ctx.store.get_definition(rec.gallery, rec.definition))
+    d = ctx.store.get_definition(rec.gallery, rec.definition)
+    vms.check_definition(d)
+    vms.check_end_of_life(ctx, rec, d)
     if not rec.completed_replicas(region):
         raise NotFound(
             f"image version {rec.ref} has no completed replica in region {region}",

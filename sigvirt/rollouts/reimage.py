@@ -44,7 +44,7 @@ from sigvirt.catalog.fleet import HealthProbe
 from sigvirt.catalog.records import ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, OutOfRange, SigvirtError
-from sigvirt.guests import domxml, guest, inventory, lifecycle
+from sigvirt.guests import domxml, guest, inventory, lifecycle, vms
 from sigvirt.guests.domxml import Backing, Provenance
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.osdisk import Intent, OsDisk, Step
@@ -157,6 +157,7 @@ def _plan(
     """The intent, computed read-only: the replica, the new overlay's name and size."""
     if not target.published_ok:
         raise Conflict(f"image version {target.ref} is {target.state}, not published")
+    vms.check_end_of_life(ctx, target)  # under an eol policy deny (model.resolve_image too)
     prov = at.prov
     budget = ctx.regions.region(at.region).clones_per_replica
     replica = placement.pick(at.hv, target, at.region, budget)

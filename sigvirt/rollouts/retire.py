@@ -10,7 +10,7 @@ The plan, computed as data before anything changes (what `--dry-run` prints):
   - anything else that depends on a replica (another installation's domain, a volume
     sigvirt didn't make): the retire is refused, naming it.
 Apply: the plan is made again and must be the same; then the rolling upgrades (one after
-another, each to its end), the flattens, and the version's delete (publish.delete_version,
+another, each to its end), the flattens, and the version's delete (versions/deletion.py,
 which checks for dependents once more). Each action taken is reported as the plan spells it.
 """
 
@@ -31,7 +31,7 @@ from sigvirt.guests import inventory, lifecycle, scalesets
 from sigvirt.guests.inventory import Vm
 from sigvirt.rollouts import rolling
 from sigvirt.rollouts.model import model_of
-from sigvirt.versions import dependents, publish, targets
+from sigvirt.versions import deletion, dependents, safety, targets
 
 
 class NoNewerVersion(HasDependents):
@@ -129,6 +129,7 @@ def plan(ctx: Context, ref: ImageRef) -> RetirePlan:
     """What retiring the version takes; nothing changes."""
     g, d, v = _exact(ref)
     rec = ctx.store.get_version(g, d, v)
+    safety.check_delete(rec)  # its delete comes last: refused before an instance moves
     versions = ctx.store.list_versions(g, d)
     instances, _unreachable = inventory.list_vms(ctx, "vmss-instance")
     vms, _unreachable = inventory.list_vms(ctx, "vm")
@@ -216,7 +217,7 @@ def apply(ctx: Context, p: RetirePlan) -> RetireResult:
         lifecycle.flatten(ctx, flat.vm, flat.region)
         done.append(flat.action)
         faults.point("retire.flattened")
-    publish.delete_version(ctx, ref)
+    deletion.delete(ctx, ref)
     done += [r.action for r in p.replicas]
     done.append(f"delete image version {p.version}")
     return RetireResult(p, tuple(done), tuple(rollouts))

@@ -132,7 +132,7 @@ def plan(
     out.append(Target(images / ".lock", _make(inherit, False, og), None, gid))
     qemu = qemu_uid()
     damaged: list[Damaged] = []
-    for d in store.list_definitions(g, damaged):
+    for d in store.list_definitions(g, damaged, hidden=True):
         dl = level(d.name)
         d_default = _make(_Level(dl.covering, ()), True, og)
         ddir = store.definition_dir(g, d.name)
@@ -140,7 +140,8 @@ def plan(
             out.append(Target(path, _make(dl, True, og), d_default, gid))
         for name in ("definition.json", ".lock"):
             out.append(Target(ddir / name, _make(dl, False, og), None, gid))
-        for v in store.list_versions(g, d.name, damaged):
+        # Hidden ones too: undelete restores them exactly, their ACLs with them.
+        for v in store.list_versions(g, d.name, damaged, hidden=True):
             vl = level(f"{d.name}/{v.name}")
             vacl = _make(vl, False, og)
             out.append(Target(store.version_path(g, d.name, v.name), vacl, None, gid))

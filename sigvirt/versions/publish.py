@@ -24,13 +24,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sigvirt import faults
 from sigvirt.catalog import dates, names
 from sigvirt.catalog.fileio import fsync_dir
 from sigvirt.catalog.names import ImageRef, shorten
+from sigvirt.catalog.plans import Action, Journal, Plan, note
 from sigvirt.catalog.records import (
+    HIDDEN,
     BootTest,
     BootTestState,
     ImageVersion,
@@ -39,16 +41,14 @@ from sigvirt.catalog.records import (
     VersionState,
     aggregate,
     now,
+    reuse_line,
 )
-from sigvirt.catalog.store import CorruptRecord
 from sigvirt.context import Context
 from sigvirt.errors import (
     Conflict,
-    HasDependents,
     InvalidArgument,
     NoSpace,
     NotFound,
-    RegionUnavailable,
     SigvirtError,
 )
 from sigvirt.hosts import hostshell, streams, xmlbuild
@@ -56,7 +56,7 @@ from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.hosts.regions import RegionsConfig
 from sigvirt.sharing import share
 from sigvirt.sharing.plan import protect_replica
-from sigvirt.versions import copies, dependents, replication, sources, targets
+from sigvirt.versions import copies, replication, safety, sources, targets
 from sigvirt.versions.sources import Imported, Source, copy_version, import_into, resolve_source
 from sigvirt.versions.transfer import ChecksumMismatch
 
@@ -74,6 +74,9 @@ class VersionInput:
     excluded_regions: tuple[str, ...] = ()  # not latest there
     replication_mode: str = "Full"  # Full | Shallow (only the source region, one replica)
     storage_type: str | None = None  # of every region --target-regions gives none (az default)
+    # the safety profile (versions/safety.py)
+    allow_replicated_location_deletion: bool = False
+    block_deletion_before_end_of_life: bool = False
 
 
 REPLICATION_MODES = ("Full", "Shallow")
@@ -123,6 +126,14 @@ class CreatePlan:
     @property
     def first(self) -> Replica:
         return self.record.replicas[0]
+
+    def actions(self, size: int) -> list[Action]:
+        """The plan as actions (`size`: about what the import writes, and each copy)."""
+        return [
+            Action("create-record", "version", self.record.ref),
+            targets.import_action(self.first, size, self.record.source),
+            *(targets.copy_action(r, size) for r in self.replication.add),
+        ]
 
 
 # -- claims -----------------------------------------------------------------------------------
@@ -174,9 +185,11 @@ def _claim(ctx: Context, rec: ImageVersion) -> Iterator[None]:
     with ctx.store.version_operation(rec.gallery, rec.definition, rec.name, busy):
         with ctx.store.definition_lock(rec.gallery, rec.definition):
             try:
-                existing = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
+                existing = ctx.store.get_version(rec.gallery, rec.definition, rec.name, hidden=True)
             except NotFound:
                 existing = None
+            if existing is not None and existing.state in HIDDEN:
+                raise Conflict(reuse_line(existing))
             if existing is not None and existing.state == VersionState.CREATING:
                 # We hold its op lock, so its creator is gone; we keep the lock (and its file).
                 _cleanup_stale(ctx, existing, keep_op_lock=True)
@@ -215,6 +228,7 @@ def prepare_create(
     _shallow_check(mode, wanted, source_region)
     excluded = _excluded(inp.excluded_regions, wanted, ctx.regions)
     eol = dates.parse_date(inp.end_of_life)
+    safety.require_date(inp.block_deletion_before_end_of_life, eol)
     src, copy_of = resolve_source(ctx, inp.source)
     hv = ctx.hv(source_region)
     pool = targets.pools_for(ctx.regions.region(source_region), kinds.get(source_region))[0]
@@ -237,6 +251,9 @@ def prepare_create(
         # The definition has a boot test: not eligible for latest until it passes.
         boot_test=BootTest(BootTestState.PENDING, spec.spec_sha256) if spec else BootTest(),
     )
+    rec = safety.settings(
+        rec, inp.allow_replicated_location_deletion, inp.block_deletion_before_end_of_life
+    )
     first_vol = targets.volume_name(rec, source_region, 0)
     first = Replica(source_region, pool.name, first_vol, str(hv.pool_path(pool.name) / first_vol))
     rec = dataclasses.replace(rec, replicas=(first.moved(ReplicaState.COPYING),))
@@ -253,37 +270,81 @@ def create_version(
     *,
     progress: replication.ReplicaProgress | None = None,
     wait: bool = True,
+    journal: Journal | None = None,
+    dry_run: bool = False,
 ) -> ImageVersion:
-    """Publish a version: plan, claim, import into the source region, replicate."""
+    """Publish a version: plan, claim, import into the source region, replicate. Each
+    action taken is reported to `journal`; with `dry_run`, the plan's actions are, and
+    nothing changes (the claim it would write is returned)."""
     p = prepare_create(ctx, gallery, definition, version, inp)
+    if dry_run:
+        _refuse_taken(ctx, p.record)
+        if journal is not None:
+            journal.extend(p.actions(sources.size_hint(ctx, p.source, p.copy_of, p.first.region)))
+        return p.record
     clean_stale_claims(ctx, gallery, definition)
     rec = p.record
     with _claim(ctx, rec):
+        note(journal, Action("create-record", "version", rec.ref))
         try:
             rec = _publish_first(ctx, p)
         except BaseException:
             with ctx.store.definition_lock(gallery, definition):
                 _cleanup_stale(ctx, rec)
             raise
-        rec = replication.apply(ctx, rec, p.replication)
+        note(journal, targets.import_action(rec.replicas[0], rec.allocated_size, rec.source))
+        rec = replication.apply(ctx, rec, p.replication, journal)
     if wait:
-        rec = replication.run(ctx, rec, progress)
+        rec = replication.run(ctx, rec, progress, journal=journal)
         _share_files(ctx, rec)
         return rec
     start_background(ctx, rec)
     return rec
 
 
+def _refuse_taken(ctx: Context, rec: ImageVersion) -> None:
+    """What _claim refuses, read-only: a version of that name that is no stale claim."""
+    try:
+        existing = ctx.store.get_version(rec.gallery, rec.definition, rec.name, hidden=True)
+    except NotFound:
+        return
+    if existing.state in HIDDEN:
+        raise Conflict(reuse_line(existing))
+    if existing.state != VersionState.CREATING:
+        raise Conflict(f"image version {rec.ref} already exists")
+
+
+def plan_create(
+    ctx: Context, gallery: str, definition: str, version: str, inp: VersionInput
+) -> Plan:
+    """What `image-version create` would do, as data; nothing changes."""
+    j = Journal()
+    create_version(ctx, gallery, definition, version, inp, journal=j, dry_run=True)
+    return j.plan("image-version create", f"{gallery}/{definition}/{version}", dry_run=True)
+
+
 def replicate(
-    ctx: Context, ref: ImageRef, progress: replication.ReplicaProgress | None = None
+    ctx: Context,
+    ref: ImageRef,
+    progress: replication.ReplicaProgress | None = None,
+    journal: Journal | None = None,
 ) -> ImageVersion:
     """Resume: every missing or failed replica of a version to completed, then shared."""
     assert ref.version is not None
     rec = replication.run(
-        ctx, ctx.store.get_version(ref.gallery, ref.definition, ref.version), progress
-    )
+        ctx, ctx.store.get_version(ref.gallery, ref.definition, ref.version), progress,
+        journal=journal,
+    )  # fmt: skip
     _share_files(ctx, rec)
     return rec
+
+
+def plan_replicate(ctx: Context, ref: ImageRef) -> Plan:
+    """What `image-version replicate` would do, as data; nothing changes."""
+    assert ref.version is not None
+    rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
+    actions = replication.plan_actions(ctx, rec)
+    return Plan("image-version replicate", rec.ref, tuple(actions))
 
 
 def _share_files(ctx: Context, rec: ImageVersion) -> None:
@@ -387,18 +448,28 @@ def update_version(
     tags: dict[str, str] | None = None,
     excluded_regions: list[str] | None = None,
     storage_type: str | None = None,
+    allow_replicated_location_deletion: bool | None = None,
+    block_deletion_before_end_of_life: bool | None = None,
     progress: replication.ReplicaProgress | None = None,
     wait: bool = True,
+    journal: Journal | None = None,
+    dry_run: bool = False,
 ) -> ImageVersion:
     """Change target regions and counts (replicas are added or removed, then resumed),
     latest (everywhere, or per region), end of life, tags. Everything is checked before
-    the record changes."""
+    the record changes. Each action taken is reported to `journal`; with `dry_run`, the
+    plan's actions are, and nothing changes (the record as it would be is returned)."""
     assert ref.version is not None
     rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
     ctx.store.require(ref.gallery, "contributor", f"{ref.definition}/{rec.name}", "update")
     if rec.state != VersionState.SUCCEEDED:
         raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions change")
     eol = dates.parse_date(end_of_life) if end_of_life is not None else None
+    # The safety profile as this update leaves it (az's update sends both flags at once).
+    profile = safety.settings(
+        dataclasses.replace(rec, end_of_life=eol or rec.end_of_life),
+        allow_replicated_location_deletion, block_deletion_before_end_of_life,
+    )  # fmt: skip
     wanted = None
     kinds = dict(rec.storage_types)
     if target_regions is not None or replica_count is not None:
@@ -414,6 +485,8 @@ def update_version(
     excluded = None
     if excluded_regions is not None:
         excluded = _excluded(excluded_regions, wanted or rec.target_regions, ctx.regions)
+    if wanted is not None:  # refused by the safety profile only once the request is sound
+        safety.check_dropped_regions(profile, wanted)
 
     def change(cur: ImageVersion) -> ImageVersion:
         out = cur
@@ -427,12 +500,23 @@ def update_version(
             out = dataclasses.replace(out, tags=dict(tags))
         if excluded is not None:
             out = dataclasses.replace(out, excluded_regions=excluded)
+        if allow_replicated_location_deletion is not None:
+            out = dataclasses.replace(
+                out, allow_replicated_location_deletion=allow_replicated_location_deletion
+            )
+        if block_deletion_before_end_of_life is not None:
+            out = dataclasses.replace(
+                out, block_deletion_before_end_of_life=block_deletion_before_end_of_life
+            )
         if wanted is not None:
             kept = tuple(r for r in out.excluded_regions if r in wanted)
             out = dataclasses.replace(out, storage_types=kinds, excluded_regions=kept)
         return out
 
+    if dry_run:
+        return _plan_update(ctx, change(rec), wanted, journal)
     rec = ctx.store.update_version(ref.gallery, ref.definition, ref.version, change)
+    note(journal, Action("update-record", "version", rec.ref))
     faults.point("version.updated")
     if wanted is None:
         return rec
@@ -440,9 +524,9 @@ def update_version(
         deps = targets.dependents_for(ctx, rec, wanted)
         lookup = targets.pool_path_lookup(ctx)
         p = targets.plan(rec, wanted, ctx.regions, deps, lookup, copies.suspects(ctx, rec))
-        rec = replication.apply(ctx, rec, p)
+        rec = replication.apply(ctx, rec, p, journal)
         if wait:
-            rec = replication.run(ctx, rec, progress, lock_held=True)
+            rec = replication.run(ctx, rec, progress, lock_held=True, journal=journal)
     if wait:
         _share_files(ctx, rec)
         return rec
@@ -450,77 +534,27 @@ def update_version(
     return rec
 
 
-def delete_version(ctx: Context, ref: ImageRef, *, force: bool = False) -> ImageVersion | None:
-    """Delete every replica and the record; refused while any clone depends on a replica.
-
-    The record says `deleting` (and each replica too) before a byte is removed, so a killed
-    delete leaves a version nothing deploys and that `latest` skips, which the next delete
-    finishes. `force` removes a record that doesn't parse, with the replica files its name
-    identifies (G-D-V-*.qcow2 in every pool of every region); it returns None then.
-    """
-    assert ref.version is not None
-    clean_stale_claims(ctx, ref.gallery, ref.definition)
-    try:
-        rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
-    except CorruptRecord:
-        if not force:
-            raise
-        _force_delete(ctx, ref)
-        return None
-    ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{rec.name}", "delete")
-    with ctx.store.version_operation(rec.gallery, rec.definition, rec.name):
-        rec = ctx.store.get_version(ref.gallery, ref.definition, ref.version)
-        live = [r for r in rec.replicas if r.state != ReplicaState.DELETING]
-        deps = targets.find_dependents(ctx, live)
-        if deps:
-            found = [d for ds in deps.values() for d in ds]
-            raise HasDependents(
-                f"image version {rec.ref} has dependents: "
-                + ", ".join(f"{d.kind} {d.name}" for d in found),
-                hint=dependents.how_to_release(found),
-            )
-        rec = _mark_deleting(ctx, rec)
-        faults.point("version.deleting")
-        for r in rec.replicas:
-            try:
-                copies.remove_files(ctx.hv(r.region), r.pool, r.volume)
-            except RegionUnavailable:
-                if r.verified:  # bytes may be there: the host must answer before we forget it
-                    raise
-            faults.point("version.replica-removed")
-        with ctx.store.definition_lock(ref.gallery, ref.definition):
-            ctx.store.remove_version_record(ref.gallery, ref.definition, ref.version)
+def _plan_update(
+    ctx: Context, rec: ImageVersion, wanted: dict[str, int] | None, journal: Journal | None
+) -> ImageVersion:
+    """The update's actions (read-only): `rec` is the record as the update leaves it."""
+    actions = [Action("update-record", "version", rec.ref)]
+    if wanted is not None:
+        replication.refuse_busy(ctx, rec)
+        deps = targets.dependents_for(ctx, rec, wanted)
+        lookup = targets.pool_path_lookup(ctx)
+        p = targets.plan(rec, wanted, ctx.regions, deps, lookup, copies.suspects(ctx, rec))
+        if p.blocked:
+            raise targets.blocked_error(rec, p.blocked)
+        actions += targets.replication_actions(rec, p, lookup)
+    if journal is not None:
+        journal.extend(actions)
     return rec
 
 
-def _mark_deleting(ctx: Context, rec: ImageVersion) -> ImageVersion:
-    def change(cur: ImageVersion) -> ImageVersion:
-        reps = tuple(
-            r if r.state == ReplicaState.DELETING else replication.retire(r) for r in cur.replicas
-        )
-        if cur.state == VersionState.DELETING:
-            return dataclasses.replace(cur, replicas=reps)
-        return cur.moved(VersionState.DELETING, replicas=reps)
-
-    return ctx.store.update_version(rec.gallery, rec.definition, rec.name, change)
-
-
-def _force_delete(ctx: Context, ref: ImageRef) -> None:
-    """A damaged record and the files its name identifies; nothing a clone still uses."""
-    assert ref.version is not None
-    ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{ref.version}", "delete")
-    prefix = f"{ref.gallery}-{ref.definition}-{ref.version}-"
-    with ctx.store.version_operation(ref.gallery, ref.definition, ref.version):
-        for name, cfg in ctx.regions.regions.items():
-            hv = ctx.hv(name)
-            for pool in cfg.pools:
-                for vol in hv.volumes(pool.name):
-                    base = vol.name.removeprefix(".").removesuffix(".partial")
-                    if base.startswith(prefix) and base.endswith(".qcow2"):
-                        if dependents.find(hv, [vol.path]):
-                            raise HasDependents(
-                                f"{vol.path} is still a backing file; release its clones first"
-                            )
-                        vol.delete()
-        with ctx.store.definition_lock(ref.gallery, ref.definition):
-            ctx.store.remove_version_record(ref.gallery, ref.definition, ref.version)
+def plan_update(ctx: Context, ref: ImageRef, **changes: Any) -> Plan:
+    """What `image-version update` would do with these changes (update_version's keywords),
+    as data; nothing changes."""
+    j = Journal()
+    rec = update_version(ctx, ref, **changes, journal=j, dry_run=True)
+    return j.plan("image-version update", rec.ref, dry_run=True)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from sigvirt import faults
 from sigvirt.catalog.fileio import lock_is_held
+from sigvirt.catalog.plans import Action, Journal, note
 from sigvirt.catalog.records import (
     REPLICA_TRANSITIONS,
     ImageVersion,
@@ -98,8 +99,9 @@ def _drop_deleting(ctx: Context, rec: ImageVersion, keys: set[tuple[str, str]]) 
     return ctx.store.update_version(rec.gallery, rec.definition, rec.name, drop)
 
 
-def apply(ctx: Context, rec: ImageVersion, p: Plan) -> ImageVersion:
-    """Record new replicas as pending, delete removed ones (never one with dependents).
+def apply(ctx: Context, rec: ImageVersion, p: Plan, journal: Journal | None = None) -> ImageVersion:
+    """Record new replicas as pending, delete removed ones (never one with dependents);
+    each removal is reported to `journal` as the plan's action.
 
     Removed replicas are marked `deleting` before their files go, so a run killed in
     between finishes the deletion instead of copying them again (reset_interrupted).
@@ -117,6 +119,7 @@ def apply(ctx: Context, rec: ImageVersion, p: Plan) -> ImageVersion:
     for r in p.remove:
         try:
             remove_files(ctx.hv(r.region), r.pool, r.volume)
+            note(journal, targets.removal_action(r, rec.allocated_size))
             faults.point("replica.removed")
         except RegionUnavailable:
             # A replica that never completed left at most a `.partial` there, which nothing
@@ -128,7 +131,9 @@ def apply(ctx: Context, rec: ImageVersion, p: Plan) -> ImageVersion:
 
 
 # -- running ----------------------------------------------------------------------------------
-def reset_interrupted(ctx: Context, rec: ImageVersion) -> ImageVersion:
+def reset_interrupted(
+    ctx: Context, rec: ImageVersion, journal: Journal | None = None
+) -> ImageVersion:
     """Clean up after a killed run (caller holds the op lock, so nobody works on these):
     replicas left copying/verifying lose their partial and go back to pending; removals
     left half done are finished (if their host answers; else they wait for the next run)."""
@@ -140,6 +145,7 @@ def reset_interrupted(ctx: Context, rec: ImageVersion) -> ImageVersion:
             hv = ctx.hv(r.region)
             if r.state == ReplicaState.DELETING:
                 remove_files(hv, r.pool, r.volume)
+                note(journal, targets.removal_action(r, rec.allocated_size))
                 gone.add(r.key)
             else:
                 remove_partial(hv, r.pool, r.volume)
@@ -150,13 +156,46 @@ def reset_interrupted(ctx: Context, rec: ImageVersion) -> ImageVersion:
     return _drop_deleting(ctx, rec, gone) if gone else rec
 
 
-def replan(ctx: Context, rec: ImageVersion) -> ImageVersion:
+def replan(ctx: Context, rec: ImageVersion, journal: Journal | None = None) -> ImageVersion:
     """The replicas the target regions ask for, recorded: a run killed between publishing
     a version and recording its other replicas left fewer than the targets want."""
     deps = targets.dependents_for(ctx, rec, rec.target_regions)
     lookup = targets.pool_path_lookup(ctx)
     p = targets.plan(rec, rec.target_regions, ctx.regions, deps, lookup, copies.suspects(ctx, rec))
-    return rec if p.empty else apply(ctx, rec, p)
+    return rec if p.empty else apply(ctx, rec, p, journal)
+
+
+def refuse_busy(ctx: Context, rec: ImageVersion) -> None:
+    """What taking the op lock refuses, read-only (a dry run): another process at work."""
+    if lock_is_held(ctx.store.version_op_lock(rec.gallery, rec.definition, rec.name)):
+        raise StillReplicating(
+            "another sigvirt process is replicating it (sigvirt sig image-version wait)",
+            ref=rec.ref,
+        )
+
+
+def plan_actions(ctx: Context, rec: ImageVersion) -> list[Action]:
+    """What `run` would do to `rec`, as actions (read-only): removals a killed run left
+    finished, unfinished copies started again, and whatever the target regions still ask."""
+    if not rec.published_ok:
+        raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions replicate")
+    refuse_busy(ctx, rec)
+    resumed = tuple(
+        r.moved(ReplicaState.PENDING, progress=0)
+        if r.state in (ReplicaState.COPYING, ReplicaState.VERIFYING) else r
+        for r in rec.replicas if r.state != ReplicaState.DELETING
+    )  # fmt: skip
+    after = dataclasses.replace(rec, replicas=resumed)  # as reset_interrupted leaves it
+    deps = targets.dependents_for(ctx, after, after.target_regions)
+    lookup = targets.pool_path_lookup(ctx)
+    p = targets.plan(
+        after, after.target_regions, ctx.regions, deps, lookup, copies.suspects(ctx, after)
+    )
+    if p.blocked:
+        raise blocked_error(after, p.blocked)
+    finishing = [targets.removal_action(r, rec.allocated_size)
+                 for r in rec.replicas if r.state == ReplicaState.DELETING]  # fmt: skip
+    return finishing + targets.replication_actions(after, p, lookup)
 
 
 def run(
@@ -165,8 +204,10 @@ def run(
     progress: ReplicaProgress | None = None,
     *,
     lock_held: bool = False,
+    journal: Journal | None = None,
 ) -> ImageVersion:
-    """Bring every replica that isn't completed to completed (or failed, with the reason)."""
+    """Bring every replica that isn't completed to completed (or failed, with the reason);
+    each removal and each completed copy is reported to `journal`."""
     if not lock_held:
 
         def busy() -> SigvirtError:
@@ -176,11 +217,12 @@ def run(
             )
 
         with ctx.store.version_operation(rec.gallery, rec.definition, rec.name, busy):
-            return run(ctx, rec, progress, lock_held=True)
-    rec = reset_interrupted(ctx, ctx.store.get_version(rec.gallery, rec.definition, rec.name))
+            return run(ctx, rec, progress, lock_held=True, journal=journal)
+    current = ctx.store.get_version(rec.gallery, rec.definition, rec.name)
+    rec = reset_interrupted(ctx, current, journal)
     if not rec.published_ok:
         raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions replicate")
-    rec = replan(ctx, rec)
+    rec = replan(ctx, rec, journal)
     wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
     regions = sorted({r.region for r in rec.replicas if r.state in wanted})
     fatal: list[SigvirtError] = []
@@ -188,7 +230,7 @@ def run(
     threads = [
         threading.Thread(
             target=_region_worker,
-            args=(ctx, rec, region, progress, fatal, gate),
+            args=(ctx, rec, region, progress, fatal, gate, journal),
             name=f"replicate-{region}",
         )
         for region in regions
@@ -233,6 +275,7 @@ def _region_worker(
     progress: ReplicaProgress | None,
     fatal: list[SigvirtError],
     gate: FanoutGate,
+    journal: Journal | None = None,
 ) -> None:
     """The region's missing replicas, one after another (the first one into a region from
     the region the fan-out gate gives); every failure is recorded, and a failure to record
@@ -263,6 +306,7 @@ def _region_worker(
                 faults.point("replica.copying")
                 dst = dataclasses.replace(replica, path=path)
                 current = _first_or_next(ctx, current, dst, progress, gate)
+                note(journal, targets.copy_action(dst, current.allocated_size))
                 faults.point("replica.completed")
             except (RecordWriteFailed, KeyboardInterrupt):
                 raise

@@ -52,17 +52,28 @@ class Throttle:
 
 
 def versions_in(
-    ctx: Context, gallery: str | None, definition: str | None, version: str | None
+    ctx: Context,
+    gallery: str | None,
+    definition: str | None,
+    version: str | None,
+    *,
+    hidden: bool = False,
 ) -> Iterator[ImageVersion]:
-    """The versions a scrub or heal covers: one, a definition's, a gallery's, or all."""
+    """The versions a scrub or heal covers: one, a definition's, a gallery's, or all (with
+    `hidden`, those in the recycle bin or pending deletion too)."""
+    store = ctx.store
     if gallery is not None and definition is not None and version is not None:
-        yield ctx.store.get_version(gallery, definition, version)
+        yield store.get_version(gallery, definition, version, hidden=hidden)
         return
-    galleries = [gallery] if gallery else [g.name for g in ctx.store.list_galleries()]
+    galleries = [gallery] if gallery else [g.name for g in store.list_galleries()]
     for g in galleries:
-        defs = [definition] if definition else [d.name for d in ctx.store.list_definitions(g)]
+        defs = (
+            [definition]
+            if definition
+            else [d.name for d in store.list_definitions(g, hidden=hidden)]
+        )
         for d in defs:
-            yield from ctx.store.list_versions(g, d)
+            yield from store.list_versions(g, d, hidden=hidden)
 
 
 def _hash(ctx: Context, r: Replica, rate: float | None) -> tuple[str, int]:

@@ -3,11 +3,13 @@ the plan of what to add and remove, computed as data before anything is copied o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sigvirt.catalog.names import shorten
+from sigvirt.catalog.plans import Action
 from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState
 from sigvirt.context import Context
 from sigvirt.errors import HasDependents, InvalidArgument, SigvirtError
@@ -270,6 +272,43 @@ def plan(
                 for r in have:
                     blocked.extend(deps.get(r.path, []))
     return Plan(targets, tuple(add), tuple(remove), tuple(blocked))
+
+
+# -- the plan as actions (what --dry-run prints, and what a real run reports) ------------------
+UNFINISHED = (
+    ReplicaState.PENDING, ReplicaState.FAILED, ReplicaState.COPYING, ReplicaState.VERIFYING,
+)  # fmt: skip
+
+
+def copy_action(r: Replica, size: int = 0) -> Action:
+    return Action("copy", "replica", r.volume, r.region, r.pool, r.path, size)
+
+
+def import_action(r: Replica, size: int = 0, source: str = "") -> Action:
+    return Action("import", "replica", r.volume, r.region, r.pool, r.path, size, source)
+
+
+def removal_action(r: Replica, size: int = 0) -> Action:
+    state = str(r.state)
+    return Action("delete-volume", "replica", r.volume, r.region, r.pool, r.path, size, state)
+
+
+def replication_actions(
+    rec: ImageVersion, p: Plan, path_of: Callable[[str, str], Path | None] | None = None
+) -> list[Action]:
+    """What applying `p` to `rec` and running replication does: removals marked `deleting`
+    (by an earlier, killed run, or by this plan) go, then every new or unfinished replica is
+    copied. `path_of` fills in the path of a replica planned while its host was down."""
+    gone = {r.key for r in p.remove}
+    size = rec.allocated_size
+    out = [removal_action(r, size) for r in rec.replicas if r.state == ReplicaState.DELETING]
+    out += [removal_action(r, size) for r in p.remove]
+    for r in [*(r for r in rec.replicas if r.state in UNFINISHED and r.key not in gone), *p.add]:
+        if not r.path and path_of is not None:
+            directory = path_of(r.region, r.pool)
+            r = dataclasses.replace(r, path=str(directory / r.volume) if directory else "")
+        out.append(copy_action(r, size))
+    return out
 
 
 def blocked_error(rec: ImageVersion, blocked: tuple[dependents.Dependent, ...]) -> HasDependents:

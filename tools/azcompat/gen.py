@@ -76,8 +76,10 @@ cmd("sig create", "sig create", [
     (["--public-name-prefix"], R, "community-gallery info - see --permissions"),
     (["--publisher-email", "--publisher-contact"], R, "community-gallery info - see --permissions"),
     (["--publisher-uri"], R, "community-gallery info - see --permissions"),
-    (["--soft-delete"], R, "no soft delete: a deleted version's replicas are removed (a version "
-     "that clones depend on cannot be deleted at all)"),
+    (["--soft-delete"], A, "true: deleted versions and definitions go to the gallery's recycle "
+     "bin with their replicas (`image-version undelete` restores them, `list-soft-deleted` "
+     "shows them) until `sig gc` purges them after `--soft-delete-retention-days` (default 7, "
+     "Azure's); unlike Azure's newest API, a soft-deleted version can't be deployed by name"),
     (["--mi-system-assigned", "--system-assigned"], R, NOIDENT + " (newer az)"),
     (["--mi-user-assigned", "--user-assigned"], R, NOIDENT + " (newer az)"),
     NOWAIT,
@@ -98,15 +100,18 @@ cmd("sig update", "sig update", [
     (["--public-name-prefix"], R, "community-gallery info"),
     (["--publisher-email", "--publisher-contact"], R, "community-gallery info"),
     (["--publisher-uri"], R, "community-gallery info"),
-    (["--soft-delete"], R, "no soft delete (see `sig create`)"),
-    (["--soft-delete-retention-period", "--soft-delete-retention"], R, "no soft delete (newer az)"),
-    (["--soft-delete-grace-period", "--soft-delete-grace"], R, "no soft delete (newer az)"),
+    (["--soft-delete"], A, "see `sig create`; turning it off leaves what is in the bin there "
+     "until its retention ends"),
+    (["--soft-delete-retention-period", "--soft-delete-retention"], R, "sigvirt's retention is "
+     "`--soft-delete-retention-days` (days)"),
+    (["--soft-delete-grace-period", "--soft-delete-grace"], R, "sigvirt's retention is "
+     "`--soft-delete-retention-days` (days)"),
     (["--select"], I, "see `sig show`"),
     NOWAIT,
 ])
 cmd("sig delete", "sig delete", [
     (["--gallery-name", "-r"], A, "deleting a gallery is refused (exit 6) while it has image "
-     "definitions, as in Azure"),
+     "definitions, as in Azure, soft-deleted ones included (until gc purges them)"),
     RG, IDS, NOWAIT, YES,
 ])
 # ---------------------------------------------------------------- image-definition
@@ -157,7 +162,8 @@ cmd("sig image-definition update", "sig image-definition update", [
 cmd("sig image-definition delete", "sig image-definition delete", [
     (["--gallery-name", "-r"], A, ""),
     (["--gallery-image-definition", "-i"], A, "deleting is refused (exit 6) while the definition "
-     "has versions, as in Azure"),
+     "has versions, as in Azure; with the gallery's soft delete on it goes to the recycle bin "
+     "(`image-definition undelete`)"),
     RG, IDS, NOWAIT, YES,
 ])
 # ---------------------------------------------------------------- image-version
@@ -169,7 +175,7 @@ cmd("sig image-version create", "sig image-version create", [
     (["--gallery-image-version", "-e"], A, "Major.Minor.Patch, 32-bit parts"),
     RG,
     (["--managed-image"], A, "sigvirt's --source under az's name: a qcow2/raw file, "
-     "`pool/volume`, `vm:NAME`; every source goes through the import gate"),
+     "`pool/volume`, `vm:NAME`, `box:FILE.box`; every source goes through the import gate"),
     (["--virtual-machine"], A, "a shut-off sigvirt VM (name or id); its disk is flattened"),
     (["--image-version"], A, "another version's id: its bytes are copied"),
     (["--os-snapshot"], N, "no snapshots in sigvirt; `--managed-image POOL/VOLUME` takes a "
@@ -195,8 +201,12 @@ cmd("sig image-version create", "sig image-version create", [
     (["--target-region-cvm-encryption"], R, NOKV),
     (["--target-edge-zones"], R, "no edge zones: a region is a libvirt host"),
     (["--target-edge-zone-encryption", "--zone-encryption"], R, "no edge zones, " + NOKV),
-    (["--allow-replicated-location-deletion"], I, "sigvirt always lets `update "
-     "--target-regions` remove a region, except replicas that clones depend on"),
+    (["--allow-replicated-location-deletion"], A, "true/false (default false): "
+     "safetyProfile.allowDeletionOfReplicatedLocations; without it an `update --target-regions` "
+     "that leaves out a region holding completed replicas is refused (exit 28), naming them"),
+    (["--block-deletion-before-end-of-life"], A, "true/false: safetyProfile."
+     "blockDeletionBeforeEndOfLife; `delete` (and `retire`) before --end-of-life-date is "
+     "refused (exit 28) with the date; needs an --end-of-life-date"),
 ])
 cmd("sig image-version list", "sig image-version list", [
     (["--gallery-name", "-r"], A, ""), (["--gallery-image-definition", "-i"], A, ""), RG,
@@ -215,7 +225,10 @@ cmd("sig image-version update", "sig image-version update", [
     (["--replica-count"], A, ""),
     *SETS,
     NOWAIT,
-    (["--allow-replicated-location-deletion"], I, "see `create`"),
+    (["--allow-replicated-location-deletion"], A, "see `create`; given in the same update it "
+     "counts (az's update sends both); also `--set safetyProfile.allowDeletionOfReplicatedLocations=true`"),
+    (["--block-deletion-before-end-of-life"], A, "see `create`; also `--set safetyProfile."
+     "blockDeletionBeforeEndOfLife=false`"),
     (["--target-edge-zones"], R, "no edge zones"),
 ], intro="az's examples use `--set publishingProfile.excludeFromLatest=true`, `--set "
           "publishingProfile.endOfLifeDate=...` and `--add publishingProfile.targetRegions "
@@ -224,7 +237,9 @@ cmd("sig image-version update", "sig image-version update", [
 cmd("sig image-version delete", "sig image-version delete", [
     (["--gallery-name", "-r"], A, ""), (["--gallery-image-definition", "-i"], A, ""),
     (["--gallery-image-version", "-e"], A, "deleting is refused (exit 6) while VMs' clones "
-     "depend on its replicas (`sigvirt sig image-version dependents`)"),
+     "depend on its replicas (`sigvirt sig image-version dependents`); with the gallery's soft "
+     "delete on it goes to the recycle bin with its replicas; a region that doesn't answer keeps "
+     "its replicas, pending, until `sig gc` reaches it"),
     RG, IDS, NOWAIT, YES,
 ])
 cmd("sig image-version wait", "sig image-version wait", [
