@@ -343,3 +343,28 @@ def test_a_purge_killed_at_a_step_is_finished_by_the_next_gc(
     assert not any(Path(r.path).exists() for r in rec.replicas)
     assert not sig.store.version_path("myGallery", "myDef", "1.0.0").exists()
     assert not sig.cli("sig", "gc", "-o", "json").json["items"]
+
+
+def test_definition_and_gallery_delete_dry_runs_change_nothing_and_are_what_runs(
+    sig: SigEnv,
+) -> None:
+    sig.gallery()  # soft delete off: hard deletes
+    sig.definition()
+    d = ("--gallery-name", "myGallery", "--gallery-image-definition", "myDef")
+    before = tree(sig.root)
+    dry = sig.cli("sig", "image-definition", "delete", *d, "--dry-run", "-o", "json").json
+    assert tree(sig.root) == before
+    assert [(a["verb"], a["kind"], a["target"]) for a in dry["actions"]] == [
+        ("delete-record", "definition", "myGallery/myDef")
+    ]
+    done = recycle.delete_definition(sig.context(), "myGallery", "myDef")
+    assert [a.to_json() for a in done.actions] == dry["actions"] and done.dry_run is False
+    assert not sig.store.definition_dir("myGallery", "myDef").exists()
+    before = tree(sig.root)
+    dry = sig.cli("sig", "delete", "--gallery-name", "myGallery", "--dry-run", "-o", "json").json
+    assert tree(sig.root) == before
+    assert [(a["verb"], a["kind"], a["target"]) for a in dry["actions"]] == [
+        ("delete-record", "gallery", "myGallery")
+    ]
+    assert sig.cli("sig", "delete", "--gallery-name", "myGallery").code == 0
+    assert not sig.store.gallery_dir("myGallery").exists()

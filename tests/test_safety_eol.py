@@ -185,7 +185,8 @@ def test_bad_flag_values_are_one_line(offline_sig: SigEnv, tmp_path: Path) -> No
 @pytest.mark.offline
 def test_show_says_which_policy_rules_and_where_it_is_set(offline_sig: SigEnv) -> None:
     sig = offline_sig
-    made = sig.cli("sig", "create", *G, "--eol-policy", "Deny", "-o", "json")
+    group = ("--owner-group", sig.owner_group) if sig.owner_group else ()  # the tier's caller
+    made = sig.cli("sig", "create", *G, *group, "--eol-policy", "Deny", "-o", "json")
     assert made.json["sigvirt"]["eolPolicy"] == "deny"
     sig.definition()
     shown = sig.cli("sig", "image-definition", "show", *G, *D, "-o", "json").json["sigvirt"]

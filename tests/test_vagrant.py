@@ -122,6 +122,11 @@ def test_export_box_writes_a_vagrant_libvirt_box_and_prints_its_sha256(
     assert ran.returncode == 0, ran.stderr
     listed = {b["file"]: b for b in json.loads(ran.stdout)}
     assert listed[str(box)]["sha256"] == doc["sha256"] and listed[str(box)]["present"] is True
+    # and `show` says the same, under sigvirt's key
+    ran = lab.run("sig", "image-version", "show", "-r", G, "-i", D, "-e", "1.0.0", "-o", "json")
+    assert ran.returncode == 0, ran.stderr
+    shown = {b["file"]: b for b in json.loads(ran.stdout)["sigvirt"]["boxes"]}
+    assert shown[str(box)]["sha256"] == doc["sha256"] and shown[str(box)]["present"] is True
 
 
 def test_export_box_never_overwrites_a_file(lab: FleetLab, tiny_box: Exported) -> None:

@@ -267,12 +267,34 @@ def version_show(
         s.get_version(r.gallery, r.definition, r.version or "")
         for r in version_targets(ids, gallery, definition, version)
     ]
-    present(one_or_many([shape(s, r) for r in recs]), one_or_many([row(r) for r in recs]), output)
+    boxes = [_boxes(s, r) for r in recs]
+    az = [{**shape(s, r), "sigvirt": {**shape(s, r)["sigvirt"], "boxes": b}}
+          for r, b in zip(recs, boxes, strict=True)]  # fmt: skip
+    present(one_or_many(az), one_or_many([row(r) for r in recs]), output)
+    if render.for_people(output) and any(boxes):
+        emit([x for b in boxes for x in b], output, ["file", "sha256", "exported", "present"],
+             title="vagrant boxes")  # fmt: skip
     if render.for_people(output) and (expand or "").lower() == "replicationstatus":
         for rec in recs:
             _agg, summary = aggregate(rec)
             emit(summary, output, title="replication status")
             emit(rec.replicas, output, ["region", "pool", "volume", "state", "progress", "reason"])
+
+
+def _boxes(s: GalleryStore, rec: ImageVersion) -> list[dict[str, Any]]:
+    """The Vagrant boxes exported from a version (`export-box`, `export-boxes`), each with
+    whether its file is still there; a damaged index is a warning, not a failed show."""
+    import dataclasses
+
+    from sigvirt.errors import SigvirtError
+    from sigvirt.vagrant import index
+
+    try:
+        found = index.exported_boxes(s.root, rec.gallery, rec.definition, rec.name)
+    except SigvirtError as err:
+        warn(f"{rec.ref}: its box index is unreadable: {err.message}")
+        return []
+    return [dataclasses.asdict(b) for b in found]
 
 
 @app.command("show-latest")
