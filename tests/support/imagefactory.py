@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,15 @@ def run(*argv: str | Path) -> Result:
 def qemu_img(*args: str | Path) -> Result:
     # Creating a LUKS image, QEMU times PBKDF2 on the thread's CPU clock; on a busy host
     # that clock sometimes doesn't advance and it gives up ("Unable to get accurate CPU
-    # usage"): a flake of making the test input, not of what is tested, so try again.
-    for _ in range(3):
+    # usage"): a flake of making the test input, not of what is tested, so try again. Seen
+    # failing 4 times in a row while CI's guests booted: wait a little longer each time.
+    for attempt in range(10):
         try:
             return run("qemu-img", *args)
         except CommandFailed as err:
             if "Unable to get accurate CPU usage" not in err.message:
                 raise
+        time.sleep(0.2 * (attempt + 1))
     return run("qemu-img", *args)
 
 
