@@ -214,10 +214,10 @@ def main() -> int:
                 t_scp, t_sig = (statistics.median(c) for c in list(zip(*rs, strict=True))[:2])
                 moved_ratio = max(r[2] for r in rs) / alloc
                 worst = max(worst, moved_ratio)
-                wire = _wire(max(r[3] for r in rs), alloc)
+                on_ssh = _wire(max(r[3] for r in rs), alloc)
                 print(f"{what}: median scp {t_scp:.2f} s, sigvirt {t_sig:.2f} s (ratio "
                       f"scp_time/sigvirt_time {t_scp / t_sig:.2f}); bytes moved / allocated "
-                      f"{moved_ratio:.3f} sent, {wire} on ssh")  # fmt: skip
+                      f"{moved_ratio:.3f} sent, {on_ssh} on ssh")  # fmt: skip
             print(f"goal bytes moved / allocated <= {GOAL_BYTES}: "
                   f"{'met' if worst <= GOAL_BYTES else 'NOT met'}")  # fmt: skip
             return 0 if worst <= GOAL_BYTES else 1
