@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from sigvirt.catalog.liveness import pid_alive
 from sigvirt.errors import (
     Conflict,
     ExitCode,
@@ -114,21 +115,11 @@ def remove_stale_temps(path: Path) -> list[str]:
         return removed
     for name in entries:
         pid = name[len(prefix) :].partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 os.unlink(path.parent / name)
                 removed.append(name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def access_error(path: Path | str, err: OSError) -> SigvirtError:

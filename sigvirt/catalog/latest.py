@@ -12,14 +12,12 @@ Under an eol policy `deny` (catalog/eol.py), a version past its end of life is n
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sigvirt.catalog import eol
 from sigvirt.catalog.dates import past_end_of_life
+from sigvirt.catalog.liveness import tag_alive
 from sigvirt.catalog.names import ImageRef, Version
 from sigvirt.catalog.records import BootTest, BootTestState, ImageVersion, VersionState
 from sigvirt.catalog.store import Damaged, GalleryStore
@@ -62,25 +60,8 @@ def boot_test_now(test: BootTest) -> BootTest:
 
 
 def _runner_alive(runner: str) -> bool:
-    """Whether the process named host:boot:pid may still be at work (one on another machine
-    can't be asked: it counts as alive)."""
-    host, _, rest = runner.partition(":")
-    boot, _, pid = rest.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return bool(runner)
-    try:
-        boot_now = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_now = ""
-    if boot != boot_now:
-        return False  # the machine rebooted since
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+    """Whether the process named host:boot:pid may still be at work (none named: no)."""
+    return bool(runner) and tag_alive(runner)
 
 
 def gate_reason(test: BootTest) -> str:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sigvirt import faults
+from sigvirt.catalog import liveness
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, OutOfRange, SigvirtError
 from sigvirt.guests import domxml
@@ -132,32 +131,13 @@ def console_tail(hv: Hypervisor, pool: str, console_vol: str, lines: int = 25) -
 def creator_id() -> str:
     """Who is creating a domain: host, boot and process, so the next command can tell a
     creation in progress from one that was killed."""
-    return f"{socket.gethostname()}:{_boot_id()}:{os.getpid()}"
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    return liveness.tag()
 
 
 def creator_alive(creator: str) -> bool:
     """Whether the process a provenance names as its creator may still be at work (a
     creator on another machine can't be asked: it counts as alive)."""
-    host, _, rest = creator.partition(":")
-    boot, _, pid = rest.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    if boot != _boot_id():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return liveness.tag_alive(creator)
 
 
 def interrupted(dom: Domain) -> bool:

@@ -38,6 +38,7 @@ from sigvirt import faults
 from sigvirt.catalog import specs
 from sigvirt.catalog.fileio import file_lock
 from sigvirt.catalog.latest import boot_test_now
+from sigvirt.catalog.liveness import pid_alive
 from sigvirt.catalog.names import ImageRef
 from sigvirt.catalog.records import BootTest, BootTestState, ImageVersion, now
 from sigvirt.context import Context
@@ -260,15 +261,5 @@ def _sweep_work(tmpdir: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(tmpdir):
             pid = entry.name.removeprefix(WORK_PREFIX).partition("-")[0]
-            if entry.name.startswith(WORK_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            if entry.name.startswith(WORK_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

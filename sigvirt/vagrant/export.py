@@ -37,6 +37,7 @@ from pathlib import Path
 
 from sigvirt import faults
 from sigvirt.catalog import latest, names
+from sigvirt.catalog.liveness import pid_alive
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import Conflict, GuestFailed, InvalidArgument, NotFound, Unsupported
@@ -168,22 +169,12 @@ def reap(ctx: Context, ref: str, region: str) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale(dest: Path) -> None:
     """The work directory and partial box of an export of `dest` whose process is gone."""
     pattern = re.compile(re.escape(f".{dest.name}.") + r"(?:work|partial)-(\d+)")
     for entry in os.scandir(dest.parent):
         found = pattern.fullmatch(entry.name)
-        if found and not _alive(int(found[1])):
+        if found and not pid_alive(int(found[1])):
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
