@@ -289,26 +289,28 @@ class GalleryStore:
             self._write(self.gallery_dir(g) / "gallery.json", rec)
         return rec
 
+    def refuse_nonempty(self, g: str) -> None:
+        """HasDependents while the gallery holds definitions, live or in the recycle bin; a
+        damaged one's error (removing the tree would remove it unread)."""
+        broken: list[Damaged] = []
+        defs = [
+            f"{d.name} (soft-deleted)" if d.soft_deleted else d.name
+            for d in self.list_definitions(g, broken, hidden=True)
+        ]
+        if broken:
+            raise broken[0].error
+        if defs:
+            binned = any(d.endswith("(soft-deleted)") for d in defs)
+            raise HasDependents(
+                f"gallery {g} still has image definitions: {', '.join(defs)}; delete them first"
+                + (" (soft-deleted ones go when `sig gc` purges them)" if binned else "")
+            )
+
     def delete_gallery(self, g: str) -> None:
         self.get_gallery(g)
         self.require(g, "owner", "", "delete")
         with file_lock(self.root / ".lock"), file_lock(self.gallery_dir(g) / ".lock"):
-            broken: list[Damaged] = []
-            defs = [
-                f"{d.name} (soft-deleted)" if d.soft_deleted else d.name
-                for d in self.list_definitions(g, broken, hidden=True)
-            ]
-            if broken:  # removing the tree would remove it unread
-                raise broken[0].error
-            if defs:
-                raise HasDependents(
-                    f"gallery {g} still has image definitions: {', '.join(defs)}; delete them first"
-                    + (
-                        ""
-                        if not any("soft-deleted" in x for x in defs)
-                        else " (soft-deleted ones go when `sig gc` purges them)"
-                    )
-                )
+            self.refuse_nonempty(g)
             gdir = self.gallery_dir(g)
             (gdir / "gallery.json").unlink()
             remove_tree(gdir)

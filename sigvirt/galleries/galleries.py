@@ -9,7 +9,7 @@ from sigvirt.catalog.plans import Action, Plan
 from sigvirt.catalog.policy import Policy
 from sigvirt.catalog.records import Gallery, now
 from sigvirt.catalog.store import GalleryStore
-from sigvirt.errors import HasDependents, InvalidArgument
+from sigvirt.errors import InvalidArgument
 from sigvirt.sharing import share
 
 MAX_RETENTION_DAYS = 3650
@@ -71,19 +71,7 @@ def delete_plan(store: GalleryStore, name: str) -> Plan:
     while the gallery holds definitions, live or in the recycle bin."""
     store.get_gallery(name)
     store.require(name, "owner", "", "delete")
-    defs = [
-        f"{d.name} (soft-deleted)" if d.soft_deleted else d.name
-        for d in store.list_definitions(name, hidden=True)
-    ]
-    if defs:
-        raise HasDependents(
-            f"gallery {name} still has image definitions: {', '.join(defs)}; delete them first"
-            + (
-                ""
-                if not any("soft-deleted" in x for x in defs)
-                else " (soft-deleted ones go when `sig gc` purges them)"
-            )
-        )
+    store.refuse_nonempty(name)
     return Plan("sig delete", name, (Action("delete-record", "gallery", name),))
 
 

@@ -377,22 +377,19 @@ def find_pending(scan: Scan) -> Iterator[Item]:
 
 def purge_binned_version(ctx: Context, plan: GcPlan, item: Item) -> Item:
     at = datetime.fromtimestamp(plan.now, UTC)
-    try:
-        outcome = recycle.purge_version(ctx, ImageRef(*item.version.split("/")), at)
-    except NotFound:
-        return replace(item, outcome="gone", detail="its record is gone")
-    except HasDependents as err:
-        return replace(item, outcome="held", detail=err.message)
-    except Conflict as err:
-        return replace(item, outcome="busy", detail=err.message)
-    return replace(item, outcome=outcome)
+    return _purged(item, lambda: recycle.purge_version(ctx, ImageRef(*item.version.split("/")), at))
 
 
 def purge_binned_definition(ctx: Context, plan: GcPlan, item: Item) -> Item:
     g, d = item.version.split("/")
     at = datetime.fromtimestamp(plan.now, UTC)
+    return _purged(item, lambda: recycle.purge_definition(ctx, g, d, at))
+
+
+def _purged(item: Item, purge: Callable[[], str]) -> Item:
+    """The item with what became of it: the purge's own outcome, or why there was none."""
     try:
-        outcome = recycle.purge_definition(ctx, g, d, at)
+        outcome = purge()
     except NotFound:
         return replace(item, outcome="gone", detail="its record is gone")
     except HasDependents as err:

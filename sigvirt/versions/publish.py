@@ -500,14 +500,9 @@ def update_version(
             out = dataclasses.replace(out, tags=dict(tags))
         if excluded is not None:
             out = dataclasses.replace(out, excluded_regions=excluded)
-        if allow_replicated_location_deletion is not None:
-            out = dataclasses.replace(
-                out, allow_replicated_location_deletion=allow_replicated_location_deletion
-            )
-        if block_deletion_before_end_of_life is not None:
-            out = dataclasses.replace(
-                out, block_deletion_before_end_of_life=block_deletion_before_end_of_life
-            )
+        out = safety.settings(
+            out, allow_replicated_location_deletion, block_deletion_before_end_of_life
+        )
         if wanted is not None:
             kept = tuple(r for r in out.excluded_regions if r in wanted)
             out = dataclasses.replace(out, storage_types=kinds, excluded_regions=kept)
