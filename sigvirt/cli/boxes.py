@@ -15,24 +15,21 @@ import typer
 from sigvirt.catalog import azureid
 from sigvirt.cli.common import (
     IdsOpt,
+    OptDefinition,
+    OptGallery,
+    OptVersion,
     ResourceGroupOpt,
     context,
     definition_targets,
     version_targets,
 )
+from sigvirt.cli.plans import DryRunOpt
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note, warn
 
 if TYPE_CHECKING:
     from sigvirt.vagrant.catalog import CatalogPlan, CatalogResult
     from sigvirt.vagrant.export import Exported
 
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptDefinition = Annotated[
-    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
-OptVersion = Annotated[
-    str | None, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
-]
 FileOpt = Annotated[Path, typer.Option("--file", help="the .box to write (never overwritten)")]
 RegionOpt = Annotated[
     str | None,
@@ -53,7 +50,6 @@ BaseUrlOpt = Annotated[
         help="the URL DIR is served at (http(s)://...); default: file:// URLs of DIR",
     ),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")]
 COLUMNS = ["file", "sha256", "size", "version", "region", "seconds"]
 
 

@@ -33,6 +33,13 @@ DefinitionOpt = Annotated[
 VersionOpt = Annotated[
     str, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
 ]
+OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
+OptDefinition = Annotated[
+    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
+]
+OptVersion = Annotated[
+    str | None, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
+]
 ResourceGroupOpt = Annotated[
     str | None,
     typer.Option(

@@ -12,9 +12,12 @@ from sigvirt.catalog.records import Definition
 from sigvirt.catalog.store import Damaged, GalleryStore
 from sigvirt.cli import azshape, safetyargs, waiter
 from sigvirt.cli.common import (
+    DefinitionOpt,
     DescriptionOpt,
     GalleryOpt,
     IdsOpt,
+    OptDefinition,
+    OptGallery,
     RemoveOpt,
     ResourceGroupOpt,
     SetOpt,
@@ -36,13 +39,6 @@ COLUMNS = [
     "name", "publisher", "offer", "sku", "os_type", "os_state", "hyper_v_generation",
     "architecture", "end_of_life", "eol_policy",
 ]  # fmt: skip
-DefinitionOpt = Annotated[
-    str, typer.Option("--gallery-image-definition", "-i", help="image definition name")
-]
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptDefinition = Annotated[
-    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
 UPDATE_PATHS = {
     "description": "description",
     "endOfLifeDate": "end_of_life",

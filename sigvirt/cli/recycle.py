@@ -12,8 +12,13 @@ from sigvirt.catalog.plans import Journal, Plan
 from sigvirt.catalog.records import VersionState
 from sigvirt.cli import plans
 from sigvirt.cli.common import (
+    DefinitionOpt,
+    GalleryOpt,
     IdsOpt,
     NoWaitOpt,
+    OptDefinition,
+    OptGallery,
+    OptVersion,
     ResourceGroupOpt,
     YesOpt,
     context,
@@ -24,17 +29,6 @@ from sigvirt.cli.common import (
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, warn
 
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptDefinition = Annotated[
-    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
-OptVersion = Annotated[
-    str | None, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
-]
-GalleryOpt = Annotated[str, typer.Option("--gallery-name", "-r", help="gallery name")]
-DefinitionOpt = Annotated[
-    str, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
 ForceOpt = Annotated[
     bool,
     typer.Option(

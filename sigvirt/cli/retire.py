@@ -7,32 +7,27 @@ plan with the actions it took (`done`), which are the plan's `actions`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from sigvirt.catalog import azureid
 from sigvirt.cli.common import (
     IdsOpt,
+    OptDefinition,
+    OptGallery,
+    OptVersion,
     ResourceGroupOpt,
     YesOpt,
     context,
     present,
     version_targets,
 )
+from sigvirt.cli.plans import DryRunOpt
 from sigvirt.cli.render import Output, OutputOpt, for_people, note
 
 if TYPE_CHECKING:
     from sigvirt.rollouts.retire import RetirePlan
-
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptDefinition = Annotated[
-    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
-OptVersion = Annotated[
-    str | None, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
-]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")]
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,10 @@ from sigvirt.catalog.store import Damaged, GalleryStore
 from sigvirt.cli import azshape, safetyargs, waiter
 from sigvirt.cli.common import (
     DescriptionOpt,
+    GalleryOpt,
     IdsOpt,
     NoWaitOpt,
+    OptGallery,
     RemoveOpt,
     ResourceGroupOpt,
     SetOpt,
@@ -28,14 +30,13 @@ from sigvirt.cli.common import (
     present,
     store,
 )
+from sigvirt.cli.plans import DryRunOpt
 from sigvirt.cli.render import Output, OutputOpt, emit, warn
 from sigvirt.galleries import galleries
 
 app = typer.Typer(help="Shared image galleries (az sig).", no_args_is_help=True)
 
 COLUMNS = ["name", "location", "description", "owner_group", "created"]
-GalleryOpt = Annotated[str, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
 UPDATE_PATHS = {"description": "description"}
 
 
@@ -56,7 +57,6 @@ def shape(s: GalleryStore, rec: Gallery, sharing: bool = False) -> dict[str, Any
     return out
 
 
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")]
 SoftDeleteOpt = Annotated[
     str | None,
     typer.Option("--soft-delete", metavar="true|false",

@@ -18,10 +18,14 @@ from sigvirt.cli.common import (
     GalleryOpt,
     IdsOpt,
     NoWaitOpt,
+    OptDefinition,
+    OptGallery,
+    OptVersion,
     RemoveOpt,
     ResourceGroupOpt,
     SetOpt,
     TagsOpt,
+    VersionOpt,
     context,
     generic_update,
     one_or_many,
@@ -42,16 +46,6 @@ COLUMNS = [
     "name", "state", "replication", "regions", "test", "exclude_from_latest", "end_of_life",
     "published",
 ]  # fmt: skip
-OptGallery = Annotated[str | None, typer.Option("--gallery-name", "-r", help="gallery name")]
-OptDefinition = Annotated[
-    str | None, typer.Option("--gallery-image-definition", "-i", help="image definition")
-]
-OptVersion = Annotated[
-    str | None, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
-]
-VersionOpt = Annotated[
-    str, typer.Option("--gallery-image-version", "-e", help="version, Major.Minor.Patch")
-]
 TargetsOpt = Annotated[
     list[str] | None,
     typer.Option(
