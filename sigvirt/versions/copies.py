@@ -44,7 +44,7 @@ def trusted(ctx: Context, r: Replica) -> bool:
     remote one, its verification is trusted until a copy from it fails to verify)."""
     if not r.verified:
         return False
-    if not ctx.regions.region(r.region).is_local:
+    if not ctx.regions.region(r.location).is_local:
         return True
     try:
         return fingerprint(Path(r.path)) == r.fingerprint
@@ -62,15 +62,15 @@ def suspects(ctx: Context, rec: ImageVersion) -> frozenset[tuple[str, str]]:
 
 def verify(ctx: Context, rec: ImageVersion, r: Replica) -> bool:
     """Hash a replica's bytes where they lie; True when they are the version's."""
-    if ctx.regions.region(r.region).is_local:
+    if ctx.regions.region(r.location).is_local:
         return transfer.sha256_file(Path(r.path)) == rec.sha256
-    vol = ctx.hv(r.region).volume(r.pool, r.volume)
+    vol = ctx.hv(r.location).volume(r.pool, r.volume)
     return streams.hash_volume(vol).sha256 == rec.sha256
 
 
 def verified_fields(ctx: Context, r: Replica) -> dict[str, str]:
     """What a replica's record says once its bytes were checked just now."""
-    local = ctx.regions.region(r.region).is_local
+    local = ctx.regions.region(r.location).is_local
     return {"verified": now(), "fingerprint": fingerprint(Path(r.path)) if local else ""}
 
 
@@ -81,9 +81,9 @@ def source_order(rec: ImageVersion, region: str, prefer: str | None = None) -> l
     done = rec.completed_replicas()
 
     def rank(r: Replica) -> tuple[int, int, str]:
-        if r.region == region:
+        if r.location == region:  # a location: a zone of a zoned region is its own host
             near = 0
-        elif r.region == prefer:
+        elif r.location == prefer:
             near = 1
         else:
             near = 2 if r.region == rec.source_region else 3
@@ -152,11 +152,11 @@ def copy_replica(
     failure the partial is removed again; the final name appears only after the check.
     """
     cfg = ctx.regions
-    src_cfg, dst_cfg = cfg.region(src.region), cfg.region(dst.region)
-    dst_hv = ctx.hv(dst.region)
+    src_cfg, dst_cfg = cfg.region(src.location), cfg.region(dst.location)
+    dst_hv = ctx.hv(dst.location)
     partial = partial_name(dst.volume)
     remove_files(dst_hv, dst.pool, dst.volume)
-    ensure_room(dst_hv, dst.region, dst.pool, rec.allocated_size)
+    ensure_room(dst_hv, dst.location, dst.pool, rec.allocated_size)
 
     def check(result: streams.CopyResult) -> streams.CopyResult:
         faults.point("replica.copied")
@@ -173,7 +173,7 @@ def copy_replica(
             if src_cfg.is_local:
                 result = check(transfer.local_copy(Path(src.path), tmp, progress))
             else:
-                src_vol = ctx.hv(src.region).volume(src.pool, src.volume)
+                src_vol = ctx.hv(src.location).volume(src.pool, src.volume)
                 result = check(streams.download_file(src_vol, tmp, progress))
             _finish_local(dst_hv, dst.pool, tmp, directory / dst.volume)
         except OSError as err:
@@ -184,12 +184,15 @@ def copy_replica(
             raise
         return result
 
-    # The destination is a remote host: bytes reach it only through libvirt.
-    try:
-        result = check(_copy_to_remote(ctx, rec, src, dst, progress))
-        faults.point("replica.verified")
+    def accept(result: streams.CopyResult) -> streams.CopyResult:
         # Identical bytes (sha256) to the gated original, so the copy passes the gate too.
-        hostshell.rename_volume(dst_hv, dst.pool, partial, dst.volume)
+        check(result)
+        faults.point("replica.verified")
+        return result
+
+    # The destination is a remote host: bytes reach it over its SSH or through libvirt.
+    try:
+        result = _copy_to_remote(ctx, rec, src, dst, progress, accept)
         faults.point("replica.renamed")
     except BaseException:
         with contextlib.suppress(SigvirtError):
@@ -199,11 +202,24 @@ def copy_replica(
 
 
 def _copy_to_remote(
-    ctx: Context, rec: ImageVersion, src: Replica, dst: Replica, progress: streams.Progress | None
+    ctx: Context,
+    rec: ImageVersion,
+    src: Replica,
+    dst: Replica,
+    progress: streams.Progress | None,
+    accept: Callable[[streams.CopyResult], streams.CopyResult],
 ) -> streams.CopyResult:
-    src_cfg, dst_cfg = ctx.regions.region(src.region), ctx.regions.region(dst.region)
-    src_hv, dst_hv = ctx.hv(src.region), ctx.hv(dst.region)
+    """Copy src to dst's partial on its remote host, `accept` the bytes, rename the partial
+    to dst's volume."""
+    src_cfg, dst_cfg = ctx.regions.region(src.location), ctx.regions.region(dst.location)
+    src_hv, dst_hv = ctx.hv(src.location), ctx.hv(dst.location)
     partial = partial_name(dst.volume)
+
+    def renamed(result: streams.CopyResult) -> streams.CopyResult:
+        accept(result)
+        hostshell.rename_volume(dst_hv, dst.pool, partial, dst.volume)
+        return result
+
     size = (
         os.stat(src.path).st_size
         if src_cfg.is_local
@@ -215,16 +231,18 @@ def _copy_to_remote(
         # can't be used: for a qcow2 source it runs qemu-img convert, which rewrites the
         # file, so the copy's sha256 would never match.
         src_path = dst_hv.volume_path(src.pool, src.volume)
-        return hostshell.host_copy(dst_hv, src_path, dst.pool, partial)
+        return renamed(hostshell.host_copy(dst_hv, src_path, dst.pool, partial))
     if src_cfg.is_local and dst_hv.ssh_target is not None and ctx.regions.replication.direct_ssh:
-        # A source verified as it is now (its fingerprint) is sent without hashing it again.
+        # A source verified as it is now (its fingerprint) is sent without hashing it again;
+        # the rename rides in the same ssh session, once `accept` has taken the bytes.
         known = (rec.sha256, src.fingerprint) if src.verified and src.fingerprint else None
         return sshpush.push_file(
-            dst_hv, ctx.runner, Path(src.path), dst.pool, partial, progress, known
-        )
+            dst_hv, ctx.runner, Path(src.path), dst.pool, partial, dst.volume, accept,
+            progress, known,
+        )  # fmt: skip
     vol = dst_hv.create_volume(dst.pool, xmlbuild.raw_volume_xml(partial, size, mode=0o644))
     if src_cfg.is_local:
-        return streams.upload_file(vol, Path(src.path), progress)
+        return renamed(streams.upload_file(vol, Path(src.path), progress))
     # Between two remote hosts (or within one without SSH): through this machine, sparse.
     src_vol = src_hv.volume(src.pool, src.volume)
-    return streams.stream_copy(src_vol, vol, size, progress)
+    return renamed(streams.stream_copy(src_vol, vol, size, progress))
