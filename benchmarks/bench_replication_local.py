@@ -114,10 +114,12 @@ def _region(name: str, uri: str, pools: list[PoolConfig], ports: tuple[int, int]
 
 @contextlib.contextmanager
 def bench_lab(
-    remote_uri: str | None = None, remote_pools: tuple[str, ...] = ()
+    remote_uri: str | None = None,
+    remote_pools: tuple[str, ...] = (),
+    more: dict[str, tuple[str, tuple[str, ...]]] | None = None,
 ) -> Iterator[BenchLab]:
     """Region `local` (qemu:///system, two dir pools of our own) and, given a URI, region
-    `east` with the named (existing) pools."""
+    `east` with the named (existing) pools; `more`: further regions, name → (URI, pools)."""
     tag = uuid.uuid4().hex[:6]
     root = Path(tempfile.mkdtemp(prefix=f"sigvirt-test-bench-{tag}-", dir="/var/tmp"))
     root.chmod(0o755)
@@ -126,6 +128,9 @@ def bench_lab(
     if remote_uri:
         east = [PoolConfig(p) for p in remote_pools]
         regions_["east"] = _region("east", remote_uri, east, (23200, 23999))
+    for i, (name, (uri, names)) in enumerate((more or {}).items()):
+        ports = (24000 + 1000 * i, 24999 + 1000 * i)
+        regions_[name] = _region(name, uri, [PoolConfig(n) for n in names], ports)
     config = RegionsConfig(None, root / "galleries", regions_)
     (root / "regions.yaml").write_text(regions.dump(config))
     ctx = Context(store=GalleryStore(config.gallery_root), regions=config, tmpdir=root)

@@ -14,7 +14,12 @@ Bytes moved are counted twice: the data sigvirt sent (its CopyResult), and what 
 processes of this process wrote to their sockets (/proc/PID/io: SSH framing, encryption and,
 for the relay, libvirt's RPC included). All runs read a warm source (page caches can't be
 dropped in this sandbox); dirty pages are written back before every run.
+Between two remote hosts (`--between-hosts`, a third host started): the same file from
+hostB's pool to hostC's, timed as the copy itself (`copies.copy_replica`: read over ssh,
+hashed here, written over ssh, sha256 compare, rename), against `scp -3` (which relays
+through this machine the same way) and libvirt's stream relay (`direct_ssh: false`).
 Run: /opt/sigvirt/venv/bin/python benchmarks/bench_replication_remote.py [--gib 1] [--runs 3]
+     [--between-hosts]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +57,7 @@ from sigvirt.catalog.records import ImageVersion
 from sigvirt.hosts import sshpush, streams
 from sigvirt.hosts.regions import ReplicationConfig
 from sigvirt.hosts.xmlbuild import dir_pool_xml
+from sigvirt.versions import copies, replication
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_BYTES = 1.05  # bytes moved / allocated bytes
@@ -160,10 +167,82 @@ def run_sigvirt(
     return took, sent.bytes_moved, wire, rec
 
 
+def time_scp3(a: dict[str, str], b: dict[str, str], src: Path, dest_dir: Path) -> float:
+    flush()
+    argv = [
+        "scp", "-3", "-q", "-i", a["SIGVIRT_HOSTB_KEY"], "-i", b["SIGVIRT_HOSTB_KEY"],
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        f"scp://root@127.0.0.1:{a['SIGVIRT_HOSTB_SSH_PORT']}/{src}",
+        f"scp://root@127.0.0.1:{b['SIGVIRT_HOSTB_SSH_PORT']}/{dest_dir}/scp-copy.qcow2",
+    ]  # fmt: skip
+    took = timed(lambda: subprocess.run(argv, check=True))
+    (dest_dir / "scp-copy.qcow2").unlink()  # the lab hosts' pools are on this machine's disk
+    return took
+
+
+def time_hop(lab: BenchLab, rec: ImageVersion) -> tuple[float, ImageVersion]:
+    """Seconds of one copy of east's replica into west, the copy alone (planned and recorded
+    before the clock starts, dropped after)."""
+    rec, dst = lab.add_replica(rec, "west")
+    src = next(r for r in rec.completed_replicas() if r.region == "east")
+    flush()
+    start = time.perf_counter()
+    copies.copy_replica(lab.ctx, rec, src, dst)
+    took = time.perf_counter() - start
+    return took, lab.drop_replica(rec, dst)
+
+
+def between_hosts(args: argparse.Namespace, env: dict[str, str], pool: str, path: Path) -> None:
+    """scp -3 against sigvirt's ssh relay and libvirt's stream relay, hostB → hostC."""
+    with hostb() as env_c:
+        west = f"sigvirt-bench-{uuid.uuid4().hex[:6]}-west"
+        west_path = Path(env_c["SIGVIRT_HOSTB_STATE_DIR"]) / "pools" / "west"
+        hostb_pool(env_c["SIGVIRT_HOSTB_TCP_URI"], west, west_path)
+        more: dict[str, tuple[str, tuple[str, ...]]] = {
+            "west": (env_c["SIGVIRT_HOSTB_URI"], (west,))
+        }
+        with bench_lab(env["SIGVIRT_HOSTB_URI"], (pool,), more) as lab:
+            image = random_qcow2(lab.root / "source.qcow2", int(args.gib * GiB))
+            rec = lab.publish(image)
+            rec, _ = lab.add_replica(rec, "east")  # the source of the hop, kept
+            rec = replication.run(lab.ctx, rec)
+            src = Path(next(r.path for r in rec.completed_replicas() if r.region == "east"))
+            relay_regions = dataclasses.replace(
+                lab.ctx.regions, replication=ReplicationConfig(direct_ssh=False)
+            )
+            paths = {
+                "ssh-relay": lab,
+                "libvirt-relay": dataclasses.replace(
+                    lab, ctx=dataclasses.replace(lab.ctx, regions=relay_regions)
+                ),
+            }
+            rows: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}
+            print(f"\nbetween hosts: hostB → hostC, {allocated(src) / GiB:.2f} GiB; {load()}")
+            for i in range(args.runs):
+                order = ["scp -3", *paths]
+                order = order[i % 3 :] + order[: i % 3]
+                took: dict[str, float] = {}
+                for what in order:
+                    if what == "scp -3":
+                        took[what] = time_scp3(env, env_c, src, west_path)
+                    else:
+                        took[what], rec = time_hop(paths[what], rec)
+                for what in paths:
+                    rows[what].append((took["scp -3"], took[what]))
+                print(f"run {i + 1}: scp -3 {took['scp -3']:6.2f} s  "
+                      + "  ".join(f"{w} {took[w]:6.2f} s (scp3/{w} {took['scp -3'] / took[w]:4.2f})"
+                                  for w in paths))  # fmt: skip
+            for what, rs in rows.items():
+                t_scp, t_sig = (statistics.median(c) for c in zip(*rs, strict=True))
+                print(f"{what}: median scp -3 {t_scp:.2f} s, sigvirt {t_sig:.2f} s "
+                      f"(ratio scp_time/sigvirt_time {t_scp / t_sig:.2f})")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="random data in the image")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--between-hosts", action="store_true", help="also hostB → hostC")
     args = parser.parse_args()
     with hostb() as env:
         tag = uuid.uuid4().hex[:6]
@@ -220,7 +299,9 @@ def main() -> int:
                       f"{moved_ratio:.3f} sent, {on_ssh} on ssh")  # fmt: skip
             print(f"goal bytes moved / allocated <= {GOAL_BYTES}: "
                   f"{'met' if worst <= GOAL_BYTES else 'NOT met'}")  # fmt: skip
-            return 0 if worst <= GOAL_BYTES else 1
+        if args.between_hosts:
+            between_hosts(args, env, pool, pool_path)
+        return 0 if worst <= GOAL_BYTES else 1
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import resource
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from sigvirt.errors import CommandFailed, NoSpace
 
@@ -61,6 +62,28 @@ class Limits:
                 resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
         return apply
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A running process whose stdout is read in pieces (`Runner.reading`)."""
+
+    argv: tuple[str, ...]
+    proc: subprocess.Popen[bytes]
+    err: IO[bytes]
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """Its stdout, at most `size` bytes at a time, until it closes."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while chunk := os.read(fd, size):
+            yield chunk
+
+    def result(self, timeout: float | None = None) -> Result:
+        """Its exit status and stderr, once it has exited (stdout was read by `chunks`)."""
+        rc = self.proc.wait(timeout=timeout)
+        self.err.seek(0)
+        return Result(self.argv, rc, "", self.err.read().decode(errors="replace"))
 
 
 class Runner:
@@ -136,6 +159,27 @@ class Runner:
             err.seek(0)
             text = err.read().decode(errors="replace")
         return Result(args, rc, "", text)
+
+    @contextlib.contextmanager
+    def reading(self, argv: Sequence[str | os.PathLike[str]]) -> Iterator[Reading]:
+        """Run argv and read its stdout as it comes, in pieces (a replica read over ssh, to be
+        fed to another process); the process is killed if the block ends before it exits."""
+        args = tuple(os.fspath(a) for a in argv)
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+                )
+            except FileNotFoundError:
+                raise CommandFailed(f"{args[0]}: command not found") from None
+            try:
+                yield Reading(args, proc, err)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
 
     def spawn_detached(self, argv: Sequence[str | os.PathLike[str]], log: Path) -> int:
         """Start a process that outlives this one (its own session, output appended to

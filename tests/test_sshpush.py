@@ -1,5 +1,6 @@
-"""The direct ssh path (hosts/sshpush.py) against hostB's real sshd and libvirtd: the rename
-rides in the copy's own ssh session and happens only once the caller accepts the bytes."""
+"""The direct ssh path (hosts/sshpush.py) against real lab hosts' sshds and libvirtds: the
+rename rides in the copy's own ssh session and happens only once the caller accepts the
+bytes; between two hosts the bytes are relayed through this process, as `scp -3` does."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from sigvirt.errors import HostError
+from sigvirt.errors import CommandFailed, HostError
 from sigvirt.hosts import sshpush, streams
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import Runner
 from tests.support.hostb import HostB
+
+Remote = tuple[Hypervisor, str, Path]
 
 pytestmark = pytest.mark.hostb
 
@@ -25,16 +28,16 @@ class Refused(Exception):
     pass
 
 
-@pytest.fixture
-def remote(hostb: HostB) -> Iterator[tuple[Hypervisor, str, Path]]:
-    name = hostb.domain_name("sigvirt-test-push")
-    path = hostb.pool(name)
-    hv = Hypervisor.open(hostb.uri)
+@contextlib.contextmanager
+def _pool_on(host: HostB) -> Iterator[Remote]:
+    name = host.domain_name("sigvirt-test-push")
+    path = host.pool(name)
+    hv = Hypervisor.open(host.uri)
     try:
         yield hv, name, path
     finally:
         hv.close()
-        conn = libvirt.open(hostb.tcp_uri)
+        conn = libvirt.open(host.tcp_uri)
         try:
             pool = conn.storagePoolLookupByName(name)
             pool.refresh(0)
@@ -47,15 +50,25 @@ def remote(hostb: HostB) -> Iterator[tuple[Hypervisor, str, Path]]:
             conn.close()
 
 
+@pytest.fixture
+def remote(hostb: HostB) -> Iterator[Remote]:
+    with _pool_on(hostb) as r:
+        yield r
+
+
+@pytest.fixture
+def two_hosts(lab_hosts: list[HostB]) -> Iterator[tuple[Remote, Remote]]:
+    with _pool_on(lab_hosts[1]) as a, _pool_on(lab_hosts[2]) as b:
+        yield a, b
+
+
 def _payload(tmp_path: Path) -> tuple[Path, str]:
     src = tmp_path / "payload.qcow2"
     src.write_bytes(os.urandom(5 * sshpush.CHUNK + 777))  # not a multiple of the chunk
     return src, hashlib.sha256(src.read_bytes()).hexdigest()
 
 
-def test_accepted_bytes_land_under_the_final_name(
-    remote: tuple[Hypervisor, str, Path], tmp_path: Path
-) -> None:
+def test_accepted_bytes_land_under_the_final_name(remote: Remote, tmp_path: Path) -> None:
     hv, pool, path = remote
     src, digest = _payload(tmp_path)
     seen: list[streams.CopyResult] = []
@@ -67,9 +80,7 @@ def test_accepted_bytes_land_under_the_final_name(
     assert hv.volume_exists(pool, "v.qcow2")  # libvirt sees it: the pool was refreshed
 
 
-def test_refused_bytes_never_get_the_final_name(
-    remote: tuple[Hypervisor, str, Path], tmp_path: Path
-) -> None:
+def test_refused_bytes_never_get_the_final_name(remote: Remote, tmp_path: Path) -> None:
     hv, pool, path = remote
     src, _ = _payload(tmp_path)
 
@@ -84,12 +95,43 @@ def test_refused_bytes_never_get_the_final_name(
     assert [p.name for p in path.iterdir()] in ([], ["v.partial"])
 
 
-def test_an_existing_final_name_is_never_replaced(
-    remote: tuple[Hypervisor, str, Path], tmp_path: Path
-) -> None:
+def test_an_existing_final_name_is_never_replaced(remote: Remote, tmp_path: Path) -> None:
     hv, pool, path = remote
     src, _ = _payload(tmp_path)
     (path / "v.qcow2").write_bytes(b"the replica already there")
     with pytest.raises(HostError, match="did not happen"):
         sshpush.push_file(hv, Runner(), src, pool, "v.partial", "v.qcow2", lambda r: None)
     assert (path / "v.qcow2").read_bytes() == b"the replica already there"
+
+
+@pytest.mark.multihost
+def test_a_file_between_two_hosts_is_relayed_hashed_and_renamed(
+    two_hosts: tuple[Remote, Remote], tmp_path: Path
+) -> None:
+    (src_hv, _, src_dir), (hv, pool, path) = two_hosts
+    data, digest = _payload(tmp_path)
+    (src_dir / "v.qcow2").write_bytes(data.read_bytes())  # the lab hosts' pools are on this disk
+    size = data.stat().st_size
+    seen: list[streams.CopyResult] = []
+    got = sshpush.relay_file(
+        src_hv, src_dir / "v.qcow2", size, hv, Runner(), pool, "v.partial", "v.qcow2", seen.append
+    )
+    assert seen == [got] and (got.sha256, got.size, got.bytes_moved) == (digest, size, size)
+    assert hashlib.sha256((path / "v.qcow2").read_bytes()).hexdigest() == digest
+    assert not (path / "v.partial").exists() and hv.volume_exists(pool, "v.qcow2")
+
+    def refuse(result: streams.CopyResult) -> None:
+        raise Refused(result.sha256)
+
+    with pytest.raises(Refused):
+        sshpush.relay_file(
+            src_hv, src_dir / "v.qcow2", size, hv, Runner(), pool, "w.partial", "w.qcow2", refuse
+        )
+    assert not (path / "w.qcow2").exists()
+    # a source that isn't there: one line naming it, nothing renamed
+    with pytest.raises(CommandFailed, match=r"reading .*gone\.qcow2"):
+        sshpush.relay_file(
+            src_hv, src_dir / "gone.qcow2", size, hv, Runner(), pool, "x.partial", "x.qcow2",
+            seen.append,
+        )  # fmt: skip
+    assert not (path / "x.qcow2").exists()

@@ -1,5 +1,7 @@
-"""A local file pushed straight into a qemu+ssh host's pool over one `ssh` process: the direct
-path for cross-host replication (regions.yaml `replication: {direct_ssh: true}`, the default).
+"""A file pushed straight into a qemu+ssh host's pool over one `ssh` process: the direct path
+for cross-host replication (regions.yaml `replication: {direct_ssh: true}`, the default).
+A local file is read here (`push_file`); another qemu+ssh host's file is read over a second
+`ssh` into `cat` and relayed through this process (`relay_file`), as `scp -3` does.
 
 libvirt's upload relays each 256 KiB piece as a remote-protocol message through libvirtd on
 both ends; here the bytes go as scp sends them, one ssh channel into the host's shell. This
@@ -25,12 +27,13 @@ import os
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from sigvirt import faults
 from sigvirt.errors import CommandFailed, HostError, NoSpace, RegionUnavailable
 from sigvirt.hosts import streams
 from sigvirt.hosts.hypervisor import Hypervisor
-from sigvirt.runner import Runner
+from sigvirt.runner import Result, Runner
 
 CHUNK = 1 << 20
 SSH_UNREACHABLE = 255  # ssh's own exit status: it could not connect or authenticate
@@ -69,10 +72,98 @@ def push_file(
     its sha256 (of the bytes sent), size, and bytes moved. `known`: (sha256, fingerprint) of
     the file as it was verified; while the file keeps that fingerprint its bytes aren't
     hashed again."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        hashing = known is None or _fingerprint(fd) != known[1]
+        counted = _Counted(size, progress, hashing)
+
+        def sent_as() -> streams.CopyResult:
+            if not hashing and known is not None and _fingerprint(fd) != known[1]:
+                raise HostError(f"{src} changed while it was sent; the copy is not trusted")
+            return counted.result(src, None if hashing or known is None else known[0])
+
+        # Through this process even with nothing to hash (ssh reading the file itself was
+        # 0.2 s faster per GiB here): progress is reported, and a kill can land mid-copy.
+        pieces = iter(lambda: os.read(fd, CHUNK), b"")
+        return _send(hv, runner, pool, name, final, size, counted.through(pieces), sent_as, accept)
+    finally:
+        os.close(fd)
+
+
+def relay_file(
+    src_hv: Hypervisor,
+    src: Path,
+    size: int,
+    hv: Hypervisor,
+    runner: Runner,
+    pool: str,
+    name: str,
+    final: str,
+    accept: Callable[[streams.CopyResult], object],
+    progress: streams.Progress | None = None,
+) -> streams.CopyResult:
+    """Copy `src_hv`'s file `src` (`size` bytes) to `hv`'s host as push_file does, read over
+    a second ssh into `cat` there and relayed through this process, which hashes it: two
+    ssh channels and no libvirtd in the way (libvirt's stream relay makes each 256 KiB a
+    remote-protocol message through both hosts' libvirtds)."""
+    counted = _Counted(size, progress, hashing=True)
+    with runner.reading([*ssh_argv(src_hv), f"exec cat -- {shlex.quote(str(src))}"]) as rd:
+
+        def sent_as() -> streams.CopyResult:
+            ran = rd.result()
+            if ran.returncode != 0:
+                _refuse(ran, src_hv, f"reading {src}")
+            return counted.result(src, None)
+
+        pieces = counted.through(rd.chunks(CHUNK))
+        return _send(hv, runner, pool, name, final, size, pieces, sent_as, accept)
+
+
+class _Counted:
+    """The bytes on their way: counted, hashed (unless known), progress reported, and a
+    kill point per piece."""
+
+    def __init__(self, size: int, progress: streams.Progress | None, hashing: bool) -> None:
+        self.size, self.progress, self.hashing = size, progress, hashing
+        self.sent = 0
+        self.h = hashlib.sha256()
+
+    def through(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in pieces:
+            if self.hashing:
+                self.h.update(chunk)
+            self.sent += len(chunk)
+            if self.progress:
+                self.progress(self.sent, self.size)
+            faults.point("stream.chunk")
+            yield chunk
+
+    def result(self, src: Path, known_sha256: str | None) -> streams.CopyResult:
+        if self.sent != self.size:
+            raise HostError(
+                f"{src} changed size while it was sent ({self.size} → {self.sent} bytes)"
+            )
+        digest = self.h.hexdigest() if known_sha256 is None else known_sha256
+        return streams.CopyResult(digest, self.size, self.sent)
+
+
+def _send(
+    hv: Hypervisor,
+    runner: Runner,
+    pool: str,
+    name: str,
+    final: str,
+    size: int,
+    data: Iterator[bytes],
+    sent_as: Callable[[], streams.CopyResult],
+    accept: Callable[[streams.CopyResult], object],
+) -> streams.CopyResult:
+    """Feed `data` (`size` bytes) into `pool`/`name` on `hv`'s host; once it is all sent,
+    `sent_as()` says what was sent and `accept` takes it (or raises), and only then does the
+    commit line go and the host rename the file to `final`."""
     directory = hv.pool_path(pool)
     partial, dst = shlex.quote(str(directory / name)), shlex.quote(str(directory / final))
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    size = os.fstat(fd).st_size
     # `set -C`: the shell refuses to write over a file that is there (O_EXCL). `head -c`
     # reads exactly the file's bytes and leaves the verdict line for `read`; like `cat`, not
     # `dd conv=sparse` (its zero-block check made the copy 2x slower than scp), since a
@@ -83,50 +174,35 @@ def push_file(
         f'IFS= read -r verdict && [ "$verdict" = commit ] || exit {_NO_COMMIT}',
         f"mv -T -n -- {partial} {dst} && [ ! -e {partial} ] || exit {_NOT_RENAMED}",
     ))  # fmt: skip
-    hashing = known is None or _fingerprint(fd) != known[1]
-    h = hashlib.sha256()
-    sent = [0]
+    taken: list[streams.CopyResult] = []
 
-    def chunks() -> Iterator[bytes]:
-        while True:
-            chunk = os.read(fd, CHUNK)
-            if not chunk:
-                break
-            if hashing:
-                h.update(chunk)
-            sent[0] += len(chunk)
-            if progress:
-                progress(sent[0], size)
-            faults.point("stream.chunk")
-            yield chunk
-        if sent[0] != size:
-            raise HostError(f"{src} changed size while it was sent ({size} → {sent[0]} bytes)")
-        if not hashing and known is not None and _fingerprint(fd) != known[1]:
-            raise HostError(f"{src} changed while it was sent; the copy is not trusted")
-        digest = h.hexdigest() if hashing or known is None else known[0]
-        accept(streams.CopyResult(digest, size, sent[0]))  # raises: no commit line goes
+    def stream() -> Iterator[bytes]:
+        yield from data
+        result = sent_as()
+        accept(result)  # raises: no commit line goes
+        taken.append(result)
         yield COMMIT
 
-    try:
-        # Through this process even with nothing to hash (ssh reading the file itself was
-        # 0.2 s faster per GiB here): progress is reported, and a kill can land mid-copy.
-        ran = runner.feed([*ssh_argv(hv), remote], chunks())
-    finally:
-        os.close(fd)
+    ran = runner.feed([*ssh_argv(hv), remote], stream())
     if ran.returncode != 0:
-        why = ran.stderr.strip().splitlines()[-1:] or [f"exit status {ran.returncode}"]
-        if ran.returncode == SSH_UNREACHABLE:
-            raise RegionUnavailable(f"ssh to {hv.uri} failed: {why[0]}")
-        if "No space left" in ran.stderr:
-            raise NoSpace(f"{directory / name} on {hv.uri}: no space left on device")
         if ran.returncode == _NOT_RENAMED:
             raise HostError(f"rename {pool}/{name} → {final} on {hv.uri} did not happen")
-        raise CommandFailed(f"writing {directory / name} on {hv.uri} failed: {why[0]}")
+        _refuse(ran, hv, f"writing {directory / name}")
+    if not taken:  # the host can't have renamed without the commit line
+        raise HostError(f"{pool}/{name} on {hv.uri}: the copy ended before it was sent")
     hv.refresh_pool(pool)
     if not hv.volume_exists(pool, final):
         raise HostError(f"{pool}/{final} on {hv.uri} is not there after its copy")
-    digest = h.hexdigest() if hashing or known is None else known[0]
-    return streams.CopyResult(digest, size, sent[0])
+    return taken[0]
+
+
+def _refuse(ran: Result, hv: Hypervisor, doing: str) -> NoReturn:
+    why = ran.stderr.strip().splitlines()[-1:] or [f"exit status {ran.returncode}"]
+    if ran.returncode == SSH_UNREACHABLE:
+        raise RegionUnavailable(f"ssh to {hv.uri} failed: {why[0]}")
+    if "No space left" in ran.stderr:
+        raise NoSpace(f"{doing} on {hv.uri}: no space left on device")
+    raise CommandFailed(f"{doing} on {hv.uri} failed: {why[0]}")
 
 
 def _fingerprint(fd: int) -> str:

@@ -240,9 +240,21 @@ def _copy_to_remote(
             dst_hv, ctx.runner, Path(src.path), dst.pool, partial, dst.volume, accept,
             progress, known,
         )  # fmt: skip
+    if (
+        src_hv.ssh_target is not None
+        and dst_hv.ssh_target is not None
+        and ctx.regions.replication.direct_ssh
+    ):
+        # Between two qemu+ssh hosts: read over one ssh, hashed here, written over another
+        # (as `scp -3`); the rename rides in the writing session once `accept` took the bytes.
+        src_path = src_hv.volume_path(src.pool, src.volume)
+        return sshpush.relay_file(
+            src_hv, src_path, size, dst_hv, ctx.runner, dst.pool, partial, dst.volume, accept,
+            progress,
+        )  # fmt: skip
     vol = dst_hv.create_volume(dst.pool, xmlbuild.raw_volume_xml(partial, size, mode=0o644))
     if src_cfg.is_local:
         return renamed(streams.upload_file(vol, Path(src.path), progress))
-    # Between two remote hosts (or within one without SSH): through this machine, sparse.
+    # Between two remote hosts without SSH (or direct_ssh off): through this machine, sparse.
     src_vol = src_hv.volume(src.pool, src.volume)
     return renamed(streams.stream_copy(src_vol, vol, size, progress))
