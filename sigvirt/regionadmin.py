@@ -81,6 +81,19 @@ def pool_doc(text: str) -> dict[str, str] | str:
     return out
 
 
+def zones_doc(items: list[str]) -> dict[str, dict[str, str]]:
+    """`--zone NAME=URI …` as regions.yaml writes a region's zones."""
+    out: dict[str, dict[str, str]] = {}
+    for text in items:
+        zone, sep, uri = text.partition("=")
+        if not sep or not zone or not uri:
+            raise InvalidArgument(f"--zone {text[:100]!r}: expected NAME=URI (e.g. 1=qemu+ssh://…)")
+        if zone in out:
+            raise InvalidArgument(f"--zone {zone[:100]!r} is given twice")
+        out[zone] = {"uri": uri}
+    return out
+
+
 def add(config: RegionsConfig, name: str, doc: Mapping[str, Any]) -> RegionChange:
     """Plan adding a region (nothing is written: apply() does)."""
     _editable(config)
@@ -117,9 +130,10 @@ def update(
         held = occupants(ctx, old, pools=remove_pools, clones=False)
         if held:
             raise HasDependents(_held(f"pool(s) {', '.join(remove_pools)} of region {name}", held))
-    pools = [p for p in doc["pools"] if _pool_name(p) not in remove_pools]
+    pools = [p for p in doc.get("pools", []) if _pool_name(p) not in remove_pools]
     pools += [pool_doc(p) for p in add_pools]
-    doc["pools"] = pools
+    if pools or not old.zones:  # a zoned region's own pools are optional (its zones')
+        doc["pools"] = pools
     region = region_from(name, doc)
     if region.uri != old.uri and not force:
         held = occupants(ctx, old)
@@ -186,18 +200,19 @@ def occupants(
     if clones:
         from sigvirt.guests import inventory  # libvirt is asked only when clones count
 
-        try:
-            hv = ctx.host(region.name)
-        except RegionUnavailable as err:
-            if force:
-                return out
-            raise RegionUnavailable(
-                f"region {region.name} does not answer, so its clones can't be checked "
-                f"({err.message}); --force removes it anyway"
-            ) from None
         mine = inventory.installation(ctx)
-        with contextlib.suppress(RegionUnavailable):
-            for dom, prov in inventory.own_domains(hv, mine):
-                if prov.region == region.name:
-                    out.append(Occupant("clone", dom.name, prov.overlay_pool))
+        for host in region.zones or (region,):  # a zoned region: each zone's host
+            try:
+                hv = ctx.host(host.location)
+            except RegionUnavailable as err:
+                if force:
+                    continue
+                raise RegionUnavailable(
+                    f"region {host.location} does not answer, so its clones can't be checked "
+                    f"({err.message}); --force removes it anyway"
+                ) from None
+            with contextlib.suppress(RegionUnavailable):
+                for dom, prov in inventory.own_domains(hv, mine):
+                    if prov.region == region.name:
+                        out.append(Occupant("clone", dom.name, prov.overlay_pool))
     return out

@@ -30,6 +30,7 @@ MAX_CUSTOM_DATA = 64 * 1024  # Azure's limit, before base64
 MAX_DATA_DISKS = 16
 MAX_KEYS = 32
 _REGION = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ZONE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SIZE = re.compile(r"[A-Za-z0-9_]{1,64}")
 _KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519", "sk-ecdsa-sha2-")
@@ -92,13 +93,18 @@ class ScaleSetModel:
     created: str = ""
     updated: str = ""
     owner_uid: int = 0  # who created it: they and root may change it
+    zones: tuple[str, ...] = ()  # az's zones: the zones of its region its instances spread over
+    # instanceId → zone, for instances made in a zone: how many instances a zone that doesn't
+    # answer holds (libvirt stays the record of every zone that answers)
+    instance_zones: dict[str, str] = field(default_factory=dict)
+    disk_controller_type: str = ""  # az's --disk-controller-type (SCSI | NVMe; "": default)
 
 
 # What an instance is made from (az's virtualMachineProfile): changing any of it makes the
 # instances' model out of date (latestModelApplied false). Policy, probe and tags do not.
 PROFILE_FIELDS = (
     "image", "size", "vcpus", "memory_mib", "admin_user", "ssh_public_keys", "custom_data",
-    "os_disk_gb", "data_disk_gb",
+    "os_disk_gb", "data_disk_gb", "disk_controller_type",
 )  # fmt: skip
 
 
@@ -234,6 +240,9 @@ def problem(model: ScaleSetModel) -> str | None:
             k.startswith(_KEY_TYPES) and len(k.split()) >= 2 and "\n" not in k and len(k) <= 16384
             for k in model.ssh_public_keys)),
         ("owner_uid", 0 <= model.owner_uid < 2**32),
+        ("zones", len(model.zones) <= 16 and all(_ZONE.fullmatch(z) for z in model.zones)),
+        ("instance_zones", all(k.isdigit() and _ZONE.fullmatch(v)
+                               for k, v in model.instance_zones.items())),
     ]  # fmt: skip
     for name, ok in checks:
         if not ok:

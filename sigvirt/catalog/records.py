@@ -164,6 +164,9 @@ class Definition:
     test_spec: StoredSpec | None = None  # the boot test new versions must pass
     eol_policy: str = ""  # warn | deny; "" = the gallery's
     soft_deleted: str = ""  # when it went to the recycle bin ("" = it is live)
+    # az --features: Azure's feature name → canonical value, in the order given
+    # (catalog/features.py checks them; guests/devices.py says what they do on QEMU)
+    features: dict[str, str] = field(default_factory=dict)
 
     @property
     def firmware(self) -> Firmware:
@@ -183,10 +186,16 @@ class Replica:
     error: int = 0  # the exit code of the failure (8 unreachable, 12 no space, ...)
     verified: str = ""  # when its bytes last hashed to the version's sha256
     fingerprint: str = ""  # size:mtime_ns:inode of the file then (local replicas)
+    zone: str = ""  # the zone (host) of a zoned region it lives in; "" in a region without
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.region, self.volume)
+
+    @property
+    def location(self) -> str:
+        """Its host: the region, or REGION/ZONE (what connections are opened for)."""
+        return f"{self.region}/{self.zone}" if self.zone else self.region
 
     def moved(self, state: ReplicaState, **changes: Any) -> Replica:
         """The same replica in a new state, if the lifecycle allows that step."""
@@ -271,10 +280,12 @@ class ImageVersion:
         return dataclasses.replace(self, state=state, **changes)
 
     def completed_replicas(self, region: str | None = None) -> list[Replica]:
+        """Completed replicas, all or in a region (every zone of it) or a location R/Z."""
         return [
             r
             for r in self.replicas
-            if r.state == ReplicaState.COMPLETED and (region is None or r.region == region)
+            if r.state == ReplicaState.COMPLETED
+            and (region is None or r.region == region or r.location == region)
         ]
 
 

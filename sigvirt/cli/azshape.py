@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sigvirt.catalog import azureid, eol, latest
+from sigvirt.catalog import azureid, eol, features, latest
 from sigvirt.catalog.records import (
     BootTest,
     Definition,
@@ -88,7 +88,7 @@ def definition(
         "releaseNoteUri": rec.release_note_uri or None,
         "privacyStatementUri": rec.privacy_statement_uri or None,
         "description": rec.description or None,
-        "features": None,
+        "features": features.to_azure(rec.features),
         "disallowed": None,
         "purchasePlan": None,
         "provisioningState": "Succeeded",
@@ -207,6 +207,7 @@ def version(rec: ImageVersion, group: str) -> dict[str, Any]:
             "replicas": [
                 {
                     "region": r.region,
+                    **({"zone": r.zone} if r.zone else {}),  # a zoned region's replicas only
                     "pool": r.pool,
                     "volume": r.volume,
                     "path": r.path,

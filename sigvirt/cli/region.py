@@ -10,7 +10,7 @@ import typer
 from sigvirt.cli import render
 from sigvirt.cli.common import ResourceGroupOpt, YesOpt, context, present
 from sigvirt.cli.render import Output, OutputOpt, emit
-from sigvirt.errors import ExitCode
+from sigvirt.errors import ExitCode, InvalidArgument
 from sigvirt.hosts import regioncheck, regions
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 LIST_COLUMNS = ["name", "uri", "pools", "accel", "network", "description"]
-CHECK_COLUMNS = ["region", "status", "accel", "libvirt", "pools", "detail"]
+CHECK_COLUMNS = ["region", "status", "accel", "architectures", "libvirt", "pools", "detail"]
 
 NameArg = Annotated[str, typer.Argument(help="region name (Azure display names work too)")]
 
@@ -72,7 +72,7 @@ def region_check(
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Check each region: reachable, pools active, free space, accel (kvm/tcg), libvirt."""
+    """Check each region: reachable, pools active, free space, accel, Arm64 support, libvirt."""
     rows = regioncheck.check(regions.load(), names)
     emit(rows, output, CHECK_COLUMNS, title="regions")
     if regioncheck.unavailable(rows):
@@ -160,7 +160,17 @@ def _show(change: RegionChange, dry_run: bool, output: Output) -> None:
 @app.command("add")
 def region_add(
     name: Annotated[str, typer.Argument(help="the new region's name")],
-    uri: Annotated[str, typer.Option("--uri", help="libvirt URI: qemu:///system, qemu+ssh://…")],
+    uri: Annotated[
+        str | None, typer.Option("--uri", help="libvirt URI: qemu:///system, qemu+ssh://…")
+    ] = None,
+    zone: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--zone",
+            help="a zone and its host, NAME=URI (repeat: a region of zones, "
+            "no --uri; the other flags are its zones' defaults)",
+        ),
+    ] = None,
     pool: PoolOpt = None,
     accel: AccelOpt = None,
     clones_per_replica: BudgetOpt = None,
@@ -175,7 +185,12 @@ def region_add(
     from sigvirt import regionadmin
 
     doc = _settings(uri, accel, clones_per_replica, _network(network, ports), description)
-    doc["pools"] = [regionadmin.pool_doc(p) for p in pool or []]
+    if pool or not zone:
+        doc["pools"] = [regionadmin.pool_doc(p) for p in pool or []]
+    if zone:
+        doc["zones"] = regionadmin.zones_doc(zone)
+    elif uri is None:
+        raise InvalidArgument("give the region's host: --uri URI, or its zones: --zone 1=URI …")
     _show(regionadmin.add(regions.load(), name, doc), dry_run, output)
 
 

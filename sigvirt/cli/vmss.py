@@ -7,6 +7,7 @@ JSON and YAML come in az's shape (guests/vmviews.py), with sigvirt's own facts u
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,7 @@ from sigvirt.cli.vmcommon import (
     AdminOpt,
     CustomDataOpt,
     DataDisksOpt,
+    DiskControllerOpt,
     ForceOpt,
     GenKeysOpt,
     ImageOpt,
@@ -62,7 +64,7 @@ from sigvirt.cli.vmssargs import (
     VmssOpt,
 )
 from sigvirt.errors import ExitCode, InvalidArgument, ReimageFailed, Unsupported
-from sigvirt.guests import inventory, scalesets, vmviews
+from sigvirt.guests import inventory, scalesets, vmviews, zonal
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.rollouts import automatic, manual, model
@@ -97,7 +99,10 @@ def _report(
         "created": [v.name for v in result.created],
         "deleted": list(result.deleted),
         "failed": list(result.failed),
+        **({"skipped_zones": list(result.skipped)} if result.skipped else {}),
     }
+    for skipped in result.skipped:
+        note(f"sigvirt: skipped {skipped}")
     if for_people(output) or not az:
         emit(report, output)
     elif result.model is None:
@@ -115,7 +120,7 @@ def _instance_row(vm: Vm, generation: int | None) -> dict[str, Any]:
     return {
         "instance": vm.instance, "name": vm.name, "state": vm.state, "version": facts["version"],
         "latest_model": vmviews.latest_model_applied(vm, generation), "replica": vm.replica,
-        "address": vm.address, "image": vm.image,
+        "address": vm.address, "image": vm.image, **({"zone": vm.zone} if vm.zone else {}),
     }  # fmt: skip
 
 
@@ -126,7 +131,8 @@ def _emit_instances(
     if for_people(output):
         sets = sorted({v.scale_set for v in found})
         rows = [_instance_row(v, generation) for v in found]
-        emit(rows, output, INSTANCE_COLUMNS, title=f"instances of {', '.join(sets)}", ready=True)
+        columns = INSTANCE_COLUMNS + ["zone"] * any(v.zone for v in found)
+        emit(rows, output, columns, title=f"instances of {', '.join(sets)}", ready=True)
         return
     data = [
         vmviews.instance_resource(v, group=group, expand=expand, model_generation=generation)
@@ -189,15 +195,17 @@ def vmss_create(
     pause_time_between_batches: PauseOpt = None,
     prioritize_unhealthy_instances: PrioritizeOpt = None,
     health_probe_command: ProbeCommandOpt = None, health_probe_spec: ProbeSpecOpt = None,
+    zones: vmssargs.ZonesOpt = None, disk_controller_type: DiskControllerOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Create a scale set: its model is recorded, then instances boot concurrently, spread
-    over the replicas."""
+    over the replicas (and over the zones of a zoned region)."""
     req = request(
         name, image, region, vcpus, memory, vm_sku, admin_username, ssh_key_value,
         generate_ssh_keys, custom_data, force, no_wait, timeout, resource_group, tags,
         os_disk_size_gb, data_disk_sizes_gb,
     )  # fmt: skip
+    req = dataclasses.replace(req, disk_controller_type=disk_controller_type)
     mode, rolling, probe = vmssargs.policy(
         upgrade_policy_mode, max_batch_instance_percent, max_unhealthy_instance_percent,
         max_unhealthy_upgraded_instance_percent, pause_time_between_batches,
@@ -205,8 +213,9 @@ def vmss_create(
     )  # fmt: skip
     with context() as ctx:
         result = scalesets.create(
-            ctx, name, instance_count, req, upgrade_mode=mode, rolling=rolling, health=probe
-        )
+            ctx, name, instance_count, req, upgrade_mode=mode, rolling=rolling, health=probe,
+            zones=zones,
+        )  # fmt: skip
     _report(result, output, az="vmss", group=resource_group)
 
 
@@ -338,6 +347,9 @@ def vmss_list_instances(
     targets = inventory.scale_set_names(name, ids)
     with context() as ctx:
         sets = [scalesets.members_of(ctx, n) for n in targets]
+        silent = [line for m, _found in sets for line in zonal.unanswered(ctx, m)]
+    for line in silent:
+        note(f"sigvirt: warning: {line}")
     if len(sets) == 1:
         _emit_instances(sets[0][1], output, resource_group, expand is not None,
                         sets[0][0].generation)  # fmt: skip

@@ -29,6 +29,15 @@ SkuOpt = Annotated[
     str | None,
     typer.Option("--vm-sku", "--size", help="instances' size, e.g. Standard_B1s, Lab_Tiny"),
 ]
+ZonesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--zones",
+        "-z",
+        help="availability zones of the region to spread the instances over, balanced (several "
+        "after one flag: --zones 1 2 3; default for a zoned region: all its zones)",
+    ),
+]
 InstanceIdsOpt = Annotated[
     list[str] | None,
     typer.Option("--instance-ids", help="instance ids (az's instanceId), or * for all"),

@@ -19,6 +19,7 @@ from sigvirt.guests import domxml, guest, sshkeys
 from sigvirt.guests.domxml import Provenance
 from sigvirt.hosts import ssh
 from sigvirt.hosts.hypervisor import Domain, Hypervisor
+from sigvirt.hosts.regions import location, split_location
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,16 @@ class Vm:
     model_generation: int = 0
     reimage_step: str = ""  # planned | swapped | committing | kept | reverting ("" if none)
     previous_image: str = ""  # the version of the disk a reimage kept (or is leaving)
+    zone: str = ""  # the zone of a zoned region whose host it runs on
+    os_type: str = "Linux"  # the definition's, when it was created (Windows: no SSH)
+    computer_name: str = ""  # its hostname when --computer-name gave one ("": its name)
+    console: str = ""  # how to reach a guest without SSH (Windows: its VNC display)
+    disk_controller: str = ""  # the OS disk's: scsi | nvme ("" = virtio-blk)
+
+    @property
+    def location(self) -> str:
+        """Its host: the region, or REGION/ZONE (what ctx.hv takes)."""
+        return location(self.region, self.zone)
 
 
 def installation(ctx: Context) -> str:
@@ -93,7 +104,9 @@ def own_domains(hv: Hypervisor, installation: str) -> list[tuple[Domain, Provena
 
 
 # -- reading one ------------------------------------------------------------------------------
-def describe(hv: Hypervisor, region: str, dom: Domain) -> Vm:
+def describe(hv: Hypervisor, where: str, dom: Domain) -> Vm:
+    """The VM `dom` on the host of location `where` (a region, or REGION/ZONE)."""
+    region, zone = split_location(where)
     prov = guest.provenance_of(dom) or Provenance()
     info = dom.info()
     endpoint = endpoint_of(hv, prov)
@@ -144,6 +157,14 @@ def describe(hv: Hypervisor, region: str, dom: Domain) -> Vm:
         model_generation=prov.model_generation,
         reimage_step=intent.step.value if intent else "",
         previous_image=intent.old.image if intent else "",
+        zone=zone,
+        os_type=prov.os_type or "Linux",
+        computer_name=prov.computer_name,
+        disk_controller=prov.disk_controller,
+        # no SSH to show for Windows: its screen (VNC on the host's loopback) instead
+        console=guest.console_way(hv, dom.name)
+        if prov.os_type == "Windows" and info.state == "running"
+        else "",
     )
 
 
@@ -163,11 +184,11 @@ def list_vms(
     mine = installation(ctx)
     out: list[Vm] = []
     unreachable = []
-    for name in [region] if region else list(ctx.regions.regions):
+    for name in hosts(ctx, region):
         try:
             hv = ctx.hv(name)
             for dom, prov in own_domains(hv, mine):
-                if prov.region == name and (kind is None or prov.kind == kind):
+                if prov.region == split_location(name)[0] and kind in (None, prov.kind):
                     with contextlib.suppress(NotFound):  # deleted while we looked
                         out.append(describe(hv, name, dom))
         except RegionUnavailable as err:
@@ -177,15 +198,25 @@ def list_vms(
     ), unreachable
 
 
+def hosts(ctx: Context, region: str | None = None) -> list[str]:
+    """The locations to look in: every host (each zone of a zoned region), or one region's;
+    a region regions.yaml doesn't know is looked for as it is (its lookup says why not)."""
+    try:
+        return ctx.regions.locations(region)
+    except NotFound:
+        return [region] if region else []
+
+
 def find(ctx: Context, name: str, region: str | None = None) -> tuple[Hypervisor, str, Domain]:
-    """This installation's VM of that name (another installation's is not found here)."""
+    """This installation's VM of that name (another installation's is not found here); the
+    second value is its location (a region, or REGION/ZONE)."""
     mine = installation(ctx)
-    for r in [region] if region else list(ctx.regions.regions):
+    for r in hosts(ctx, region):
         with contextlib.suppress(RegionUnavailable, NotFound):
             hv = ctx.hv(r)
             dom = hv.domain(name)
             prov = guest.provenance_of(dom)
-            if prov is not None and prov.region == r and guest.mine(prov, mine):
+            if prov is not None and prov.region == split_location(r)[0] and guest.mine(prov, mine):
                 return hv, r, dom
     raise NotFound(f"VM {name} not found" + (f" in region {region}" if region else ""))
 

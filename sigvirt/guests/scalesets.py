@@ -38,11 +38,12 @@ from sigvirt.errors import (
     RegionUnavailable,
     SigvirtError,
 )
-from sigvirt.guests import guest, guestplans, inventory, lifecycle, vms
+from sigvirt.guests import guest, guestplans, inventory, lifecycle, vms, zonal
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.guests.vms import Placement, Prepared, VmRequest
 from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import location, split_location
 
 MAX_INSTANCES = 1000
 
@@ -78,6 +79,7 @@ class ScaleResult:
     deleted: tuple[str, ...]
     failed: tuple[str, ...]  # "name: reason" for instances that did not come up
     model: ScaleSet | None = None  # the scale set afterwards (None: no instance is left)
+    skipped: tuple[str, ...] = ()  # "zone: reason" for zones a scale-out left out (down)
 
 
 def _index(vm: Vm) -> int:
@@ -228,17 +230,18 @@ def synthesize(ctx: Context, name: str, *, reap: bool = True) -> ScaleSetModel:
 def model_from(
     p: Prepared, name: str, *, upgrade_mode: UpgradeMode = UpgradeMode.MANUAL,
     rolling: RollingPolicy | None = None, health: HealthProbe | None = None,
+    zones: tuple[str, ...] = (),
 ) -> ScaleSetModel:  # fmt: skip
     """A new scale set's model, from its checked request."""
     req = p.request
     return ScaleSetModel(
         name=name, region=p.region, image=req.image, generation=1, upgrade_mode=upgrade_mode,
         rolling=rolling or RollingPolicy(), health=health or HealthProbe(), size=p.size,
-        vcpus=p.vcpus, memory_mib=p.memory_mib, admin_user=p.admin_user,
+        vcpus=p.vcpus, memory_mib=p.memory_mib, admin_user=p.admin_user, zones=zones,
         ssh_public_keys=p.public_keys, key_path=str(p.private_key or ""),
         custom_data=base64.b64encode(req.custom_data).decode() if req.custom_data else "",
-        os_disk_gb=req.os_disk_gb or 0, data_disk_gb=req.data_disk_gb,
-        resource_group=req.resource_group, tags=dict(req.tags),
+        os_disk_gb=req.os_disk_gb or 0, data_disk_gb=req.data_disk_gb, tags=dict(req.tags),
+        resource_group=req.resource_group, disk_controller_type=req.disk_controller_type or "",
     )  # fmt: skip
 
 
@@ -251,9 +254,9 @@ def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
         vcpus=None if named else model.vcpus, memory_mib=None if named else model.memory_mib,
         size=model.size if named else None, admin_user=model.admin_user or None,
         custom_data=base64.b64decode(model.custom_data) if model.custom_data else None,
-        force=True,  # the size was accepted when the scale set was created
-        wait=wait, resource_group=model.resource_group, tags=dict(model.tags),
-        os_disk_gb=model.os_disk_gb or None, data_disk_gb=model.data_disk_gb,
+        force=True, wait=wait,  # the size was accepted when the scale set was created
+        resource_group=model.resource_group, tags=dict(model.tags), data_disk_gb=model.data_disk_gb,
+        os_disk_gb=model.os_disk_gb or None, disk_controller_type=model.disk_controller_type,
         ssh_public_keys=model.ssh_public_keys, ssh_private_key=model.key_path,
     )  # fmt: skip
 
@@ -261,34 +264,47 @@ def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
 # -- create and scale -------------------------------------------------------------------------
 def _create_many(
     ctx: Context, template: Prepared, name: str, indices: list[int], generation: int,
-    journal: Journal | None = None,
+    journal: Journal | None = None, zone_of: dict[int, str] | None = None,
 ) -> ScaleResult:  # fmt: skip
-    hv = ctx.hv(template.region)
+    """The instances `indices`, each in its zone (`zone_of`; none: the template's); the
+    instances of a zone whose host doesn't answer fail alone, saying why."""
+    zone_of = zone_of or {i: template.zone for i in indices}
+    hosts, down = zonal.hosts(ctx, template.region, tuple(dict.fromkeys(zone_of.values())))
     placement = Placement()
-    picks = placements(ctx, hv, template, indices)
+    picks: dict[int, Replica] = {}
+    for zone, hv in hosts.items():
+        at_zone = replace(template, zone=zone)
+        picks.update(placements(ctx, hv, at_zone, [i for i in indices if zone_of[i] == zone]))
 
     def one(i: int) -> Vm:
-        p = replace(template, request=replace(template.request, name=instance_name(name, i)))
+        p = replace(
+            template, zone=zone_of[i],
+            request=replace(template.request, name=instance_name(name, i)),
+        )  # fmt: skip
         return vms.create_prepared(
             ctx, p, _Pinned(picks[i]) if i in picks else placement, kind="vmss-instance",
             scale_set=name, instance=i, generation=generation,
         )  # fmt: skip
 
     created: list[Vm] = []
-    failed: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(len(indices), concurrency(hv))) as pool:
-        futures = {i: pool.submit(one, i) for i in indices}
+    failed = [f"{instance_name(name, i)}: {down[zone_of[i]]}" for i in indices
+              if zone_of[i] in down]  # fmt: skip
+    runnable = [i for i in indices if zone_of[i] in hosts]
+    workers = max(1, min(len(runnable), sum(concurrency(hv) for hv in hosts.values())))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {i: pool.submit(one, i) for i in runnable}
         for i, fut in futures.items():
             try:
                 created.append(fut.result())
                 if journal is not None:
                     vm = created[-1]
-                    journal.extend(
-                        guestplans.made_actions(hv, vm.name, vm.region, vm.pool, vm.volumes)
-                    )
+                    journal.extend(guestplans.made_actions(
+                        hosts[vm.zone], vm.name, vm.location, vm.pool, vm.volumes
+                    ))  # fmt: skip
                 faults.point("vmss.instance")
             except SigvirtError as err:
                 failed.append(f"{instance_name(name, i)}: {err.message}")
+    zonal.record(ctx, name, created)
     return ScaleResult(name, tuple(created), (), tuple(failed), _after(ctx, name))
 
 
@@ -312,11 +328,12 @@ def placements(
     """Each new instance's replica, least-used first, as if all were in flight at once: what
     a plan prints and the real run then uses. Instances past every replica's budget get none
     (their creation fails, saying so), or with `strict` the whole plan is refused."""
-    budget = ctx.regions.region(template.region).clones_per_replica
+    where = location(template.region, template.zone)  # a zone's replicas in a zoned region
+    budget = ctx.regions.region(where).clones_per_replica
     sim, out = Placement(), {}
     for i in indices:
         try:
-            out[i] = sim.pick(hv, template.version, template.region, budget)
+            out[i] = sim.pick(hv, template.version, where, budget)
         except CapacityExhausted:
             if strict:
                 raise
@@ -327,23 +344,29 @@ def placements(
 def create(
     ctx: Context, name: str, count: int, base: VmRequest, *,
     upgrade_mode: UpgradeMode = UpgradeMode.MANUAL, rolling: RollingPolicy | None = None,
-    health: HealthProbe | None = None,
+    health: HealthProbe | None = None, zones: list[str] | None = None,
 ) -> ScaleResult:  # fmt: skip
-    """The model is recorded first (generation 1), then the instances boot. If none of them
+    """The model is recorded first (generation 1), then the instances boot, spread over the
+    zones of a zoned region (`zones`: az's --zones; default all of them). If none of them
     comes up, the model goes again: the scale set was never made."""
     names.vm_name(name)
     if not 1 <= count <= MAX_INSTANCES:
         raise InvalidArgument(f"--instance-count must be 1..{MAX_INSTANCES} (got {count})")
     # Everything the request says is checked before libvirt is asked anything.
     template = vms.prepare(ctx, replace(base, name=instance_name(name, 0)))
-    model = model_from(template, name, upgrade_mode=upgrade_mode, rolling=rolling, health=health)
+    chosen = zonal.check(ctx, template.region, zones, template.version)
+    model = model_from(
+        template, name, upgrade_mode=upgrade_mode, rolling=rolling, health=health, zones=chosen
+    )
     checked(model)
     reap_interrupted(ctx, name)
     if instances(ctx, name):
         raise Conflict(f"scale set {name} already exists")
     model = fleet(ctx).create(model)
     faults.point("vmss.model")
-    result = _create_many(ctx, template, name, list(range(count)), model.generation)
+    indices = list(range(count))
+    zone_of = zonal.spread(chosen, {}, indices) if chosen else None
+    result = _create_many(ctx, template, name, indices, model.generation, zone_of=zone_of)
     if not result.created:
         fleet(ctx).delete(name)
         return replace(result, model=None)
@@ -355,12 +378,13 @@ def _interrupted(ctx: Context, name: str) -> list[tuple[Hypervisor, str, Vm]]:
     started (their creator is gone), with their host and region (read-only)."""
     mine = inventory.installation(ctx)
     out = []
-    for region in ctx.regions.regions:
+    for where in inventory.hosts(ctx):  # every host: each zone of a zoned region too
+        region = split_location(where)[0]
         with contextlib.suppress(RegionUnavailable):
-            hv = ctx.hv(region)
+            hv = ctx.hv(where)
             for dom, prov in inventory.own_domains(hv, mine):
                 if prov.scale_set == name and prov.region == region and guest.interrupted(dom):
-                    out.append((hv, region, inventory.describe(hv, region, dom)))
+                    out.append((hv, where, inventory.describe(hv, where, dom)))
     return out
 
 
@@ -404,12 +428,32 @@ def scale(
         note(journal, Action("create-record", "scale-set", name, model.region))
     reap_interrupted(ctx, name, journal)
     found = instances(ctx, name)
-    if capacity > len(found):
+    if model.zones:
+        out = _scale_zoned(ctx, model, found, capacity, wait, journal)
+        if out is not None:
+            return out
+    elif capacity > len(found):
         indices = _new_indices(found, capacity)
         template = vms.prepare(ctx, request_of(model, wait=wait))
         return _create_many(ctx, template, name, indices, model.generation, journal)
     deleted = tuple(_delete_one(ctx, m, journal) for m in _doomed(found, capacity))
     return ScaleResult(name, (), deleted, (), _after(ctx, name))
+
+
+def _scale_zoned(
+    ctx: Context, model: ScaleSetModel, found: list[Vm], capacity: int, wait: bool,
+    journal: Journal | None,
+) -> ScaleResult | None:  # fmt: skip
+    """A scale-out of a zoned scale set, in the zones that answer (zonal.scale_out); None:
+    nothing to add (a scale-in goes as in any scale set)."""
+    up, down = zonal.hosts(ctx, model.region, model.zones)
+    out = zonal.scale_out(model, found, capacity, list(up), down)
+    if out is None:
+        return None if capacity <= len(found) else ScaleResult(model.name, (), (), (), None)
+    indices, zone_of = out
+    template = vms.prepare(ctx, replace(request_of(model, wait=wait), zone=next(iter(up))))
+    result = _create_many(ctx, template, model.name, indices, model.generation, journal, zone_of)
+    return replace(result, skipped=tuple(f"zone {z}: {why}" for z, why in down.items()))
 
 
 def plan_scale(ctx: Context, name: str, capacity: int) -> Plan:
@@ -426,29 +470,34 @@ def plan_scale(ctx: Context, name: str, capacity: int) -> Plan:
         actions += guestplans.removal_plan(hv, region, vm)
     gone = {vm.name for _hv, _r, vm in reaped}
     found = [v for v in instances(ctx, name) if v.name not in gone]
-    if capacity > len(found):
+    up, down = zonal.hosts(ctx, model.region, model.zones)
+    out = zonal.scale_out(model, found, capacity, list(up), down) if model.zones else None
+    if capacity > len(found) and (out is not None or not model.zones):
         template = vms.prepare(ctx, request_of(model))
-        hv = ctx.hv(template.region)
-        indices = _new_indices(found, capacity)
-        picks = placements(ctx, hv, template, indices, strict=True)
-        for i in indices:
-            vm_name = instance_name(name, i)
-            replica = picks[i]
-            disks = [guest.data_disk_name(vm_name, lun)
-                     for lun in range(len(template.request.data_disk_gb))]  # fmt: skip
-            volumes = (*guest.volume_names(vm_name), *disks)
-            actions += guestplans.made_actions(hv, vm_name, template.region, replica.pool, volumes)
-    else:
+        indices, zone_of = out or (_new_indices(found, capacity), {})
+        for zone, hv in up.items():  # per zone (one host for a region without zones)
+            at = replace(template, zone=zone)
+            mine = [i for i in indices if zone_of.get(i, "") == zone]
+            picks = placements(ctx, hv, at, mine, strict=True)
+            for i in mine:
+                vm_name = instance_name(name, i)
+                disks = [guest.data_disk_name(vm_name, lun)
+                         for lun in range(len(template.request.data_disk_gb))]  # fmt: skip
+                volumes = (*guest.volume_names(vm_name), *disks)
+                where = location(model.region, zone)
+                actions += guestplans.made_actions(hv, vm_name, where, picks[i].pool, volumes)
+    elif capacity <= len(found):
         for vm in _doomed(found, capacity):
-            actions += guestplans.removal_plan(ctx.hv(vm.region), vm.region, vm)
+            actions += guestplans.removal_plan(ctx.hv(vm.location), vm.location, vm)
     return Plan("vmss scale", name, tuple(actions))
 
 
 # -- instances --------------------------------------------------------------------------------
 def _delete_one(ctx: Context, vm: Vm, journal: Journal | None = None) -> str:
-    removed = lifecycle.delete(ctx, vm.name, vm.region)
+    removed = lifecycle.delete(ctx, vm.name, vm.location)
+    zonal.forget(ctx, vm)
     if journal is not None:
-        journal.extend(guestplans.removed_actions(ctx.hv(vm.region), vm.region, vm, removed))
+        journal.extend(guestplans.removed_actions(ctx.hv(vm.location), vm.location, vm, removed))
     faults.point("vmss.instance-deleted")
     return vm.name
 
@@ -477,7 +526,9 @@ def plan_delete(ctx: Context, name: str) -> Plan:
     model = stored_model(ctx, name)
     if not found and model is None:
         raise NotFound(f"scale set {name} not found")
-    actions = [a for vm in found for a in guestplans.removal_plan(ctx.hv(vm.region), vm.region, vm)]
+    actions = [
+        a for vm in found for a in guestplans.removal_plan(ctx.hv(vm.location), vm.location, vm)
+    ]
     if model is not None:
         actions.append(Action("delete-record", "scale-set", name, model.region))
     return Plan("vmss delete", name, tuple(actions))

@@ -137,12 +137,20 @@ def _storage_profile(
 def _vm_storage(vm: Vm, group: str) -> dict[str, Any]:
     os_disk = vm.volumes[0] if vm.volumes else ""
     data = [(d.volume, d.size_gb) for d in vm.data_disks]
-    return _storage_profile(vm.image_id, vm.image, os_disk, vm.os_disk_gb, data, group)
+    out = _storage_profile(vm.image_id, vm.image, os_disk, vm.os_disk_gb, data, group)
+    out["osDisk"]["osType"] = vm.os_type
+    # az's SCSI or NVMe (--disk-controller-type); null for sigvirt's default virtio-blk
+    out["diskControllerType"] = {"scsi": "SCSI", "nvme": "NVMe"}.get(vm.disk_controller)
+    return out
 
 
-def _os_profile(vm: Vm) -> dict[str, Any]:
+def _os_profile(vm: Vm) -> dict[str, Any] | None:
+    """None for a VM booted without a seed (a specialized image, Windows): as in Azure, it
+    has no osProfile (no admin user or keys were given to it)."""
+    if not vm.admin_user:
+        return None
     return {
-        "computerName": vm.name,
+        "computerName": vm.computer_name or vm.name,
         "adminUsername": vm.admin_user,
         "linuxConfiguration": _linux(vm.admin_user, vm.ssh_public_keys),
     }
@@ -180,6 +188,7 @@ def sigvirt_facts(vm: Vm) -> dict[str, Any]:
         "address": vm.address,
         "ssh": vm.ssh,
         "ssh_port": vm.ssh_port or None,
+        "console": vm.console or None,  # a Windows VM's way in (VNC on the host's loopback)
         "vcpus": vm.vcpus,
         "memory_mib": vm.memory_mib,
         "scale_set": vm.scale_set,
@@ -216,7 +225,7 @@ def vm_resource(vm: Vm, *, details: bool = False, group: str | None = None) -> d
         "provisioningState": vm.provisioning_state,
         "vmId": vm.vm_id,
         "timeCreated": vm.created or None,
-        "zones": None,
+        "zones": [vm.zone] if vm.zone else None,  # a zoned region's VMs: az's ["2"]
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": _vm_storage(vm, rg),
         "osProfile": _os_profile(vm),
@@ -318,7 +327,7 @@ def instance_resource(
         "vmId": vm.vm_id,
         "provisioningState": vm.provisioning_state,
         "timeCreated": vm.created or None,
-        "zones": None,
+        "zones": [vm.zone] if vm.zone else None,
         "sku": {"name": vm.size, "tier": "Standard"},
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": _vm_storage(vm, rg),
@@ -352,7 +361,7 @@ def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
         "location": ss.region,
         "resourceGroup": rg,
         "tags": dict(ss.tags),
-        "zones": None,
+        "zones": list(ss.model.zones) if ss.model and ss.model.zones else None,
         "sku": {"name": ss.size, "tier": "Standard", "capacity": ss.capacity},
         "provisioningState": ss.provisioning_state,
         # Azure's is a GUID made once at creation; this one is as stable as the set itself
@@ -367,7 +376,9 @@ def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
                 "computerNamePrefix": f"{ss.name}-",
                 "adminUsername": ss.admin_user,
                 "linuxConfiguration": _linux(ss.admin_user, ss.ssh_public_keys),
-            },
+            }
+            if ss.admin_user  # a specialized or Windows image: none (no seed)
+            else None,
             "storageProfile": _storage_profile(
                 ss.image_id, ss.image, "", ss.os_disk_gb, data, None
             ),

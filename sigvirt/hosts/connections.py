@@ -1,11 +1,15 @@
-"""One libvirt connection per region URI, opened on first use, the region's pools ensured."""
+"""One libvirt connection per host URI, opened on first use, its pools ensured.
+
+Every method takes a location: a region's name, or REGION/ZONE for a zone of a zoned region
+(each zone is a host of its own). A zoned region's name alone names no host and is refused,
+so nothing resolves one zone's host for another zone's replica or VM."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from sigvirt.errors import RegionUnavailable
+from sigvirt.errors import RegionUnavailable, Unsupported
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.hosts.ports import PortAllocator
 from sigvirt.hosts.regions import RegionConfig, RegionsConfig
@@ -32,8 +36,18 @@ class Connections:
         a pool on a host that is about to be dropped."""
         return self._connect(region, ready=False)
 
-    def _connect(self, region: str, *, ready: bool) -> Hypervisor:
+    def settings(self, region: str) -> RegionConfig:
+        """The host settings of a location (a zoned region's name alone: Unsupported)."""
         cfg = self.config.region(region)
+        if cfg.zones:
+            raise Unsupported(
+                f"region {region} has zones ({', '.join(cfg.zone_names)}): this command does "
+                "not reach a zoned region's hosts yet"
+            )
+        return cfg
+
+    def _connect(self, region: str, *, ready: bool) -> Hypervisor:
+        cfg = self.settings(region)
         # One lock per URI: a host that takes its time to answer (or to time out) must not
         # hold up the regions replicating in parallel to other hosts.
         with self._lock:
@@ -61,7 +75,7 @@ class Connections:
                 hv.require_pool(pool.name)  # must exist and be active
 
     def ports(self, region: str) -> PortAllocator:
-        cfg = self.config.region(region)
+        cfg = self.settings(region)
         with self._lock:
             if cfg.uri not in self._ports:
                 self._ports[cfg.uri] = PortAllocator(*cfg.port_range)

@@ -60,12 +60,16 @@ def _pool_text(pool: PoolConfig) -> str:
 
 
 def summarize(config: RegionsConfig) -> list[RegionSummary]:
-    """Every region of the configuration, in file order."""
+    """Every region of the configuration, in file order; a zoned region is followed by its
+    zones, each a host (named REGION/ZONE)."""
     source = str(config.path) if config.path else "<text>"
     rows = []
-    for r in config.regions.values():
+    hosts = [h for r in config.regions.values() for h in ((r, *r.zones) if r.zones else (r,))]
+    for r in hosts:
         scheme = r.uri.split(":", 1)[0]
         transport = "local" if r.is_local else scheme.partition("+")[2] or scheme
+        if r.zones:  # its zones follow it, each a host named REGION/ZONE
+            transport = "zones"
         if r.network.kind == "user-forward":
             low, high = r.port_range
             net = f"user-forward, ports {low}-{high}"
@@ -74,8 +78,8 @@ def summarize(config: RegionsConfig) -> list[RegionSummary]:
             net = f"{r.network.kind} {r.network.source}"
         pools = tuple(_pool_text(p) for p in r.pools)
         summary = RegionSummary(
-            r.name, r.uri, transport, pools, r.accel, net, r.clones_per_replica, r.description,
-            source,
+            r.location, r.uri, transport, pools, r.accel, net, r.clones_per_replica,
+            r.description, source,
         )  # fmt: skip
         rows.append(summary)
     return rows
@@ -83,7 +87,7 @@ def summarize(config: RegionsConfig) -> list[RegionSummary]:
 
 def describe(config: RegionsConfig, name: str) -> RegionSummary:
     """One region's settings."""
-    wanted = resolve(config, name).name
+    wanted = resolve(config, name).location
     return next(s for s in summarize(config) if s.name == wanted)
 
 
@@ -159,6 +163,8 @@ class RegionCheck:
     detail: str  # what is wrong, or "" when all is well
     seconds: float
     pool_checks: tuple[PoolCheck, ...] = ()
+    # what it boots: "x64 (tcg), Arm64 (tcg)"; an architecture it can't is named with why
+    architectures: str = ""
 
 
 def _check_pool(hv: Hypervisor, cfg: RegionConfig, pool: PoolConfig) -> PoolCheck:
@@ -197,14 +203,16 @@ def _worst(statuses: list[Status]) -> Status:
 
 def _unreachable(cfg: RegionConfig, reason: str, seconds: float) -> RegionCheck:
     return RegionCheck(
-        cfg.name, "fail", cfg.uri, False, "", "", "", "", "", reason, round(seconds, 2)
+        cfg.location, "fail", cfg.uri, False, "", "", "", "", "", reason, round(seconds, 2)
     )
 
 
 def check_region(
     cfg: RegionConfig, opener: Callable[[str], Hypervisor] | None = None
 ) -> RegionCheck:
-    """Reachable? Pools defined, active, with room? Which accel, which libvirt?"""
+    """Reachable? Pools defined, active, with room? Which accel, which libvirt? Which
+    architectures (the Arm64 emulator and firmware)?"""
+    from sigvirt.hosts import arches
     from sigvirt.hosts.hypervisor import Hypervisor
 
     start = time.monotonic()
@@ -217,6 +225,7 @@ def check_region(
         facts = hv.facts()
         kvm = hv.kvm_usable()
         pools = tuple(_check_pool(hv, cfg, p) for p in cfg.pools)
+        arm64 = arches.support(hv, "Arm64")
     except SigvirtError as err:  # the host went away in the middle
         return _unreachable(cfg, err.message, time.monotonic() - start)
     finally:
@@ -227,12 +236,23 @@ def check_region(
     if cfg.accel == "kvm" and not kvm:
         problems.append("accel kvm is configured but this host offers TCG only")
         statuses.append("fail")
+    served = [f"x64 ({accel})"]
+    if arm64.problem:
+        served.append(f"Arm64: {arm64.problem}")
+        if "Arm64" in cfg.architectures:  # declared in regions.yaml, so a failure
+            problems.append(f"architectures lists Arm64, but the host has {arm64.problem}")
+            statuses.append("fail")
+    else:
+        served.append(f"Arm64 ({arches.accel_for(arm64, cfg.accel)})")
+    if cfg.architectures:
+        served = [s for s in served if s.split(" ")[0].rstrip(":") in cfg.architectures]
     summary = ", ".join(
         f"{p.name} ({p.detail})" if p.status == "ok" else f"{p.name} ({p.status})" for p in pools
     )
     return RegionCheck(
-        cfg.name, _worst(statuses), cfg.uri, True, facts.hostname, facts.libvirt, facts.hypervisor,
-        accel, summary, "; ".join(problems), round(time.monotonic() - start, 2), pools,
+        cfg.location, _worst(statuses), cfg.uri, True, facts.hostname, facts.libvirt,
+        facts.hypervisor, accel, summary, "; ".join(problems),
+        round(time.monotonic() - start, 2), pools, ", ".join(served),
     )  # fmt: skip
 
 
@@ -245,15 +265,16 @@ def check(
 ) -> list[RegionCheck]:
     """Check the named regions (default: all) in parallel; a host that doesn't answer within
     `timeout` seconds gets a failed row (its check thread is left to finish on its own)."""
-    chosen = [resolve(config, n) for n in names] if names else list(config.regions.values())
+    named = [resolve(config, n) for n in names] if names else list(config.regions.values())
+    chosen = [host for r in named for host in (r.zones or (r,))]  # a zoned region: each zone
     results: dict[str, RegionCheck] = {}
 
     def one(cfg: RegionConfig) -> None:
         row = check_region(cfg, opener)
-        results[cfg.name] = row
+        results[cfg.location] = row
 
     threads = [
-        threading.Thread(target=one, args=(cfg,), name=f"check-{cfg.name}", daemon=True)
+        threading.Thread(target=one, args=(cfg,), name=f"check-{cfg.location}", daemon=True)
         for cfg in chosen
     ]
     for t in threads:
@@ -262,7 +283,7 @@ def check(
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     late = f"no answer within {timeout:.0f}s"
-    return [results.get(c.name) or _unreachable(c, f"{c.uri}: {late}", timeout) for c in chosen]
+    return [results.get(c.location) or _unreachable(c, f"{c.uri}: {late}", timeout) for c in chosen]
 
 
 def unavailable(rows: list[RegionCheck]) -> list[str]:

@@ -7,19 +7,19 @@ last one) are refused instead of half-applied.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, NoReturn, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import yaml
 
 from sigvirt.errors import ConfigError, NotFound
 from sigvirt.hosts.uri import LibvirtUri, UriProblem
+from sigvirt.hosts.yamlwalk import TAG, Walker, compose, describe
 
 Accel = Literal["kvm", "tcg"]  # what a guest runs under
 AccelSetting = Literal["auto", "kvm", "tcg"]  # what a region asks for (auto: KVM if usable)
@@ -40,7 +40,16 @@ SHIPPED_REGIONS = Path(__file__).resolve().parents[2] / "regions.yaml"
 _TOP_KEYS = ("gallery_root", "regions", "replication")
 _REPLICATION_KEYS = ("max_streams_out", "max_streams_in", "costs", "direct_ssh")
 MAX_STREAMS = 64
-_REGION_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "description")
+_REGION_KEYS = (
+    "uri", "pools", "accel", "network", "clones_per_replica", "description", "zones",
+    "architectures",
+)  # fmt: skip
+# A zone is a host of its region: what a host has, the region's settings its default.
+_ZONE_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "architectures")
+# image-definition --architecture values a host may declare it serves (hosts/arches.py)
+ARCHITECTURES = ("x64", "Arm64")
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_-]{1,16}")  # Azure's are "1", "2", "3"
+ZONE_SEP = "/"  # a location: REGION or REGION/ZONE (neither name may contain it)
 _POOL_KEYS = ("name", "path", "storage_type")
 # Azure's storage account types: a pool labelled with one takes the replicas of target
 # regions asked for with it (`--target-regions east=2=premium_lrs`).
@@ -49,8 +58,6 @@ _NETWORK_KEYS = ("type", "restrict", "ports", "name")
 _REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # At most 5 digits: more make no port, and int() refuses more than 4300 with a ValueError.
 _PORTS = re.compile(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*")
-_TAG = "tag:yaml.org,2002:"
-_PLAIN_KINDS = {"int": "integer", "bool": "boolean", "float": "number"}
 _TOP = "top level"  # the key path of the document itself
 _REGIONS_WHAT = "a mapping of region names to their settings"
 
@@ -88,6 +95,12 @@ class RegionConfig:
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # user-forward SSH forwards only
     clones_per_replica: int = 0  # 0: unlimited
     description: str = ""
+    # A zoned region (no uri of its own): its zones, each a host with its own settings.
+    zones: tuple[RegionConfig, ...] = ()
+    zone: str = ""  # set on a zone's own settings: the zone's name (name is its region's)
+    # --architecture values it serves ("architectures: [x64, Arm64]"); () = not declared:
+    # whatever the host's libvirt can run
+    architectures: tuple[str, ...] = ()
 
     @cached_property
     def libvirt_uri(self) -> LibvirtUri:
@@ -95,8 +108,28 @@ class RegionConfig:
 
     @property
     def is_local(self) -> bool:
-        """True when the host's files are this machine's files (no transport needed)."""
-        return self.libvirt_uri.is_local
+        """True when the host's files are this machine's files (no transport needed); a zoned
+        region is no one host (each zone answers for itself)."""
+        return not self.zones and self.libvirt_uri.is_local
+
+    @property
+    def location(self) -> str:
+        """REGION, or REGION/ZONE for a zone: what connections and replicas are keyed by."""
+        return location(self.name, self.zone)
+
+    @property
+    def zone_names(self) -> tuple[str, ...]:
+        return tuple(z.zone for z in self.zones)
+
+
+def location(region: str, zone: str = "") -> str:
+    return f"{region}{ZONE_SEP}{zone}" if zone else region
+
+
+def split_location(where: str) -> tuple[str, str]:
+    """(region, zone) of a location; zone "" for a region without zones."""
+    region, _sep, zone = where.partition(ZONE_SEP)
+    return region, zone
 
 
 @dataclass(frozen=True)
@@ -128,19 +161,30 @@ class RegionsConfig:
                 raise ValueError(f"region {region.name!r} filed under {key!r}")
 
     def region(self, name: str) -> RegionConfig:
+        """A region's settings, or a zone's for a location REGION/ZONE. A zoned region's own
+        settings name no host: connecting needs the zone (hosts/connections.py refuses)."""
+        base, zone = split_location(name)
         try:
-            return self.regions[name]
+            found = self.regions[base]
         except KeyError:
             known = ", ".join(self.regions) or "none"
-            raise NotFound(f"region {name!r} not found (known: {known})") from None
+            raise NotFound(f"region {base!r} not found (known: {known})") from None
+        if not zone:
+            return found
+        for z in found.zones:
+            if z.zone == zone:
+                return z
+        have = f"zones {', '.join(found.zone_names)}" if found.zones else "no zones"
+        raise NotFound(f"region {base} has no zone {zone!r} (it has {have})")
+
+    def locations(self, region: str | None = None) -> list[str]:
+        """Every host's location (a region without zones, or each zone of a zoned one), of
+        one region or of all, in file order."""
+        chosen = [self.region(region)] if region else list(self.regions.values())
+        return [z.location for r in chosen for z in (r.zones or (r,))]
 
 
 # -- value checks, shared by the parser and with_region ----------------------------------------
-def _closest(word: str, choices: tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def _region_name_problem(name: str) -> str | None:
     if _REGION_NAME.fullmatch(name):
         return None
@@ -180,124 +224,12 @@ def _budget_problem(budget: int) -> str | None:
     return None if budget >= 0 else f"must be 0 (unlimited) or more (got {budget})"
 
 
-# -- the YAML walker ------------------------------------------------------------------------
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    kind = node.tag.removeprefix(_TAG)
-    if kind == "null":
-        return "null"
-    value = node.value if len(node.value) <= 60 else node.value[:57] + "..."
-    if kind in _PLAIN_KINDS:  # numbers and booleans read best unquoted, as written
-        return f"{_PLAIN_KINDS[kind]} {value}"
-    return f"{'string' if kind == 'str' else kind} {value!r}"
-
-
-class _Walker:
-    """Typed reads from composed YAML nodes; every failure names source, line and key path."""
-
-    def __init__(self, source: str, loader: yaml.SafeLoader) -> None:
-        self.source = source
-        self.loader = loader
-
-    def fail(self, at: yaml.Node | yaml.Mark, key: str, problem: str) -> NoReturn:
-        mark = at if isinstance(at, yaml.Mark) else at.start_mark
-        line = mark.line + 1
-        where = f"{self.source}:{line}"
-        raise ConfigError(f"{where}: {key}: {problem}", line=line, key=key, problem=problem)
-
-    def mapping(
-        self, node: yaml.Node, key: str, allowed: tuple[str, ...] | None, what: str = "a mapping"
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """Keys to (key node, value node), in file order; allowed=None takes any key."""
-        if not isinstance(node, yaml.MappingNode):
-            self.fail(node, key, f"must be {what} (got {_describe(node)})")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for knode, vnode in node.value:
-            if knode.tag == _TAG + "merge":
-                self.fail(knode, key, "merge keys ('<<') are not supported")
-            if not isinstance(knode, yaml.ScalarNode) or knode.tag == _TAG + "null":
-                self.fail(knode, key, f"keys must be names (got {_describe(knode)})")
-            name = knode.value
-            if allowed is not None and name not in allowed:
-                hint = _closest(name, allowed) or f" (expected one of {', '.join(allowed)})"
-                self.fail(knode, key, f"unknown key {name!r}{hint}")
-            if name in out:
-                first = out[name][0].start_mark.line + 1
-                self.fail(knode, key, f"duplicate key {name!r} (first on line {first})")
-            out[name] = (knode, vnode)
-        return out
-
-    def require(
-        self, m: dict[str, tuple[yaml.Node, yaml.Node]], name: str, key: str, at: yaml.Node
-    ) -> yaml.Node:
-        if name not in m:
-            self.fail(at, key, f"missing key {name!r}")
-        return m[name][1]
-
-    def scalar(self, node: yaml.Node, key: str, kind: str, what: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _TAG + kind:
-            self.fail(node, key, f"must be {what} (got {_describe(node)})")
-        try:
-            return self.loader.construct_object(node)
-        except (ValueError, KeyError):
-            # PyYAML's own constructors fail on what its resolver let through: `!!int abc`,
-            # `0b_`, `!!bool maybe`, an integer of more than 4300 digits.
-            self.fail(node, key, f"must be {what} (got {_describe(node)}, which does not parse)")
-
-    def string(self, node: yaml.Node, key: str, check: Any = None) -> str:
-        value = cast(str, self.scalar(node, key, "str", "a string"))
-        if check is not None and (problem := check(value)):
-            self.fail(node, key, problem)
-        return value
-
-    def choice(self, node: yaml.Node, key: str, choices: tuple[str, ...]) -> str:
-        one_of = f"one of {', '.join(choices)}"
-        value = self.scalar(node, key, "str", one_of)
-        if value not in choices:
-            self.fail(node, key, f"must be {one_of} (got {value!r})")
-        return cast(str, value)
-
-
-def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
-    loader: yaml.SafeLoader | None = None
-    try:
-        loader = yaml.SafeLoader(text)  # the reader checks every character here already
-        return loader, loader.get_single_node()
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else f"{source}:1"
-        if err.context == "expected a single document in the stream":
-            problem = "only one YAML document is allowed (a second one starts here)"
-        else:
-            problem = str(err.problem)
-            if err.context and err.context_mark and err.context_mark is not mark:
-                problem += f" ({err.context} on line {err.context_mark.line + 1})"
-        one_line = " ".join(problem.split())  # the promise is one line per error
-        raise ConfigError(f"{where}: YAML syntax error: {one_line}") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        mark = loader.get_mark() if loader is not None else None
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else f"{source}:1"
-        raise ConfigError(f"{where}: YAML syntax error: collections nested too deeply") from None
-    except yaml.reader.ReaderError as err:
-        line = text.count("\n", 0, err.position) + 1
-        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
-        raise ConfigError(
-            f"{source}:{line}:{column}: YAML syntax error: {err.reason} (U+{err.character:04X})"
-        ) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
 def parse(text: str, source: str = "regions.yaml") -> RegionsConfig:
     """The regions configuration in `text`; `source` names it in error messages."""
-    loader, root = _compose(text, source)
+    loader, root = compose(text, source)
     if root is None:
         raise ConfigError(f"{source}:1: {_TOP}: the file is empty (expected a 'regions' mapping)")
-    w = _Walker(source, loader)
+    w = Walker(source, loader)
     top = w.mapping(root, _TOP, _TOP_KEYS, "a mapping with a 'regions' key")
     gallery_root = DEFAULT_GALLERY_ROOT
     if "gallery_root" in top:
@@ -316,7 +248,7 @@ def parse(text: str, source: str = "regions.yaml") -> RegionsConfig:
     return RegionsConfig(None, gallery_root, regions, replication)
 
 
-def _replication(w: _Walker, node: yaml.Node, regions: Mapping[str, object]) -> ReplicationConfig:
+def _replication(w: Walker, node: yaml.Node, regions: Mapping[str, object]) -> ReplicationConfig:
     m = w.mapping(node, "replication", _REPLICATION_KEYS)
     limits = {}
     for name in ("max_streams_out", "max_streams_in"):
@@ -337,7 +269,7 @@ def _replication(w: _Walker, node: yaml.Node, regions: Mapping[str, object]) -> 
             for dst, (dknode, cnode) in w.mapping(vnode, key, None).items():
                 if dst not in regions:
                     w.fail(dknode, key, f"no region {dst!r} in regions")
-                if isinstance(cnode, yaml.ScalarNode) and cnode.tag == _TAG + "int":
+                if isinstance(cnode, yaml.ScalarNode) and cnode.tag == TAG + "int":
                     cost = float(w.scalar(cnode, f"{key}.{dst}", "int", "a number"))
                 else:
                     cost = float(w.scalar(cnode, f"{key}.{dst}", "float", "a number"))
@@ -352,33 +284,84 @@ def _replication(w: _Walker, node: yaml.Node, regions: Mapping[str, object]) -> 
     return ReplicationConfig(**limits, costs=costs, direct_ssh=direct)
 
 
-def _region(w: _Walker, name: str, knode: yaml.Node, node: yaml.Node) -> RegionConfig:
+def _region(w: Walker, name: str, knode: yaml.Node, node: yaml.Node) -> RegionConfig:
     key = f"regions.{name}"
     m = w.mapping(node, key, _REGION_KEYS)
+    if "zones" not in m:
+        uri = w.string(w.require(m, "uri", key, knode), f"{key}.uri", _uri_problem)
+        own = _pools(w, f"{key}.pools", w.require(m, "pools", key, knode))
+        return _host(w, key, m, RegionConfig(name, uri, own))
+    if "uri" in m:
+        w.fail(m["uri"][0], f"{key}.uri", "a region with zones has no uri of its own "
+               "(each zone names its host)")  # fmt: skip
+    pools: tuple[PoolConfig, ...] = ()
+    if "pools" in m:
+        pools = _pools(w, f"{key}.pools", m["pools"][1])
+    region = _host(w, key, m, RegionConfig(name, "", pools))
+    zkey = f"{key}.zones"
+    found = w.mapping(m["zones"][1], zkey, None, "a mapping of zone names to their hosts")
+    if not found:
+        w.fail(m["zones"][1], zkey, "no zones defined (need at least one)")
+    zones = []
+    for zone, (zknode, zvnode) in found.items():
+        if not _ZONE_NAME.fullmatch(zone):
+            w.fail(zknode, zkey, f"invalid zone name {zone!r} (1-16 letters, digits, '-' or '_')")
+        zones.append(_zone(w, f"{zkey}.{zone}", zknode, zvnode, replace(region, zone=zone)))
+    return replace(region, zones=tuple(zones))
+
+
+def _zone(
+    w: Walker, key: str, knode: yaml.Node, node: yaml.Node, inherited: RegionConfig
+) -> RegionConfig:
+    """A zone's host: its own uri; pools, accel, network and budget the region's unless it
+    names its own."""
+    m = w.mapping(node, key, _ZONE_KEYS)
     uri = w.string(w.require(m, "uri", key, knode), f"{key}.uri", _uri_problem)
-    pools = _pools(w, f"{key}.pools", w.require(m, "pools", key, knode))
-    accel = "auto"
+    pools = inherited.pools
+    if "pools" in m:
+        pools = _pools(w, f"{key}.pools", m["pools"][1])
+    elif not pools:
+        w.fail(knode, key, "missing key 'pools' (the region lists no pools for its zones)")
+    return _host(w, key, m, replace(inherited, uri=uri, pools=pools))
+
+
+def _host(
+    w: Walker, key: str, m: dict[str, tuple[yaml.Node, yaml.Node]], base: RegionConfig
+) -> RegionConfig:
+    """`base` with the accel, network, budget and description `m` sets."""
+    accel = base.accel
     if "accel" in m:
-        accel = w.choice(m["accel"][1], f"{key}.accel", ACCELS)
-    network, port_range = Network(), DEFAULT_PORT_RANGE
+        accel = cast(AccelSetting, w.choice(m["accel"][1], f"{key}.accel", ACCELS))
+    network, port_range = base.network, base.port_range
     if "network" in m:
         network, port_range = _network(w, f"{key}.network", *m["network"])
-    budget = 0
+    budget = base.clones_per_replica
     if "clones_per_replica" in m:
         bkey, bnode = f"{key}.clones_per_replica", m["clones_per_replica"][1]
         budget = cast(int, w.scalar(bnode, bkey, "int", "an integer"))
         if problem := _budget_problem(budget):
             w.fail(bnode, bkey, problem)
-    description = ""
+    description = base.description
     if "description" in m:
         description = w.string(m["description"][1], f"{key}.description")
-    accel_ = cast(AccelSetting, accel)
-    return RegionConfig(name, uri, pools, accel_, network, port_range, budget, description)
+    arches = base.architectures
+    if "architectures" in m:
+        arches = _architectures(w, f"{key}.architectures", m["architectures"][1])
+    return replace(
+        base, accel=accel, network=network, port_range=port_range,
+        clones_per_replica=budget, description=description, architectures=arches,
+    )  # fmt: skip
 
 
-def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
+def _architectures(w: Walker, key: str, node: yaml.Node) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        w.fail(node, key, f"must be a list of architectures ({', '.join(ARCHITECTURES)})")
+    return tuple(dict.fromkeys(w.choice(item, key, ARCHITECTURES) for item in node.value))
+
+
+def _pools(w: Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
     if not isinstance(node, yaml.SequenceNode):
-        w.fail(node, key, f"must be a list of pools (got {_describe(node)})")
+        w.fail(node, key, f"must be a list of pools (got {describe(node)})")
     if not node.value:
         w.fail(node, key, "must list at least one pool")
     pools: list[PoolConfig] = []
@@ -404,12 +387,12 @@ def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
                 if not match:
                     w.fail(snode, skey, f"must be one of {', '.join(STORAGE_TYPES)}")
                 storage_type = match[0]
-        elif isinstance(item, yaml.ScalarNode) and item.tag == _TAG + "str":
+        elif isinstance(item, yaml.ScalarNode) and item.tag == TAG + "str":
             name_node = item
             name = w.string(item, ikey, _libvirt_name_problem)
         else:
             what = "a pool name or a mapping with 'name' and 'path'"
-            w.fail(item, ikey, f"must be {what} (got {_describe(item)})")
+            w.fail(item, ikey, f"must be {what} (got {describe(item)})")
         if name in names:
             w.fail(name_node, ikey, f"duplicate pool name {name!r} (first on line {names[name]})")
         names[name] = name_node.start_mark.line + 1
@@ -418,7 +401,7 @@ def _pools(w: _Walker, key: str, node: yaml.Node) -> tuple[PoolConfig, ...]:
 
 
 def _network(
-    w: _Walker, key: str, knode: yaml.Node, node: yaml.Node
+    w: Walker, key: str, knode: yaml.Node, node: yaml.Node
 ) -> tuple[Network, tuple[int, int]]:
     m = w.mapping(node, key, _NETWORK_KEYS)
     kind = "user-forward"
@@ -444,7 +427,7 @@ def _network(
         what = f"a port range LOW-HIGH such as {DEFAULT_PORT_RANGE[0]}-{DEFAULT_PORT_RANGE[1]}"
         match = _PORTS.fullmatch(w.scalar(pnode, pkey, "str", what))
         if match is None:
-            w.fail(pnode, pkey, f"must be {what} (got {_describe(pnode)})")
+            w.fail(pnode, pkey, f"must be {what} (got {describe(pnode)})")
         port_range = (int(match[1]), int(match[2]))
         if problem := _ports_problem(*port_range):
             w.fail(pnode, pkey, problem)
@@ -511,9 +494,9 @@ class _Dumper(yaml.SafeDumper):
         super().increase_indent(flow, False)
 
 
-def region_doc(region: RegionConfig) -> dict[str, Any]:
-    doc: dict[str, Any] = {"uri": region.uri, "pools": []}
-    for pool in region.pools:
+def _pools_doc(pools: tuple[PoolConfig, ...]) -> list[str | dict[str, str]]:
+    out: list[str | dict[str, str]] = []
+    for pool in pools:
         entry: str | dict[str, str] = pool.name
         if pool.path is not None or pool.storage_type:
             entry = {"name": pool.name}
@@ -521,18 +504,50 @@ def region_doc(region: RegionConfig) -> dict[str, Any]:
                 entry["path"] = str(pool.path)
             if pool.storage_type:
                 entry["storage_type"] = pool.storage_type
-        doc["pools"].append(entry)
-    doc["accel"] = region.accel
+        out.append(entry)
+    return out
+
+
+def _network_doc(region: RegionConfig) -> dict[str, Any]:
     net = region.network
     if net.kind == "user-forward":
         low, high = region.port_range
-        doc["network"] = {"type": net.kind, "restrict": net.restrict, "ports": f"{low}-{high}"}
-    else:
-        doc["network"] = {"type": net.kind, "name": net.source}
+        return {"type": net.kind, "restrict": net.restrict, "ports": f"{low}-{high}"}
+    return {"type": net.kind, "name": net.source}
+
+
+def region_doc(region: RegionConfig) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if not region.zones:
+        doc["uri"] = region.uri
+    if region.pools or not region.zones:
+        doc["pools"] = _pools_doc(region.pools)
+    doc["accel"] = region.accel
+    doc["network"] = _network_doc(region)
     if region.clones_per_replica:
         doc["clones_per_replica"] = region.clones_per_replica
     if region.description:
         doc["description"] = region.description
+    if region.architectures:
+        doc["architectures"] = list(region.architectures)
+    if region.zones:
+        doc["zones"] = {z.zone: _zone_doc(region, z) for z in region.zones}
+    return doc
+
+
+def _zone_doc(region: RegionConfig, zone: RegionConfig) -> dict[str, Any]:
+    """A zone's uri and what it sets differently from its region."""
+    doc: dict[str, Any] = {"uri": zone.uri}
+    if zone.pools != region.pools:
+        doc["pools"] = _pools_doc(zone.pools)
+    if zone.accel != region.accel:
+        doc["accel"] = zone.accel
+    if (zone.network, zone.port_range) != (region.network, region.port_range):
+        doc["network"] = _network_doc(zone)
+    if zone.clones_per_replica != region.clones_per_replica:
+        doc["clones_per_replica"] = zone.clones_per_replica
+    if zone.architectures != region.architectures:
+        doc["architectures"] = list(zone.architectures)
     return doc
 
 

@@ -196,14 +196,14 @@ def find_missing_files(scan: Scan) -> Iterator[Item]:
     """Completed replicas whose file is gone: deployable by the record, not on the disk."""
     for rec in scan.versions:
         for r in rec.replicas:
-            rs = scan.regions.get(r.region)
+            rs = scan.regions.get(r.location)  # its host: each zone of a zoned region
             if r.state != ReplicaState.COMPLETED or rs is None or r.pool not in rs.volumes:
                 continue  # a region or pool that wasn't read can't tell (listed unreachable)
             if r.volume in rs.volumes[r.pool]:
                 continue
             when = _timestamp(r.updated or r.verified)
             yield Item(
-                "missing-file", r.region, r.pool, r.volume, r.path, "mark-corrupt",
+                "missing-file", r.location, r.pool, r.volume, r.path, "mark-corrupt",
                 version=rec.ref, mtime=when, age=_age(scan, when),
             )  # fmt: skip
 
@@ -307,8 +307,8 @@ def mark_missing(ctx: Context, plan: GcPlan, item: Item) -> Item:
             return replace(item, outcome="gone", detail="its record is gone")
         except CorruptRecord as err:
             return replace(item, outcome="kept", detail=f"its record is damaged: {err.message}")
-        key = (item.region, item.volume)
-        now = next((r for r in rec.replicas if r.key == key), None)
+        key = (item.region, item.volume)  # the item's region is the replica's location
+        now = next((r for r in rec.replicas if (r.location, r.volume) == key), None)
         if now is None or now.state != ReplicaState.COMPLETED:
             return replace(item, outcome="changed", detail="its record changed since the plan")
         hv = host(ctx, item.region)
@@ -318,7 +318,9 @@ def mark_missing(ctx: Context, plan: GcPlan, item: Item) -> Item:
 
         def change(cur: ImageVersion) -> ImageVersion:
             reps = tuple(
-                r.moved(ReplicaState.CORRUPT, reason=MISSING_REASON) if r.key == key else r
+                r.moved(ReplicaState.CORRUPT, reason=MISSING_REASON)
+                if (r.location, r.volume) == key
+                else r
                 for r in cur.replicas
             )
             return dataclasses.replace(cur, replicas=reps)
@@ -480,13 +482,13 @@ def _scan(ctx: Context, region: str | None, grace: float, now: float) -> Scan:
             except CorruptRecord:
                 damaged.append(f"{gal.name}-{d.name}-")
             damaged += [f"{gal.name}-{d.name}-{b.name}-" for b in bad]
-    in_scope = [region] if region else list(ctx.regions.regions)
+    in_scope = ctx.regions.locations(region)  # every host: each zone of a zoned region
     pools: dict[str, list[str]] = {r: [p.name for p in ctx.regions.region(r).pools]
                                    for r in in_scope}  # fmt: skip
     for rec in versions:
         for r in rec.replicas:
-            if r.region in pools:
-                pools[r.region].append(r.pool)
+            if r.location in pools:
+                pools[r.location].append(r.pool)
     regions = {r: scan_region(ctx, r, ps) for r, ps in pools.items()}
     owned = frozenset(r.volume for rec in versions for r in rec.replicas)
     return Scan(ctx, now, grace, regions, versions, tuple(damaged), owned, tuple(binned),

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from sigvirt.catalog import names
 from sigvirt.context import Context
-from sigvirt.errors import HostAccessDenied, InvalidName, NotFound, RegionUnavailable, SigvirtError
+from sigvirt.errors import (
+    HostAccessDenied,
+    InvalidName,
+    NotFound,
+    RegionUnavailable,
+    SigvirtError,
+    Unsupported,
+)
 from sigvirt.hosts.hypervisor import Hypervisor, PoolInfo, VolumeFacts
 
 UNREACHABLE = (RegionUnavailable, HostAccessDenied)
@@ -73,7 +80,7 @@ def scan_region(ctx: Context, region: str, pools: Iterable[str]) -> RegionScan:
     try:
         hv = host(ctx, region)
         scan.domains = frozenset(d.name for d in hv.domains())
-    except UNREACHABLE as err:
+    except (*UNREACHABLE, Unsupported) as err:  # Unsupported: a zoned region, not yet read
         scan.error = err.message
         return scan
     scan.hv = hv
@@ -133,7 +140,9 @@ _VERSION = r"(?:0|[1-9][0-9]{0,9})\.(?:0|[1-9][0-9]{0,9})\.(?:0|[1-9][0-9]{0,9})
 def replica_name(volume: str, region: str) -> ReplicaName | None:
     """The parts of a replica volume of `region` (replicas of a region live in its pools),
     or None for any other name. A definition may hold '-', so it is what lies between the
-    gallery and the last `-Major.Minor.Patch-REGION-i.qcow2`."""
+    gallery and the last `-Major.Minor.Patch-REGION-i.qcow2`. A zone's location (REGION/ZONE)
+    holds replicas named for its region."""
+    region = region.partition("/")[0]
     found = re.fullmatch(
         rf"({_GALLERY})-(.+)-({_VERSION})-{re.escape(region)}-(0|[1-9][0-9]{{0,3}})\.qcow2",
         volume,

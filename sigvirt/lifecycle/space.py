@@ -112,8 +112,18 @@ def parse_scope(text: str | None) -> tuple[str | None, str | None, str | None]:
     return g, d, v
 
 
-def _regions_of(rec: ImageVersion) -> list[str]:
-    return list(dict.fromkeys([*rec.target_regions, *(r.region for r in rec.replicas)]))
+def _regions_of(ctx: Context, rec: ImageVersion) -> list[str]:
+    """The hosts (locations: a region, or each zone of a zoned one) the version is meant
+    for or has replicas on."""
+    meant = [where for t in rec.target_regions for where in _hosts(ctx, t)]
+    return list(dict.fromkeys([*meant, *(r.location for r in rec.replicas)]))
+
+
+def _hosts(ctx: Context, region: str | None = None) -> list[str]:
+    try:
+        return ctx.regions.locations(region)
+    except NotFound:  # a record naming a region regions.yaml dropped
+        return [region] if region else []
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -126,19 +136,18 @@ def report(ctx: Context, scope: str | None = None, region: str | None = None) ->
         ctx.store.get_gallery(g)  # NotFound for a gallery that isn't there
     recs = list(scrub.versions_in(ctx, g, d, v, hidden=True))
     wanted: dict[str, list[str]] = {}  # region -> pools to read
-    configured = [only] if only else list(ctx.regions.regions)
-    for name in configured:
+    for name in _hosts(ctx, only):  # each zone of a zoned region is a host of its own
         wanted[name] = [p.name for p in ctx.regions.region(name).pools]
     for rec in recs:
         for r in rec.replicas:
             if only is None or r.region == only:
-                wanted.setdefault(r.region, []).append(r.pool)
+                wanted.setdefault(r.location, []).append(r.pool)
     scans = {name: _scan(ctx, name, pools) for name, pools in wanted.items()}
     clones = {name: _clones(scan, recs) for name, scan in scans.items()}
     rows = [
         _version_space(rec, name, scans[name], clones[name])
         for rec in recs
-        for name in _regions_of(rec)
+        for name in _regions_of(ctx, rec)
         if name in scans
     ]
     pools = [row for name in scans for row in _pool_space(ctx, scans[name], wanted[name])]
@@ -146,7 +155,7 @@ def report(ctx: Context, scope: str | None = None, region: str | None = None) ->
 
 
 def _scan(ctx: Context, region: str, pools: list[str]) -> RegionScan:
-    if region not in ctx.regions.regions:  # a record naming a region regions.yaml dropped
+    if region.partition("/")[0] not in ctx.regions.regions:  # a region regions.yaml dropped
         return RegionScan(region, error=f"region {region} is not in regions.yaml")
     return scan_region(ctx, region, pools)
 
@@ -154,7 +163,7 @@ def _scan(ctx: Context, region: str, pools: list[str]) -> RegionScan:
 def _version_space(
     rec: ImageVersion, region: str, scan: RegionScan, clones: dict[str, list[CloneSpace]]
 ) -> VersionSpace:
-    mine = [r for r in rec.replicas if r.region == region]
+    mine = [r for r in rec.replicas if r.location == region]
     if not scan.reachable:
         unknown = tuple(
             ReplicaSpace(r.volume, r.pool, r.path, r.state.value, None, None, None, None)
@@ -188,7 +197,7 @@ def _clones(scan: RegionScan, recs: Iterable[ImageVersion]) -> dict[str, list[Cl
     if not scan.reachable or scan.hv is None:
         return {}
     hv = scan.hv
-    paths = {r.path: r.volume for rec in recs for r in rec.replicas if r.region == scan.region}
+    paths = {r.path: r.volume for rec in recs for r in rec.replicas if r.location == scan.region}
     try:
         found = dependents.find(hv, paths)
     except UNREACHABLE:

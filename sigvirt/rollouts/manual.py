@@ -50,7 +50,7 @@ def reimage_instances(
 
     if not chosen:
         return []
-    workers = min(len(chosen), scalesets.concurrency(ctx.hv(model.region)))
+    workers = min(len(chosen), scalesets.concurrency(ctx.hv(chosen[0].location)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, chosen))
 

@@ -188,7 +188,7 @@ def _replicas(ctx: Context, rec: ImageVersion) -> tuple[ReplicaRemoval, ...]:
     out = []
     for r in rec.replicas:
         try:
-            size = ctx.hv(r.region).volume(r.pool, r.volume).allocation
+            size = ctx.hv(r.location).volume(r.pool, r.volume).allocation
         except NotFound:  # its file is gone already: nothing to free
             size = 0
         out.append(ReplicaRemoval(r.region, r.pool, r.volume, size))

@@ -103,7 +103,9 @@ def local_pool_dirs(
     """Each local region's pools and their directories: from regions.yaml, else (a pool
     sigvirt doesn't create) as its host says; a pool nobody can locate is left out."""
     out: dict[str, dict[str, Path]] = {}
-    for name, cfg in config.regions.items():
+    hosts = [h for r in config.regions.values() for h in (r.zones or (r,))]  # zones: each
+    for cfg in hosts:
+        name = cfg.location  # REGION, or REGION/ZONE (as replicas name theirs)
         if not cfg.is_local:
             continue
         dirs = out.setdefault(name, {})

@@ -79,7 +79,7 @@ class DeletePlan:
                         dry_run)  # fmt: skip
         out = [_deleting(ref)]
         for r in self.replicas:
-            if r.region not in self.unreachable:
+            if r.location not in self.unreachable:
                 out.append(_removed(r, self.allocated))
             elif r.verified:  # unverified: no bytes anyone trusts to wait for
                 out.append(_waits(r))
@@ -88,7 +88,7 @@ class DeletePlan:
 
     @property
     def pending(self) -> bool:
-        return any(r.region in self.unreachable and r.verified for r in self.replicas)
+        return any(r.location in self.unreachable and r.verified for r in self.replicas)
 
 
 def plan(ctx: Context, rec: ImageVersion, *, purge: bool = False) -> DeletePlan:
@@ -100,8 +100,8 @@ def plan(ctx: Context, rec: ImageVersion, *, purge: bool = False) -> DeletePlan:
     live = tuple(r for r in rec.replicas if r.state != ReplicaState.DELETING)
     unreachable: list[str] = []
     found: list[dependents.Dependent] = []
-    for region in sorted({r.region for r in live}):
-        paths = [r.path for r in live if r.region == region]
+    for region in sorted({r.location for r in live}):  # each zone's host is asked
+        paths = [r.path for r in live if r.location == region]
         try:
             found += dependents.find(ctx.hv(region), paths)
         except UNREACHABLE:
@@ -162,7 +162,7 @@ def remove_replicas(
         if r.key not in keys:
             continue
         try:
-            copies.remove_files(ctx.hv(r.region), r.pool, r.volume)
+            copies.remove_files(ctx.hv(r.location), r.pool, r.volume)
             note(journal, _removed(r, rec.allocated_size))
         except UNREACHABLE as err:
             if r.verified:  # bytes may be there: the host must answer before we forget it
@@ -209,7 +209,7 @@ def finish_pending(ctx: Context, rec: ImageVersion) -> ImageVersion | None:
         keys = set()
         for r in cur.replicas:
             with contextlib.suppress(*UNREACHABLE):
-                if not dependents.find(ctx.hv(r.region), [r.path]):
+                if not dependents.find(ctx.hv(r.location), [r.path]):
                     keys.add(r.key)
         if not keys and cur.replicas:
             return cur
@@ -262,8 +262,8 @@ def force_delete(ctx: Context, ref: ImageRef) -> None:
     ctx.store.require(ref.gallery, "owner", f"{ref.definition}/{ref.version}", "delete")
     prefix = f"{ref.gallery}-{ref.definition}-{ref.version}-"
     with ctx.store.version_operation(ref.gallery, ref.definition, ref.version):
-        for name, cfg in ctx.regions.regions.items():
-            hv = ctx.hv(name)
+        for name in ctx.regions.locations():
+            hv, cfg = ctx.hv(name), ctx.regions.region(name)
             for pool in cfg.pools:
                 for vol in hv.volumes(pool.name):
                     base = vol.name.removeprefix(".").removesuffix(".partial")

@@ -31,7 +31,12 @@ class FanoutPolicy:
     costs: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (src, dst) → cost
 
     def cost(self, src: str, dst: str) -> float:
-        return self.costs.get((src, dst), 1.0)
+        """Costs are per region: the zones of one (locations REGION/ZONE) share them, and two
+        zones of one region are near each other (0.5) unless regions.yaml says otherwise."""
+        (sr, _, _), (dr, _, _) = src.partition("/"), dst.partition("/")
+        if sr == dr and src != dst:
+            return self.costs.get((sr, dr), 0.5)
+        return self.costs.get((sr, dr), 1.0)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def _cleanup_stale(ctx: Context, rec: ImageVersion, *, keep_op_lock: bool = Fals
         if r.state == ReplicaState.COMPLETED:
             continue
         with contextlib.suppress(SigvirtError):
-            hv = ctx.hv(r.region)
+            hv = ctx.hv(r.location)
             # The files were written beside libvirt, not through it: it sees them only
             # after a refresh.
             hv.refresh_pool(r.pool)
@@ -230,8 +230,9 @@ def prepare_create(
     eol = dates.parse_date(inp.end_of_life)
     safety.require_date(inp.block_deletion_before_end_of_life, eol)
     src, copy_of = resolve_source(ctx, inp.source)
-    hv = ctx.hv(source_region)
-    pool = targets.pools_for(ctx.regions.region(source_region), kinds.get(source_region))[0]
+    home = ctx.regions.locations(source_region)[0]  # a zoned region's first zone
+    hv = ctx.hv(home)
+    pool = targets.pools_for(ctx.regions.region(home), kinds.get(source_region))[0]
     rec = ImageVersion(
         gallery=gallery,
         definition=definition,
@@ -255,7 +256,10 @@ def prepare_create(
         rec, inp.allow_replicated_location_deletion, inp.block_deletion_before_end_of_life
     )
     first_vol = targets.volume_name(rec, source_region, 0)
-    first = Replica(source_region, pool.name, first_vol, str(hv.pool_path(pool.name) / first_vol))
+    first = Replica(
+        source_region, pool.name, first_vol, str(hv.pool_path(pool.name) / first_vol),
+        zone=ctx.regions.region(home).zone,
+    )  # fmt: skip
     rec = dataclasses.replace(rec, replicas=(first.moved(ReplicaState.COPYING),))
     rest = targets.plan(rec, wanted, ctx.regions, {}, targets.pool_path_lookup(ctx))
     return CreatePlan(rec, src, copy_of, inp.source_format, rest)
@@ -280,7 +284,7 @@ def create_version(
     if dry_run:
         _refuse_taken(ctx, p.record)
         if journal is not None:
-            journal.extend(p.actions(sources.size_hint(ctx, p.source, p.copy_of, p.first.region)))
+            journal.extend(p.actions(sources.size_hint(ctx, p.source, p.copy_of, p.first.location)))
         return p.record
     clean_stale_claims(ctx, gallery, definition)
     rec = p.record
@@ -365,16 +369,18 @@ def _import(ctx: Context, p: CreatePlan, dest: Path) -> Imported:
     if p.copy_of is not None:
         imported = copy_version(ctx, p.copy_of, dest)
     else:
-        imported = import_into(ctx, p.source, p.source_format, p.first.region, dest)
+        d = ctx.store.get_definition(p.record.gallery, p.record.definition)
+        live = d.os_state == "Specialized"  # its VM's identity is the image: it may run
+        imported = import_into(ctx, p.source, p.source_format, p.first.location, dest, live=live)
     faults.point("version.imported")
     return imported
 
 
 def _publish_first(ctx: Context, p: CreatePlan) -> ImageVersion:
     first = p.first
-    hv = ctx.hv(first.region)
-    needed = sources.size_hint(ctx, p.source, p.copy_of, first.region)
-    copies.ensure_room(hv, first.region, first.pool, needed)
+    hv = ctx.hv(first.location)
+    needed = sources.size_hint(ctx, p.source, p.copy_of, first.location)
+    copies.ensure_room(hv, first.location, first.pool, needed)
     partial_vol = targets.partial_name(first.volume)
     direct = _direct(hv, first.pool)
     if direct is not None:

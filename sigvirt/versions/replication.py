@@ -38,6 +38,7 @@ from sigvirt.errors import (
     ReplicationFailed,
     SigvirtError,
 )
+from sigvirt.hosts.regions import split_location
 from sigvirt.versions import copies, targets
 from sigvirt.versions.copies import remove_files, remove_partial
 from sigvirt.versions.fanout import Fanout, FanoutGate, FanoutPolicy
@@ -118,7 +119,7 @@ def apply(ctx: Context, rec: ImageVersion, p: Plan, journal: Journal | None = No
     faults.point("replicas.planned")
     for r in p.remove:
         try:
-            remove_files(ctx.hv(r.region), r.pool, r.volume)
+            remove_files(ctx.hv(r.location), r.pool, r.volume)
             note(journal, targets.removal_action(r, rec.allocated_size))
             faults.point("replica.removed")
         except RegionUnavailable:
@@ -142,7 +143,7 @@ def reset_interrupted(
         if r.state not in (ReplicaState.COPYING, ReplicaState.VERIFYING, ReplicaState.DELETING):
             continue
         try:
-            hv = ctx.hv(r.region)
+            hv = ctx.hv(r.location)
             if r.state == ReplicaState.DELETING:
                 remove_files(hv, r.pool, r.volume)
                 note(journal, targets.removal_action(r, rec.allocated_size))
@@ -224,7 +225,8 @@ def run(
         raise Conflict(f"image version {rec.ref} is {rec.state}; only published versions replicate")
     rec = replan(ctx, rec, journal)
     wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
-    regions = sorted({r.region for r in rec.replicas if r.state in wanted})
+    # One worker per host: each zone of a zoned region is a location of its own.
+    regions = sorted({r.location for r in rec.replicas if r.state in wanted})
     fatal: list[SigvirtError] = []
     gate = FanoutGate(Fanout(_have(rec), fanout_policy(ctx), hosts_of(ctx)))
     threads = [
@@ -245,9 +247,9 @@ def run(
 
 
 def _have(rec: ImageVersion) -> list[str]:
-    """Regions that can serve others now: those with a completed replica, source first."""
-    done = {r.region for r in rec.completed_replicas()}
-    return sorted(done, key=lambda r: (r != rec.source_region, r))
+    """Locations that can serve others now: those with a completed replica, source first."""
+    done = {r.location for r in rec.completed_replicas()}
+    return sorted(done, key=lambda r: (split_location(r)[0] != rec.source_region, r))
 
 
 def fanout_policy(ctx: Context) -> FanoutPolicy:
@@ -257,8 +259,10 @@ def fanout_policy(ctx: Context) -> FanoutPolicy:
 
 
 def hosts_of(ctx: Context) -> dict[str, str]:
-    """Region → the host whose disk and link it uses: regions on one libvirtd share limits."""
-    return {name: r.libvirt_uri.host_key for name, r in ctx.regions.regions.items()}
+    """Location (a region, or each zone of a zoned one) → the host whose disk and link it
+    uses: locations on one libvirtd share limits."""
+    config = ctx.regions
+    return {where: config.region(where).libvirt_uri.host_key for where in config.locations()}
 
 
 def _failed(err: BaseException) -> dict[str, object]:
@@ -282,7 +286,7 @@ def _region_worker(
     one stops the run (the caller re-raises it)."""
     wanted = (ReplicaState.PENDING, ReplicaState.FAILED)
     todo = sorted(
-        (r for r in rec.replicas if r.region == region and r.state in wanted),
+        (r for r in rec.replicas if r.location == region and r.state in wanted),
         key=lambda r: replica_index(rec, r),
     )
     try:
@@ -325,9 +329,9 @@ def _first_or_next(
 ) -> ImageVersion:
     """A copy inside a region that has a completed replica; otherwise the region's first
     copy, from the region the fan-out gate gives once a stream is free there."""
-    if any(r.region == dst.region for r in rec.completed_replicas()):
+    if any(r.location == dst.location for r in rec.completed_replicas()):
         return _copy_from_a_good_source(ctx, rec, dst, progress)
-    src = gate.acquire(dst.region)
+    src = gate.acquire(dst.location)
     if src is None:
         raise ReplicationFailed("no completed replica to copy from")
     ok = False
@@ -336,7 +340,7 @@ def _first_or_next(
         ok = True
         return rec
     finally:
-        gate.release(dst.region, ok)
+        gate.release(dst.location, ok)
 
 
 def _copy_from_a_good_source(
@@ -350,7 +354,7 @@ def _copy_from_a_good_source(
     not to be the version's is marked corrupt and the next one is tried."""
     tried: set[tuple[str, str]] = set()
     while True:
-        sources = [r for r in copies.source_order(rec, dst.region, prefer) if r.key not in tried]
+        sources = [r for r in copies.source_order(rec, dst.location, prefer) if r.key not in tried]
         if not sources:
             raise ReplicationFailed("no completed replica to copy from")
         src = sources[0]
@@ -433,7 +437,7 @@ def failure(rec: ImageVersion) -> tuple[ExitCode, list[str]] | None:
         return None
     codes = {r.error or int(ExitCode.REPLICATION_FAILED) for r in failed}
     code = ExitCode(codes.pop()) if len(codes) == 1 else ExitCode.REPLICATION_FAILED
-    lines = [f"replica {r.volume} in region {r.region} failed: {r.reason}" for r in failed]
+    lines = [f"replica {r.volume} in region {r.location} failed: {r.reason}" for r in failed]
     return code, lines
 
 

@@ -78,10 +78,10 @@ def versions_in(
 
 def _hash(ctx: Context, r: Replica, rate: float | None) -> tuple[str, int]:
     throttle = Throttle(rate)
-    if ctx.regions.region(r.region).is_local:
-        path = ctx.hv(r.region).volume_path(r.pool, r.volume)
+    if ctx.regions.region(r.location).is_local:
+        path = ctx.hv(r.location).volume_path(r.pool, r.volume)
         return transfer.sha256_file(path, throttle), path.stat().st_size
-    result = streams.hash_volume(ctx.hv(r.region).volume(r.pool, r.volume), throttle)
+    result = streams.hash_volume(ctx.hv(r.location).volume(r.pool, r.volume), throttle)
     return result.sha256, result.size
 
 
@@ -167,7 +167,7 @@ def heal(
                     names = ", ".join(f"{d.kind} {d.name}" for d in deps[r.path])
                     rows.append(ScrubRow(rec.ref, r.region, r.volume, "kept", detail=names))
                     continue
-                copies.remove_files(ctx.hv(r.region), r.pool, r.volume)
+                copies.remove_files(ctx.hv(r.location), r.pool, r.volume)
                 rec = _mark(ctx, rec, r, ReplicaState.PENDING, reason="", progress=0)
                 healable.append(r)
             if healable:

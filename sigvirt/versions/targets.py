@@ -14,7 +14,13 @@ from sigvirt.catalog.records import ImageVersion, Replica, ReplicaState
 from sigvirt.context import Context
 from sigvirt.errors import HasDependents, InvalidArgument, SigvirtError
 from sigvirt.hosts import regioncheck
-from sigvirt.hosts.regions import STORAGE_TYPES, PoolConfig, RegionConfig, RegionsConfig
+from sigvirt.hosts.regions import (
+    STORAGE_TYPES,
+    PoolConfig,
+    RegionConfig,
+    RegionsConfig,
+    location,
+)
 from sigvirt.versions import dependents
 
 MAX_REPLICAS_PER_REGION = 100
@@ -101,12 +107,13 @@ def _canonical(what: str, wanted: str) -> str:
 
 
 def _require_pool(what: str, cfg: RegionConfig, kind: str) -> None:
-    have = sorted({pool_kind(p) for p in cfg.pools})
-    if kind not in have:
-        raise InvalidArgument(
-            f"{what}: region {cfg.name} has no pool of storage type {kind} (its pools' types: "
-            f"{', '.join(have)}; label one with storage_type in regions.yaml)"
-        )
+    for host in cfg.zones or (cfg,):  # every zone of a zoned region takes its share
+        have = sorted({pool_kind(p) for p in host.pools})
+        if kind not in have:
+            raise InvalidArgument(
+                f"{what}: region {host.location} has no pool of storage type {kind} (its "
+                f"pools' types: {', '.join(have)}; label one with storage_type in regions.yaml)"
+            )
 
 
 def _storage_type(item: str, wanted: str, cfg: RegionConfig) -> str:
@@ -219,8 +226,11 @@ def plan(
     """What to add and remove so each target region holds its count of replicas.
 
     New replicas take the lowest free indexes and go round-robin over the region's pools
-    (index i lands in pool i mod n). Removals prefer replicas that aren't completed (a
-    corrupt one first of all), then completed ones whose file changed since it was verified
+    (index i lands in pool i mod n). In a zoned region each new one goes to the zone that
+    holds fewest of the version's replicas (ties: the zone listed first), so 3 replicas in 3
+    zones are one per zone, and its pools are that zone's.
+    Removals prefer replicas that aren't completed (a corrupt one first of all), then
+    completed ones whose file changed since it was verified
     (`suspect`) or that were never verified, then the highest index: a shrink keeps the
     replicas known good. A replica that a clone depends on is never chosen, and if too few
     are free the plan lists the dependents that block it. `pool_paths` gives a pool's
@@ -242,14 +252,20 @@ def plan(
             # Indexes of replicas still being deleted stay taken: a volume name is a key.
             used = {replica_index(rec, r) for r in rec.replicas if r.region == region}
             free = (i for i in range(MAX_REPLICAS_PER_REGION * 2) if i not in used)
-            pools = pools_for(cfg, rec.storage_types.get(region))
+            load = {z: sum(r.zone == z for r in have) for z in cfg.zone_names}
             for _ in range(want - len(have)):
                 i = next(free)
+                host = cfg
+                if load:
+                    zone = min(load, key=lambda z: (load[z], cfg.zone_names.index(z)))
+                    load[zone] += 1
+                    host = config.region(location(region, zone))
+                pools = pools_for(host, rec.storage_types.get(region))
                 pool = pools[i % len(pools)]
                 vol = volume_name(rec, region, i)
-                directory = pool_paths(region, pool.name) if pool_paths else None
+                directory = pool_paths(host.location, pool.name) if pool_paths else None
                 path = str(directory / vol) if directory is not None else ""
-                add.append(Replica(region, pool.name, vol, path))
+                add.append(Replica(region, pool.name, vol, path, zone=host.zone))
         elif len(have) > want:
             excess = len(have) - want
             order = sorted(
@@ -281,16 +297,16 @@ UNFINISHED = (
 
 
 def copy_action(r: Replica, size: int = 0) -> Action:
-    return Action("copy", "replica", r.volume, r.region, r.pool, r.path, size)
+    return Action("copy", "replica", r.volume, r.location, r.pool, r.path, size)
 
 
 def import_action(r: Replica, size: int = 0, source: str = "") -> Action:
-    return Action("import", "replica", r.volume, r.region, r.pool, r.path, size, source)
+    return Action("import", "replica", r.volume, r.location, r.pool, r.path, size, source)
 
 
 def removal_action(r: Replica, size: int = 0) -> Action:
     state = str(r.state)
-    return Action("delete-volume", "replica", r.volume, r.region, r.pool, r.path, size, state)
+    return Action("delete-volume", "replica", r.volume, r.location, r.pool, r.path, size, state)
 
 
 def replication_actions(
@@ -305,7 +321,7 @@ def replication_actions(
     out += [removal_action(r, size) for r in p.remove]
     for r in [*(r for r in rec.replicas if r.state in UNFINISHED and r.key not in gone), *p.add]:
         if not r.path and path_of is not None:
-            directory = path_of(r.region, r.pool)
+            directory = path_of(r.location, r.pool)
             r = dataclasses.replace(r, path=str(directory / r.volume) if directory else "")
         out.append(copy_action(r, size))
     return out
@@ -319,12 +335,12 @@ def blocked_error(rec: ImageVersion, blocked: tuple[dependents.Dependent, ...]) 
 
 
 def find_dependents(ctx: Context, replicas: list[Replica]) -> dict[str, list[dependents.Dependent]]:
-    """Dependents per replica path, read from each region's libvirt."""
+    """Dependents per replica path, read from each host's libvirt (each zone's)."""
     out: dict[str, list[dependents.Dependent]] = {}
-    regions = {r.region for r in replicas if r.state == ReplicaState.COMPLETED}
+    regions = {r.location for r in replicas if r.state == ReplicaState.COMPLETED}
     for region in sorted(regions):
         paths = [
-            r.path for r in replicas if r.region == region and r.state == ReplicaState.COMPLETED
+            r.path for r in replicas if r.location == region and r.state == ReplicaState.COMPLETED
         ]
         for dep in dependents.find(ctx.hv(region), paths):
             out.setdefault(dep.replica, []).append(dep)

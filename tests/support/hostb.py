@@ -95,6 +95,31 @@ class HostB:
         """A domain name unique on this machine (see the module doc: shared cgroup tree)."""
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
+    def libvirtd_pid(self) -> int:
+        return int((self.state_dir / "libvirtd.pid").read_text().strip())
+
+    @contextlib.contextmanager
+    def daemon_stopped(self) -> Iterator[None]:
+        """This host's libvirtd stopped for the block (SIGTERM to the pid this session started,
+        waited for), as a host whose daemon went down: its sshd still answers, libvirt does
+        not. Started again afterwards, also when the block fails (``lab-hostb.sh start`` first
+        cleans up what the dead daemon left: its guests' QEMUs and the sshd)."""
+        pid = self.libvirtd_pid()
+        os.kill(pid, signal.SIGTERM)
+        try:
+            end = time.monotonic() + STOP_TIMEOUT
+            while _pid_alive(pid) and not _zombie(pid) and time.monotonic() < end:
+                time.sleep(0.05)
+            if _pid_alive(pid) and not _zombie(pid):
+                raise RuntimeError(f"libvirtd {pid} of {self.state_dir} did not stop")
+            yield
+        finally:
+            r = lab_script("start", str(self.state_dir), timeout=START_TIMEOUT)
+            if r.returncode != 0:
+                raise RuntimeError(
+                    f"tools/lab-hostb.sh start failed (rc {r.returncode}):\n{r.stderr}"
+                )
+
     def script(self, *args: str, timeout: float = STOP_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """Run ``tools/lab-hostb.sh ARGS... STATE_DIR`` for this hostB (e.g. ``status``)."""
         return lab_script(*args, str(self.state_dir), timeout=timeout)
@@ -151,6 +176,13 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().count("State:\tZ") > 0
+    except OSError:
+        return False
 
 
 def reap_stale_state_dirs() -> None:
