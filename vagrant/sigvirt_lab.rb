@@ -117,6 +117,12 @@ module SigvirtLab
     else
       YAML.safe_load(File.read(lab_file)) || {}
     end
+    from_doc(lab, lab_file, here)
+  end
+
+  # A lab from what a lab.yaml holds (lab_file names it in messages); vagrant/lab/Vagrantfile
+  # describes its machines itself. here/.. is where a regions.yaml may be found last.
+  def self.from_doc(lab, lab_file, here = __dir__)
     uri, pool, accel = region(here, lab)
     accel = ENV["SIGVIRT_LAB_ACCEL"] || accel
     accel = kvm_usable? ? "kvm" : "tcg" if accel == "auto"

@@ -20,6 +20,8 @@
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 # shellcheck source-path=SCRIPTDIR source=../lib/common.sh
 . "$here/../lib/common.sh"
+# shellcheck source-path=SCRIPTDIR source=rootfs.sh
+. "$here/rootfs.sh"
 build_begin debian "$@"
 [ "$(id -u)" -eq 0 ] || { log "run as root (mmdebstrap --mode=root)"; exit 1; }
 require_tools mmdebstrap
@@ -34,26 +36,8 @@ extract_debs $BOOT_PKGS
 # ---- root filesystem -----------------------------------------------------------------------------
 r=$stage/rootfs
 pkgs=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,cloud-init,cloud-guest-utils,qemu-guest-agent,iproute2,procps,sudo,zstd
-log "mmdebstrap bookworm: $pkgs"
-mmdebstrap --variant=apt --mode=root ${MMDEBSTRAP_VERBOSE:---quiet} \
-  --aptopt='Acquire::Check-Valid-Until "false"' --aptopt='Acquire::Languages "none"' \
-  --aptopt='APT::Install-Recommends "false"' \
-  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-  --dpkgopt='path-exclude=/usr/share/lintian/*' --dpkgopt='force-unsafe-io' \
-  --include="$pkgs" \
-  --essential-hook="\"$here/customize.sh\" essential \"\$1\"" \
-  --customize-hook="\"$here/customize.sh\" customize \"\$1\"" \
-  bookworm "$r" \
-  "deb http://deb.debian.org/debian bookworm main" \
-  "deb http://deb.debian.org/debian bookworm-updates main" \
-  "deb http://deb.debian.org/debian-security bookworm-security main"
-log "rootfs done ($(elapsed) s): $(du -sm "$r" | cut -f1) MB"
-kernel=$(readlink -f "$r/vmlinuz" 2>/dev/null || true)
-[ -f "$kernel" ] || kernel=$(find "$r/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
-initrd=$r/boot/initrd.img-${kernel##*/vmlinuz-}
-[ -f "$kernel" ] && [ -f "$initrd" ] || { log "no kernel/initrd in $r/boot"; exit 1; }
+debian_rootfs "$r" "$pkgs" "$here/customize.sh"
+debian_kernel "$r"
 
 # ---- boot partition, root filesystem image and disk ------------------------------------------------
 # 1 MiB gap | p1 128 MiB FAT16, bootable | p2 1919 MiB Linux = 2 GiB

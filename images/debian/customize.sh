@@ -23,7 +23,8 @@ echo debian > "$r/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n' > "$r/etc/hosts"
 
 # ---- cloud-init, network, ssh, readiness marker --------------------------------------------------------
-install -m 0644 "$f/90-sigvirt.cfg" "$r/etc/cloud/cloud.cfg.d/90-sigvirt.cfg"
+# (a recipe built on this one without cloud-init, images/labhost, has no /etc/cloud)
+[ ! -d "$r/etc/cloud" ] || install -m 0644 "$f/90-sigvirt.cfg" "$r/etc/cloud/cloud.cfg.d/90-sigvirt.cfg"
 install -D -m 0644 "$f/80-sigvirt-dhcp.network" "$r/etc/systemd/network/80-sigvirt-dhcp.network"
 install -D -m 0644 "$f/wait-online-any.conf" "$r/etc/systemd/system/systemd-networkd-wait-online.service.d/sigvirt.conf"
 install -D -m 0644 "$f/ssh-sigvirt.conf" "$r/etc/systemd/system/ssh.service.d/sigvirt.conf"

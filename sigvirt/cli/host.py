@@ -1,4 +1,4 @@
-"""Host-level commands: `doctor` and the guest image recipes (`image build|list`)."""
+"""Host-level commands: `doctor` and the guest image recipes (`image build|box|list`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,26 @@ def image_build(
     r = recipes.recipe(name)
     path = recipes.ensure_built(r, Runner())
     emit({"recipe": name, "digest": r.digest(), "path": path}, output)
+
+
+@image_app.command("box")
+def image_box(
+    name: Annotated[str, typer.Argument(help="recipe whose image has user vagrant (labhost)")],
+    file: Annotated[Path, typer.Option("--file", help="the box to write (never overwritten)")],
+    resource_group: ResourceGroupOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Build a recipe's image (cached) and write it as a vagrant-libvirt box; print its sha256
+    (`vagrant box add --checksum-type sha256 --checksum ...`)."""
+    from dataclasses import asdict
+
+    from sigvirt.hosts.qemuimg import QemuImg
+    from sigvirt.vagrant import imagebox
+
+    r = recipes.recipe(name)
+    imagebox.check(r, file)
+    path = recipes.ensure_built(r, Runner())
+    emit(asdict(imagebox.write(r, path, file, QemuImg(Runner()))), output)
 
 
 @image_app.command("list")
