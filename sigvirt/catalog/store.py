@@ -19,6 +19,9 @@ on the others.
 Soft-deleted records (and versions whose deletion waits for a region) stay where they are,
 in their state: every read hides them — NotFound by name, skipped by listings — unless the
 caller asks with `hidden=True` (the recycle bin, gc, space, sharing and region admin do).
+
+A definition's versions are listed through its listing index (listindex.py) where it may
+stand in for their files: a cache that is never believed over a record.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sigvirt.catalog import names
+from sigvirt.catalog import listindex, names
 from sigvirt.catalog.codec import loads, to_dict
 from sigvirt.catalog.damage import Damaged as Damaged
 from sigvirt.catalog.damage import Place, is_name, keep, misplaced
@@ -481,14 +484,23 @@ class GalleryStore:
             raise access_error(vdir, err) from None
         found: list[tuple[tuple[int, int, int], ImageVersion]] = []
         bad: list[tuple[tuple[int, int, int], Damaged]] = []
+        good: list[tuple[listindex.Stamp, ImageVersion]] = []  # every record that read cleanly
         try:
             self._need_see(g, d)
             every = self.caller is None or role_of(self.policy(g), self.caller, d) is not None
+            # What users list may come from the index; what acts on the records (gc, sharing,
+            # space, the recycle bin: hidden) reads every one.
+            indexed = every and not hidden and listindex.enabled()
+            built = listindex.now_ns()
+            stamps = listindex.scan(dfd) if indexed else {}
+            policy = lambda: self.policy(g)  # noqa: E731  (asked only of a foreign index)
+            cached = listindex.believed(dfd, g, d, stamps, policy) if indexed else None
+            used = 0
             in_gallery, in_definition = (
                 ("gallery", "gallery", g),
                 ("definition", "image definition", d),
             )
-            for name in os.listdir(dfd):
+            for name in [f"{v}.json" for v in stamps] if indexed else os.listdir(dfd):
                 if not name.endswith(".json") or name.startswith("."):
                     continue
                 stem = name[:-5]
@@ -501,14 +513,18 @@ class GalleryStore:
                         raise CorruptRecord(
                             "its name is not a version (Major.Minor.Patch.json)", path=vdir / name
                         )
-                    # _load, inlined: this loop runs 10,000 times for a long listing.
-                    try:
-                        rec = loads(ImageVersion, read_record(dfd, name, vdir))
-                    except (TypeError, ValueError) as err:
-                        raise CorruptRecord(str(err), path=vdir / name) from None
-                    if rec.gallery != g or rec.definition != d or rec.name != stem:
-                        place = (in_gallery, in_definition, ("name", "version", stem))
-                        raise CorruptRecord(misplaced(rec, place) or "", path=vdir / name)
+                    rec = cached.get(stem) if cached else None
+                    used += rec is not None
+                    if rec is None:  # _load, inlined: this loop runs 10,000 times
+                        try:
+                            rec = loads(ImageVersion, read_record(dfd, name, vdir))
+                        except (TypeError, ValueError) as err:
+                            raise CorruptRecord(str(err), path=vdir / name) from None
+                        if rec.gallery != g or rec.definition != d or rec.name != stem:
+                            place = (in_gallery, in_definition, ("name", "version", stem))
+                            raise CorruptRecord(misplaced(rec, place) or "", path=vdir / name)
+                    if indexed:
+                        good.append((stamps[stem], rec))
                     if hidden or rec.state not in HIDDEN:
                         found.append((key, rec))
                 except (FileNotFoundError, PermissionError):
@@ -519,6 +535,8 @@ class GalleryStore:
                     bad.append((key, Damaged(stem, err)))
         finally:
             os.close(dfd)
+        if indexed and listindex.stale(len(good), used, cached is not None):
+            listindex.write(self.definition_dir(g, d), g, d, built, good)
         by_version = operator.itemgetter(0)  # keys are unique but for names that are none
         if damaged is not None:
             damaged += [item for _key, item in sorted(bad, key=by_version)]

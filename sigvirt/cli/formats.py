@@ -71,8 +71,9 @@ def _reason(err: Exception) -> str:
 # -- json and yaml ----------------------------------------------------------------------------
 def json_text(data: Any) -> str:
     if isinstance(data, list) and len(data) > LONG_LIST:
-        lines = (json.dumps(row, sort_keys=True, check_circular=False) for row in data)
-        return "[\n" + ",\n".join(lines) + "\n]\n"
+        # one encoder for every row: json.dumps with options builds a new one per call
+        encode = json.JSONEncoder(sort_keys=True, check_circular=False).encode
+        return "[\n" + ",\n".join(map(encode, data)) + "\n]\n"
     # plain() and jmespath made a fresh tree: no cycles to look for (halves long lists' time)
     return json.dumps(data, indent=2, sort_keys=True, check_circular=False) + "\n"
 

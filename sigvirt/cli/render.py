@@ -201,7 +201,8 @@ RICH_ROWS = formats.LONG_LIST
 
 def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None:
     heads = [c.replace("_", " ") for c in cols]
-    cells = [[_cell(row.get(c)) for c in cols] for row in rows]
+    # a plain string is its own cell: the common case, 80,000 times for 10,000 versions
+    cells = [[v if type(v) is str else _cell(v) for v in map(row.get, cols)] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(heads)]
 
     def line(values: list[str]) -> str:

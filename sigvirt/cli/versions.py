@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sigvirt.catalog import latest
+from sigvirt.catalog import latest, listindex
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.names import ImageRef
 from sigvirt.catalog.plans import Journal
@@ -233,16 +233,17 @@ def version_list(
     """List a definition's versions, oldest first (damaged ones: as `sig list` shows them)."""
     s = store()
     damaged: list[Damaged] = []
-    versions = s.list_versions(gallery, definition, damaged)
-    for item in damaged:
-        warn(f"skipped damaged metadata file {item.path}: {item.reason}")
-    if output is Output.table:
-        emit([row(v) for v in versions], output, COLUMNS, title="image versions", ready=True)
-        return
-    group = _group(s, gallery)
-    rows = [azshape.version(v, group) for v in versions]
-    rows += [{"name": d.name, "damaged": d.reason} for d in damaged]
-    emit(rows, output, COLUMNS, title="image versions", ready=True)
+    with listindex.gc_paused():  # 10,000 versions make ~300,000 objects and no cycle
+        versions = s.list_versions(gallery, definition, damaged)
+        for item in damaged:
+            warn(f"skipped damaged metadata file {item.path}: {item.reason}")
+        if output is Output.table:
+            emit([row(v) for v in versions], output, COLUMNS, title="image versions", ready=True)
+            return
+        group = _group(s, gallery)
+        rows = [azshape.version(v, group) for v in versions]
+        rows += [{"name": d.name, "damaged": d.reason} for d in damaged]
+        emit(rows, output, COLUMNS, title="image versions", ready=True)
 
 
 @app.command("show")
@@ -305,7 +306,7 @@ def version_show_latest(
     """The version `latest` resolves to (in a region, with -l): the highest Major.Minor.Patch
     published and not excluded from latest (there). Damaged records are skipped, each with a
     warning; --explain lists every version and why."""
-    with context() as ctx:
+    with context() as ctx, listindex.gc_paused():
         region = None
         if location:
             from sigvirt.versions import targets

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigvirt.catalog import listindex
 from sigvirt.catalog.fileio import file_lock
 from sigvirt.catalog.policy import Grant, Policy, Role, covers
 from sigvirt.catalog.records import Replica
@@ -140,6 +141,10 @@ def plan(
             out.append(Target(path, _make(dl, True, og), d_default, gid))
         for name in ("definition.json", ".lock"):
             out.append(Target(ddir / name, _make(dl, False, og), None, gid))
+        # The listing index holds every version: readable as a version without grants of its
+        # own is, never by those given single versions (catalog/listindex.py).
+        index = ddir / "versions" / listindex.NAME
+        out.append(Target(index, _make(_Level(dl.covering, ()), False, og), None, gid))
         # Hidden ones too: undelete restores them exactly, their ACLs with them.
         for v in store.list_versions(g, d.name, damaged, hidden=True):
             vl = level(f"{d.name}/{v.name}")
@@ -169,9 +174,9 @@ def replica_path_problem(g: str, d: str, v: str, r: Replica, pool_dirs: PoolDirs
     """None when `r.path` is the file sigvirt made for replica `r` of version G/D/V in a
     local pool; "" for a replica that is simply not local (nothing to set there); else why
     the path is refused."""
-    if r.region not in pool_dirs:
+    if r.location not in pool_dirs:
         return ""
-    directory = pool_dirs[r.region].get(r.pool)
+    directory = pool_dirs[r.location].get(r.pool)
     if directory is None:
         return f"pool {r.pool!r} is not a pool of region {r.region!r}"
     path = Path(r.path)
