@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
+from types import FrameType
 
 import typer
 
@@ -90,7 +93,9 @@ VARIADIC = frozenset(
         "--instance-ids",
         "--data-disk-sizes-gb",
         "--zones",
+        "-z",  # az's short --zones (vm create's single --zone -z spreads to itself)
         "--target-region-exclude-from-latest",
+        "--features",
     }
 )
 
@@ -116,10 +121,31 @@ def spread_variadic(args: list[str]) -> list[str]:
     return out
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise KeyboardInterrupt
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt (Ctrl-C, or SIGTERM: see main) is behind `err`."""
+    seen: BaseException | None = err
+    for _ in range(8):  # a short chain: Typer's Exit from the interrupt, SystemExit from it
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, translate sigvirt errors to one line and their exit code."""
     from sigvirt.cli import formats, globalargs, render
 
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # SIGTERM (kill, a CI job's timeout, a service stopping) ends a command as Ctrl-C
+        # does, through its undo paths: a VM not up yet is removed, a partial copy deleted.
+        signal.signal(signal.SIGTERM, _interrupt)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in globalargs.before_separator(args)  # before take() can refuse
     previous = render.settings()
@@ -140,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        if _interrupted(exit_):  # Typer turns Ctrl-C into a silent exit 130: say it
+            print("sigvirt: interrupted", file=sys.stderr)
+            code = ExitCode.INTERRUPTED
     except SigvirtError as err:
         if debug:
             traceback.print_exc()
