@@ -15,13 +15,23 @@ answering. Several runs, alternating single and 4; min / median / max over runs.
 column compares 4-at-once wall time with one guest's define→SSH (4 guests on 2 cores: 2.0
 would be perfect CPU-bound scaling, 4.0 no overlap at all).
 
+Then the Arm64 tiny guest (images/tiny-arm64: aarch64 `virt`, AAVMF UEFI, TCG on an x86 host),
+one at a time, --arm64-runs times: define→SSH, SSH wait and QEMU CPU s as above, next to the
+x86 single-guest rows of the same run (0 runs skips it).
+
+Then the Secure Boot Debian guest (images/debian-sb under Trusted Launch: OVMF with Microsoft's
+keys, SMM, a vTPM; shim → GRUB → the signed kernel, cloud-init), --sb-runs times, the same
+columns (0 runs skips it).
+
 Run: /opt/sigvirt/venv/bin/python benchmarks/bench_boot.py [--runs 5] [--memory 128]
+     [--arm64-runs 3] [--arm64-memory 256] [--sb-runs 2] [--sb-memory 512]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +41,21 @@ import guestlab
 
 from sigvirt.guests import guest
 from sigvirt.guests.guest import GuestSpec, PortAllocator
+from sigvirt.hosts import recipes
+from sigvirt.runner import Runner
+from sigvirt.sharing.plan import protect_replica
 
 
-def boot(lab: guestlab.Lab, base: Path, name: str, ports: PortAllocator, memory: int) -> dict:
+def boot(
+    lab: guestlab.Lab, base: Path, name: str, ports: PortAllocator, memory: int,
+    architecture: str = "x64", trusted_launch: bool = False,
+) -> dict:  # fmt: skip
     assert lab.hv is not None
     marks: dict[str, float] = {}
     spec = GuestSpec(
         name=name, pool=lab.pool, base=base, admin_user="bench",
-        ssh_public_keys=(lab.public_key,), memory_mib=memory,
+        ssh_public_keys=(lab.public_key,), memory_mib=memory, architecture=architecture,
+        firmware="uefi" if trusted_launch else "bios", trusted_launch=trusted_launch,
     )  # fmt: skip
     start = time.perf_counter()
     g = guest.create(
@@ -72,7 +89,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory", type=int, default=128, help="MiB per guest")
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a quieter host")
+    parser.add_argument("--arm64-runs", type=int, default=3, help="Arm64 tiny boots (0: none)")
+    # AAVMF and the arm64 kernel: 256 MiB as the tests' Lab_Small (untried below that)
+    parser.add_argument("--arm64-memory", type=int, default=256, help="MiB for the Arm64 guest")
+    parser.add_argument("--sb-runs", type=int, default=2, help="Secure Boot Debian boots")
+    parser.add_argument("--sb-memory", type=int, default=512, help="MiB for the SB Debian guest")
     args = parser.parse_args()
+    secure: dict[str, list[float]] = {"call": [], "define": [], "wait": [], "cpu": []}
+    arm64: dict[str, list[float]] = {"call": [], "define": [], "wait": [], "cpu": []}
 
     single: dict[str, list[float]] = {"call": [], "define": [], "wait": [], "cpu": []}
     four: dict[str, list[float]] = {"call": [], "define": [], "wait": [], "cpu": [], "wall": []}
@@ -109,6 +133,27 @@ def main() -> int:
                 flush=True,
             )
             delete_all(lab)
+        if args.arm64_runs:
+            arm_base = arm64_base_in_pool(lab)
+            boot(lab, arm_base, lab.name("armwarm"), ports, args.arm64_memory, "Arm64")
+            delete_all(lab)
+        for r in range(args.arm64_runs):
+            guestlab.wait_quiet(args.max_load, 60)
+            loads.append(os.getloadavg()[0])
+            one = boot(lab, arm_base, lab.name(f"arm{r}"), ports, args.arm64_memory, "Arm64")
+            for k in arm64:
+                arm64[k].append(one[k])
+            print(f"arm64 run {r + 1}: define→SSH {one['define']:.2f} s", flush=True)
+            delete_all(lab)
+        sb_base = recipe_base_in_pool(lab, "debian-sb") if args.sb_runs else base
+        for r in range(args.sb_runs):
+            guestlab.wait_quiet(args.max_load, 60)
+            loads.append(os.getloadavg()[0])
+            one = boot(lab, sb_base, lab.name(f"sb{r}"), ports, args.sb_memory, trusted_launch=True)
+            for k in secure:
+                secure[k].append(one[k])
+            print(f"secure boot run {r + 1}: define→SSH {one['define']:.2f} s", flush=True)
+            delete_all(lab)
         print(f"end: {guestlab.load()}")
 
     print(
@@ -126,7 +171,33 @@ def main() -> int:
     print(f"{'4 at once: wall (start → last SSH)':34} {fmt(four['wall'])}")
     ratio = [w / s for w, s in zip(four["wall"], single["define"], strict=True)]
     print(f"{'ratio 4-wall / 1-define→SSH':34} {fmt(ratio)}   (2.0 = CPU-bound on 2 cores)")
+    if args.arm64_runs:
+        print(f"\nArm64 tiny guest, {args.arm64_memory} MiB, 1 vCPU, TCG; {args.arm64_runs} runs")
+        print(f"{'Arm64 1 guest: define→SSH':34} {fmt(arm64['define'])}")
+        print(f"{'Arm64 1 guest: SSH wait after start':34} {fmt(arm64['wait'])}")
+        print(f"{'Arm64 1 guest: QEMU CPU s until SSH':34} {fmt(arm64['cpu'])}")
+    if args.sb_runs:
+        print(f"\nSB Debian + vTPM, {args.sb_memory} MiB, 1 vCPU, TCG; {args.sb_runs} runs")
+        print(f"{'SB Debian: define→SSH':34} {fmt(secure['define'])}")
+        print(f"{'SB Debian: SSH wait after start':34} {fmt(secure['wait'])}")
+        print(f"{'SB Debian: QEMU CPU s until SSH':34} {fmt(secure['cpu'])}")
     return 0
+
+
+def arm64_base_in_pool(lab: guestlab.Lab) -> Path:
+    """The Arm64 tiny image (built if its recipe changed) as a base in the lab's pool."""
+    return recipe_base_in_pool(lab, "tiny-arm64")
+
+
+def recipe_base_in_pool(lab: guestlab.Lab, recipe: str) -> Path:
+    """A recipe's image (built if the recipe changed) as a base in the lab's pool."""
+    assert lab.hv is not None
+    image = recipes.ensure_built(recipes.recipe(recipe), Runner())
+    dest = lab.root / "pool" / lab.name(f"{recipe}-base.qcow2")
+    shutil.copyfile(image, dest)
+    protect_replica(dest)
+    lab.hv.refresh_pool(lab.pool)
+    return dest
 
 
 if __name__ == "__main__":

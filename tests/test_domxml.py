@@ -90,6 +90,32 @@ CASES = {
     "domain-kvm-data-disks": _spec(
         accel="kvm", data_disks=(Path("/var/lib/sigvirt/pools/local-a/web-0.data0.qcow2"),)
     ),
+    # issue 17: the OS disk's controller, virtio-net multiqueue
+    "domain-tcg-uefi": _spec(firmware="uefi"),
+    "domain-uefi-scsi": _spec(firmware="uefi", disk_controller="scsi"),
+    "domain-uefi-nvme": _spec(firmware="uefi", disk_controller="nvme"),
+    "domain-kvm-uefi-scsi": _spec(accel="kvm", firmware="uefi", disk_controller="scsi"),
+    "domain-tcg-bridge-multiqueue": _spec(
+        network=Network(kind="bridge", source="br0"), vcpus=4, net_queues=4
+    ),
+    "domain-kvm-network-multiqueue": _spec(
+        accel="kvm", network=Network(kind="network", source="lab"), vcpus=2, net_queues=2
+    ),
+}
+WINDOWS_CASES = {
+    "domain-windows-gen2": _spec(
+        accel="kvm",
+        firmware="uefi",
+        network=Network(kind="bridge", source="br0"),
+        vcpus=2,
+        memory_mib=4096,
+        seed=None,
+        data_disks=(Path("/var/lib/sigvirt/pools/local-a/web-0.data0.qcow2"),),
+    ),
+    "domain-windows-gen1": _spec(memory_mib=2048, seed=None),
+    "domain-windows-gen2-nvme": _spec(
+        firmware="uefi", disk_controller="nvme", memory_mib=2048, seed=None
+    ),
 }
 
 
@@ -107,11 +133,22 @@ def test_domain_xml_matches_expected_file(case: str) -> None:
     _check(case, domxml.domain_xml(CASES[case]))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(WINDOWS_CASES))
+def test_windows_domain_xml_matches_expected_file(case: str) -> None:
+    _check(case, domxml.windows_domain_xml(WINDOWS_CASES[case]))
+
+
+def _all_xml() -> dict[str, str]:
+    out = {k: domxml.domain_xml(v) for k, v in CASES.items()}
+    out.update({k: domxml.windows_domain_xml(v) for k, v in WINDOWS_CASES.items()})
+    return out
+
+
+@pytest.mark.parametrize("case", sorted([*CASES, *WINDOWS_CASES]))
 def test_domain_xml_is_accepted_by_libvirt_test_driver(case: str) -> None:
     conn = libvirt.open("test:///default")
     try:
-        dom = conn.defineXML(domxml.domain_xml(CASES[case]))
+        dom = conn.defineXML(_all_xml()[case])
         assert dom.name() == "web-0"
         dom.undefine()
     finally:
@@ -291,3 +328,83 @@ def test_a_hand_edited_intent_is_none_not_a_crash(text: str) -> None:
     prov = replace(PROV, reimage=text)
     assert prov.intent is None
     assert prov.volumes[0] == PROV.overlay
+
+
+# -- issue 17: disk controllers, multiqueue, Windows ------------------------------------------
+def _os_disk_target(root: ET.Element) -> tuple[str | None, str | None]:
+    target = root.find("./devices/disk/target")
+    assert target is not None
+    return target.get("dev"), target.get("bus")
+
+
+def test_scsi_os_disk_is_sda_on_a_virtio_scsi_controller_in_vdas_slot() -> None:
+    root = ET.fromstring(domxml.domain_xml(_spec(disk_controller="scsi")))
+    assert _os_disk_target(root) == ("sda", "scsi")
+    ctl = root.find("./devices/controller[@type='scsi']")
+    assert ctl is not None and ctl.get("model") == "virtio-scsi"
+    assert ctl.find("address").get("slot") == f"0x{domxml.FLAT_SLOTS['vda']:02x}"  # type: ignore[union-attr]
+    seed = root.findall("./devices/disk")[1].find("target")
+    assert seed is not None and (seed.get("dev"), seed.get("bus")) == ("vdb", "virtio")
+
+
+def test_nvme_os_disk_is_a_virtio_disk_whose_qemu_device_is_nvme() -> None:
+    root = ET.fromstring(domxml.domain_xml(_spec(disk_controller="nvme")))
+    disk = root.find("./devices/disk")
+    assert disk is not None and disk.find("alias").get("name") == domxml.OS_DISK_ALIAS  # type: ignore[union-attr]
+    q = f"{{{domxml.QEMU_NS}}}"
+    device = root.find(f"./{q}override/{q}device")
+    assert device is not None and device.get("alias") == domxml.OS_DISK_ALIAS
+    props = {p.get("name"): p.get("value") for p in device.iter(f"{q}property")}
+    assert props == {"driver": "nvme", "serial": "sigvirt-osdisk"}  # QEMU requires a serial
+    # only the OS disk: a default guest has neither the alias nor the override
+    plain = domxml.domain_xml(_spec())
+    assert "override" not in plain and domxml.OS_DISK_ALIAS not in plain
+
+
+def test_multiqueue_is_only_given_where_the_network_has_queues() -> None:
+    kvm = ET.fromstring(domxml.domain_xml(CASES["domain-kvm-network-multiqueue"]))
+    assert kvm.find("./devices/interface/driver").attrib == {"name": "vhost", "queues": "2"}  # type: ignore[union-attr]
+    tcg = ET.fromstring(domxml.domain_xml(CASES["domain-tcg-bridge-multiqueue"]))
+    assert tcg.find("./devices/interface/driver").attrib == {"queues": "4"}  # type: ignore[union-attr]
+    # slirp has one queue: a user-forward NIC stays as it was
+    user = domxml.domain_xml(_spec(vcpus=4, net_queues=4))
+    assert user == domxml.domain_xml(_spec(vcpus=4)) and "queues" not in user
+
+
+def test_windows_boots_stock_devices_without_seed_or_virtio() -> None:
+    spec = _spec(seed=Path("/p/web-0.cidata.iso"), provenance=None)  # a seed given by mistake
+    root = ET.fromstring(domxml.windows_domain_xml(spec))
+    assert _os_disk_target(root) == ("sda", "sata")
+    assert len(root.findall("./devices/disk")) == 1  # not attached
+    text = domxml.windows_domain_xml(spec)
+    assert "virtio" not in text and "cidata" not in text and "e1000e" in text
+    assert root.find("./clock").get("offset") == "localtime"  # type: ignore[union-attr]
+    assert root.find("./clock/timer[@name='hypervclock']") is not None
+    graphics = root.find("./devices/graphics")
+    assert graphics is not None and graphics.get("listen") == "127.0.0.1"
+    assert graphics.find("listen").get("address") == "127.0.0.1"  # type: ignore[union-attr]
+    # under TCG QEMU refuses vpindex (and synic, stimer need it); KVM gets them all
+    tcg = {e.tag for e in root.find("./features/hyperv")}  # type: ignore[union-attr]
+    kvm = ET.fromstring(domxml.windows_domain_xml(_spec(accel="kvm")))
+    assert {e.tag for e in kvm.find("./features/hyperv")} - tcg == domxml.KVM_ONLY_HYPERV  # type: ignore[union-attr]
+
+
+def test_vnc_display_is_read_from_the_running_domain() -> None:
+    defined = domxml.windows_domain_xml(_spec())
+    assert domxml.vnc_display(defined) is None  # autoport: no port until it runs
+    live = defined.replace('port="-1"', 'port="5901"')
+    assert domxml.vnc_display(live) == "127.0.0.1:5901"
+    assert domxml.vnc_display(domxml.domain_xml(_spec())) is None  # Linux: no VNC
+
+
+@pytest.mark.parametrize("controller", ["scsi", "nvme"])
+def test_a_reimage_keeps_the_os_disks_controller(controller: str) -> None:
+    before = domxml.domain_xml(_spec(disk_controller=controller, provenance=PROV))
+    after = domxml.with_os_disk(
+        before, Path("/p/web-0.os1.qcow2"), (Backing(Path(NEW_REPLICA)),), PROV
+    )
+    root = ET.fromstring(after)
+    disk = root.find("./devices/disk")
+    assert disk is not None and disk.find("source").get("file") == "/p/web-0.os1.qcow2"  # type: ignore[union-attr]
+    assert _os_disk_target(root) == _os_disk_target(ET.fromstring(before))
+    assert ("override" in after) == (controller == "nvme")

@@ -65,4 +65,6 @@ def test_recipe_digest_covers_the_shared_lib(tmp_path: Path) -> None:
 def test_unknown_recipe_names_the_known_ones() -> None:
     with pytest.raises(NotFound) as caught:
         recipes.recipe("nope")
-    assert caught.value.message == "image recipe 'nope' not found (available: debian, tiny)"
+    assert caught.value.message == (
+        "image recipe 'nope' not found (available: debian, debian-sb, labhost, tiny, tiny-arm64)"
+    )

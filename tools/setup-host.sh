@@ -10,6 +10,10 @@ venv=${SIGVIRT_VENV:-/opt/sigvirt/venv}
 apt_packages=(
   # hypervisor and tools
   qemu-system-x86 qemu-utils ovmf libvirt-daemon-system libvirt-clients
+  # Arm64 guests (image definitions with --architecture Arm64): qemu-system-aarch64, AAVMF
+  qemu-system-arm qemu-efi-aarch64
+  # Trusted Launch (SecurityType=TrustedLaunch): the vTPM 2.0 emulator and its setup tools
+  swtpm swtpm-tools
   # building libvirt-python, the venv
   libvirt-dev pkg-config gcc python3-venv python3-dev
   # guest image recipes (images/)

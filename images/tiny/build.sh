@@ -40,7 +40,7 @@ fetch_debs "$kpkg" $pkgs
 # the kernel package: only the kernel and the module directories the initrd draws from, in the
 # background (xz, ~1.5 s) while the small packages are unpacked
 kdeb=$(debfile "$kpkg")
-kmdirs="drivers/virtio drivers/block drivers/net drivers/char drivers/cdrom drivers/acpi drivers/input fs/isofs fs/fat fs/nls net/core"
+kmdirs="drivers/virtio drivers/block drivers/net drivers/char drivers/cdrom drivers/acpi drivers/input drivers/scsi fs/isofs fs/fat fs/nls net/core"
 kpatterns=("./boot/vmlinuz-$kver")
 for d in $kmdirs; do kpatterns+=("./lib/modules/$kver/kernel/$d/*"); done
 (dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$x" --wildcards "${kpatterns[@]}") &
@@ -52,10 +52,11 @@ kmods=$x/lib/modules/$kver
 [ -f "$x/boot/vmlinuz-$kver" ] && [ -d "$kmods" ] || { log "kernel $kver not found in the package"; exit 1; }
 
 # ---- initramfs: busybox + modules ---------------------------------------------------------------
-# virtio (PCI, block, net, rng, console), the seed's filesystems (isofs needs cdrom; vfat needs fat
+# virtio (PCI, block, net, rng, console, SCSI + sd_mod for a root disk on virtio-scsi; NVMe is built
+# into the cloud kernel), the seed's filesystems (isofs needs cdrom; vfat needs fat
 # and the nls tables for codepage 437 / iocharset ascii|utf8|iso8859-1) and the ACPI power button.
 # Dependencies come from each module's own "depends=" (modinfo); load order from busybox depmod.
-modules="virtio_pci virtio_blk virtio_net virtio-rng virtio_console isofs nls_utf8 nls_cp437 nls_ascii nls_iso8859-1 vfat button evdev"
+modules="virtio_pci virtio_blk virtio_scsi sd_mod virtio_net virtio-rng virtio_console isofs nls_utf8 nls_cp437 nls_ascii nls_iso8859-1 vfat button evdev"
 ird=$stage/initrd; mkdir -p "$ird/bin" "$ird/etc" "$ird/lib/modules/$kver"
 cp "$bb" "$ird/bin/busybox"
 ln -s busybox "$ird/bin/sh"

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sigvirt.catalog import features as feature_rules
 from sigvirt.catalog import tags as tag_rules
 from sigvirt.catalog.records import Definition
 from sigvirt.catalog.store import Damaged, GalleryStore
@@ -37,7 +38,7 @@ app = typer.Typer(help="Image definitions (az sig image-definition).", no_args_i
 
 COLUMNS = [
     "name", "publisher", "offer", "sku", "os_type", "os_state", "hyper_v_generation",
-    "architecture", "end_of_life", "eol_policy",
+    "architecture", "end_of_life", "eol_policy", "features",
 ]  # fmt: skip
 UPDATE_PATHS = {
     "description": "description",
@@ -62,9 +63,39 @@ TestSpecOpt = Annotated[
 ]
 
 
+FeaturesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--features",
+        help="az's Name=Value pairs, e.g. DiskControllerTypes=SCSI,NVMe "
+        "IsAcceleratedNetworkSupported=True SecurityType=TrustedLaunchSupported",
+    ),
+]
+AllowUpdateImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--allow-update-image",
+        metavar="true|false",
+        help="Azure's allowUpdateImage: needed to change --features (new VMs follow them)",
+    ),
+]
+
+
+def _features(given: list[str] | None) -> dict[str, str] | None:
+    """--features parsed (None when not given)."""
+    return None if given is None else feature_rules.parse(given)
+
+
+def _feature_notes(rec: Definition) -> None:
+    """What a stored feature doesn't do here, once per feature."""
+    for line in feature_rules.notes(rec.features):
+        warn(line)
+
+
 def row(rec: Definition) -> dict[str, Any]:
     """A definition as people read it: the test spec as its identity, never its code."""
     out = dataclasses.asdict(rec)
+    out["features"] = " ".join(f"{k}={v}" for k, v in rec.features.items()) or None
     spec = rec.test_spec
     out["test_spec"] = (
         f"{spec.file_name} ({spec.size} bytes, sha256 {spec.spec_sha256[:16]}…, by {spec.owner})"
@@ -107,7 +138,7 @@ def definition_create(
     location: Annotated[
         str | None, typer.Option("--location", "-l", help="accepted: a definition has no region")
     ] = None,
-    features: Annotated[str | None, typer.Option("--features", hidden=True)] = None,
+    features: FeaturesOpt = None,
     plan_name: Annotated[str | None, typer.Option("--plan-name", hidden=True)] = None,
     test_spec: TestSpecOpt = None,
     eol_policy: safetyargs.EolPolicyOpt = None,
@@ -115,17 +146,17 @@ def definition_create(
     output: OutputOpt = Output.table,
 ) -> None:
     """Create an image definition (publisher/offer/sku unique within the gallery)."""
-    if features:
-        raise Unsupported("--features: definitions don't shape guests yet (planned)")
     if plan_name:
         raise Unsupported("--plan-name: there is no marketplace here")
     spec = DefinitionInput(
         publisher, offer, sku, os_type, os_state, hyper_v_generation, architecture,
         min_cpu, max_cpu, min_mem, max_mem, end_of_life, eula, release_note_uri,
         description or "", privacy_statement_uri, tag_rules.parse(tags) or {}, eol_policy or "",
+        _features(features) or {},
     )  # fmt: skip
     s = store()
     rec = definitions.create_definition(s, gallery, definition, spec, test_spec)
+    _feature_notes(rec)
     present(shape(s, rec), row(rec), output, [*COLUMNS, "test_spec"])
 
 
@@ -180,14 +211,18 @@ def definition_update(
     remove: RemoveOpt = None,
     test_spec: TestSpecOpt = None,
     eol_policy: safetyargs.EolPolicyOpt = None,
+    features: FeaturesOpt = None,
+    allow_update_image: AllowUpdateImageOpt = None,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Change a definition's recommendations, end of life, EULA, notes, description, tags
     (az's --set/--remove for tags.KEY and these properties), its boot-test spec, its eol
-    policy ("" = its gallery's)."""
+    policy ("" = its gallery's), its features (with --allow-update-image true)."""
     s = store()
     spec = definitions.read_spec(test_spec) if test_spec is not None else None
+    allow = safetyargs.flag(allow_update_image, "--allow-update-image") or False
+    new_features = _features(features)
     done = []
     for g, d in definition_targets(ids, gallery, definition):
         current = s.get_definition(g, d)
@@ -202,9 +237,11 @@ def definition_update(
             "max_memory_mib": max_mem, "end_of_life": end_of_life, "eula": eula,
             "release_note_uri": release_note_uri, "privacy_statement_uri": privacy_statement_uri,
             "description": description, "eol_policy": eol_policy,
-            "tags": set_tags if set_tags is not None else new_tags,
+            "tags": set_tags if set_tags is not None else new_tags, "features": new_features,
         }  # fmt: skip
-        rec = definitions.update_definition(s, g, d, **{**given, **ints, **texts})
+        rec = definitions.update_definition(s, g, d, allow, **{**given, **ints, **texts})
+        if new_features is not None:
+            _feature_notes(rec)
         if spec is not None:
             rec = definitions.set_test_spec(s, g, d, spec)
         done.append(rec)

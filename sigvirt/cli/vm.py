@@ -6,7 +6,9 @@ JSON and YAML come in az's shape (guests/vmviews.py), with sigvirt's own facts u
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,14 +22,17 @@ from sigvirt.cli.common import (
     context,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note
+from sigvirt.cli.safetyargs import flag
 from sigvirt.cli.vmcommon import (
     DEALLOCATED,
     SHOW_COLUMNS,
     VM_COLUMNS,
     AdminOpt,
+    ComputerNameOpt,
     CustomDataOpt,
     DataDisksOpt,
     DetailsOpt,
+    DiskControllerOpt,
     ForceOpt,
     GenKeysOpt,
     ImageOpt,
@@ -35,19 +40,23 @@ from sigvirt.cli.vmcommon import (
     MemoryOpt,
     NameOpt,
     OsDiskOpt,
+    PasswordOpt,
     PowerForceOpt,
     RegionOpt,
+    SecureBootOpt,
+    SecurityTypeOpt,
     SizeOpt,
     TimeoutOpt,
     VcpusOpt,
     VmOpt,
+    VtpmOpt,
     request,
     row,
     warn,
 )
 from sigvirt.cli.vmss import app as vmss_app  # `sigvirt vmss` (mounted in cli/__init__.py)
 from sigvirt.errors import InvalidArgument
-from sigvirt.guests import inventory, lifecycle, vms, vmviews
+from sigvirt.guests import devices, inventory, lifecycle, vms, vmviews
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 
@@ -55,6 +64,12 @@ app = typer.Typer(
     help="Virtual machines on linked clones of image versions (az vm).", no_args_is_help=True
 )
 __all__ = ["app", "vmss_app"]
+ZoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--zone", "-z", help="the availability zone of a zoned region to run in (az's --zone)"
+    ),
+]
 
 
 def _emit_vms(
@@ -79,18 +94,33 @@ def vm_create(
     custom_data: CustomDataOpt = None, force: ForceOpt = False, no_wait: NoWaitOpt = False,
     timeout: TimeoutOpt = 300, resource_group: ResourceGroupOpt = None, tags: TagsOpt = None,
     os_disk_size_gb: OsDiskOpt = None, data_disk_sizes_gb: DataDisksOpt = None,
-    output: OutputOpt = Output.table,
+    admin_password: PasswordOpt = None, computer_name: ComputerNameOpt = None,
+    zone: ZoneOpt = None, disk_controller_type: DiskControllerOpt = None,
+    security_type: SecurityTypeOpt = None, enable_secure_boot: SecureBootOpt = None,
+    enable_vtpm: VtpmOpt = None, output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Create a VM on a linked clone of the least-used replica; returns when SSH answers
-    (with --no-wait once it started: `vm wait --created` follows)."""
+    (a specialized image: when its sshd answers; Windows: once it runs, with the way to its
+    console; with --no-wait once it started: `vm wait --created` follows)."""
     req = request(
         name, image, region, vcpus, memory, size, admin_username, ssh_key_value,
         generate_ssh_keys, custom_data, force, no_wait, timeout, resource_group, tags,
-        os_disk_size_gb, data_disk_sizes_gb,
+        os_disk_size_gb, data_disk_sizes_gb, admin_password=admin_password,
+        computer_name=computer_name,
     )  # fmt: skip
+    security = devices.security_asked(
+        security_type,
+        flag(enable_secure_boot, "--enable-secure-boot"),
+        flag(enable_vtpm, "--enable-vtpm"),
+    )
+    req = dataclasses.replace(
+        req, zone=zone, disk_controller_type=disk_controller_type, security_type=security
+    )
     with context() as ctx:
         vm = vms.create(ctx, req)
     warn(vm.warnings)
+    if vm.console:
+        note(f"sigvirt: {vm.name}: {vm.console}")
     if for_people(output):
         emit(row(vm), output, SHOW_COLUMNS, ready=True)
     else:
@@ -212,14 +242,30 @@ def vm_ssh(
     ids: IdsOpt = None,
     region: RegionOpt = None,
     dry_run: Annotated[bool, typer.Option("--print", help="print the ssh command only")] = False,
+    local_user: Annotated[
+        str | None,
+        typer.Option(
+            "--local-user", "--username", "-u",
+            help="log in as this user (a specialized image's own; default: the admin user)",
+        ),
+    ] = None,
+    private_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--private-key-file", "--ssh-key", "-i",
+            help="with this private key (default: the key the VM was created with)",
+        ),
+    ] = None,
     resource_group: ResourceGroupOpt = None,
-) -> None:
+) -> None:  # fmt: skip
     """SSH into a VM: `sigvirt vm ssh -n NAME [-- COMMAND...]`."""
     targets = inventory.vm_names(name, ids)
     if len(targets) != 1:
         raise InvalidArgument("vm ssh reaches one VM: give one --ids")
     with context() as ctx:
-        argv = lifecycle.ssh_argv(ctx, targets[0], region, list(ctx_.args))
+        argv = lifecycle.ssh_argv(
+            ctx, targets[0], region, list(ctx_.args), user=local_user, key=private_key_file
+        )
     if dry_run:
         print(" ".join(argv))
         return

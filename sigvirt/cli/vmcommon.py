@@ -42,6 +42,16 @@ KeyOpt = Annotated[
 GenKeysOpt = Annotated[
     bool, typer.Option("--generate-ssh-keys", help="create ~/.ssh/id_ed25519 if missing")
 ]
+PasswordOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-password",
+        help="refused: sigvirt's guests take SSH keys (az's flag, so scripts fail clearly)",
+    ),
+]
+ComputerNameOpt = Annotated[
+    str | None, typer.Option("--computer-name", help="the guest's hostname (default: --name)")
+]
 CustomDataOpt = Annotated[
     Path | None, typer.Option("--custom-data", help="cloud-init user data (#cloud-config or #!)")
 ]
@@ -59,6 +69,34 @@ DataDisksOpt = Annotated[
         "--data-disk-sizes-gb",
         help="empty data disks, GiB each (several after one flag): vdc, vdd, … in the guest",
     ),
+]
+DiskControllerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--disk-controller-type",
+        metavar="SCSI|NVMe",
+        help="the OS disk's controller (virtio-scsi or NVMe; default virtio-blk); the image "
+        "definition must list it in its DiskControllerTypes feature",
+    ),
+]
+SecurityTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--security-type",
+        metavar="Standard|TrustedLaunch",
+        help="TrustedLaunch: Secure Boot (OVMF, Microsoft's keys) and a vTPM 2.0; the image "
+        "definition's SecurityType must allow it (TrustedLaunch images always launch so)",
+    ),
+]
+SecureBootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--enable-secure-boot", metavar="true|false", help="Trusted Launch: always true here"
+    ),
+]
+VtpmOpt = Annotated[
+    str | None,
+    typer.Option("--enable-vtpm", metavar="true|false", help="Trusted Launch: always true here"),
 ]
 DetailsOpt = Annotated[
     bool,
@@ -87,13 +125,14 @@ def request(
     size: str | None, admin: str | None, key: str | None, gen: bool,
     custom_data: Path | None, force: bool, no_wait: bool, timeout: float,
     resource_group: str | None, tags: list[str] | None, os_disk: int | None,
-    data_disks: list[int] | None,
+    data_disks: list[int] | None, *, admin_password: str | None = None,
+    computer_name: str | None = None,
 ) -> VmRequest:  # fmt: skip
     data = None if custom_data is None else seed.load_custom_data(custom_data)
     return VmRequest(
         name, image, region, vcpus, memory, size, admin, key, gen, data, force, not no_wait,
         timeout, resource_group or "", tagging.parse(tags) or {}, os_disk,
-        tuple(data_disks or ()),
+        tuple(data_disks or ()), admin_password=admin_password, computer_name=computer_name,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from sigvirt.catalog import eol, latest, names, specs
+from sigvirt.catalog import eol, features, latest, names, specs
 from sigvirt.catalog.dates import parse_date
 from sigvirt.catalog.records import BootTestState, Definition, ImageVersion, now
 from sigvirt.catalog.store import GalleryStore
@@ -36,6 +36,7 @@ class DefinitionInput:
     privacy_statement_uri: str = ""
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     eol_policy: str = ""  # warn | deny; "" = the gallery's
+    features: dict[str, str] = dataclasses.field(default_factory=dict)  # features.parse's
 
 
 _CHOICES = {
@@ -74,6 +75,8 @@ def _validated(fields: dict[str, Any]) -> dict[str, Any]:
         out["end_of_life"] = parse_date(out["end_of_life"])
     if out.get("eol_policy"):
         out["eol_policy"] = eol.parse_policy(out["eol_policy"])
+    if "features" in out:
+        out["features"] = features.checked(out["features"])
     return out
 
 
@@ -92,8 +95,17 @@ def create_definition(
     return set_test_spec(store, gallery, name, data) if data else rec
 
 
-def update_definition(store: GalleryStore, gallery: str, name: str, **changes: Any) -> Definition:
-    """Change the mutable properties (publisher/offer/sku and OS facts are fixed, as in Azure)."""
+def update_definition(
+    store: GalleryStore, gallery: str, name: str, allow_update_image: bool = False, **changes: Any
+) -> Definition:
+    """Change the mutable properties (publisher/offer/sku and OS facts are fixed, as in Azure).
+    Features change only with `allow_update_image` (Azure's allowUpdateImage): VMs made before
+    keep the devices they were defined with."""
+    if changes.get("features") is not None and not allow_update_image:
+        raise InvalidArgument(
+            "--features can change only with --allow-update-image true, as in Azure "
+            "(existing VMs keep their devices; new ones follow the new features)"
+        )
     fixed = {
         "publisher",
         "offer",

@@ -11,6 +11,7 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import InternalError
@@ -71,6 +72,10 @@ class Provenance:
     # scale-set instances: the model generation the instance got, and a reimage's intent
     model_generation: int = 0
     reimage: str = ""  # osdisk.Intent as JSON while a reimage is under way (or a disk kept)
+    disk_controller: str = ""  # the OS disk's controller: scsi | nvme; "" = virtio-blk
+    # a guest booted without a seed has admin_user "" (its identity is the image's own)
+    os_type: str = ""  # the definition's --os-type when not Linux (Windows)
+    computer_name: str = ""  # the hostname --computer-name gave the seed ("": the name)
 
     @property
     def tag_map(self) -> dict[str, str]:
@@ -170,6 +175,11 @@ def provenance_xml(prov: Provenance) -> str:
     return ET.tostring(prov.to_xml(namespace=None), encoding="unicode")
 
 
+# The OS disk's controller: virtio-blk (sigvirt's default), virtio-scsi (az's SCSI) or NVMe.
+DiskController = Literal["virtio", "scsi", "nvme"]
+OS_DISK_ALIAS = "ua-osdisk"  # libvirt keeps user aliases ("ua-" prefix) in the domain
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     name: str
@@ -187,6 +197,9 @@ class DomainSpec:
     provenance: Provenance | None = None
     arch: str = "x86_64"
     machine: str = "q35"
+    disk_controller: DiskController = "virtio"
+    net_queues: int = 0  # > 1: virtio-net multiqueue (network/bridge; slirp has one queue)
+    trusted_launch: bool = False  # Secure Boot (MS keys enrolled, SMM) and a vTPM 2.0; UEFI
 
 
 def mac_for(name: str) -> str:
@@ -225,7 +238,8 @@ def data_device(lun: int) -> str:
 
 
 def _flat(spec: DomainSpec) -> bool:
-    return spec.accel == "tcg" and spec.machine == "q35"
+    # aarch64's `virt` has a PCIe root too: the same saving applies to its devices
+    return spec.accel == "tcg" and spec.machine in ("q35", "virt")
 
 
 def _pci_slot(parent: ET.Element, spec: DomainSpec, what: str | int) -> None:
@@ -237,7 +251,8 @@ def _pci_slot(parent: ET.Element, spec: DomainSpec, what: str | int) -> None:
         )  # fmt: skip
 
 
-def domain_xml(spec: DomainSpec) -> str:
+def _head(spec: DomainSpec) -> tuple[ET.Element, ET.Element]:
+    """<domain> up to its <features> (acpi, apic): name, provenance, size, firmware."""
     dom = ET.Element("domain", type="kvm" if spec.accel == "kvm" else "qemu")
     sub(dom, "name", spec.name)
     if spec.provenance is not None:
@@ -248,30 +263,59 @@ def domain_xml(spec: DomainSpec) -> str:
     os_el = sub(dom, "os", **os_attrs)
     if spec.firmware == "uefi":
         fw = sub(os_el, "firmware")
-        # TCG has no SMM-backed secure boot worth the cost; generalized images aren't signed.
-        sub(fw, "feature", enabled="no", name="secure-boot")
+        # Trusted Launch: libvirt picks OVMF_CODE_4M.ms.fd (40-edk2-x86_64-secure-enrolled.json:
+        # Secure Boot on, Microsoft's keys enrolled, SMM required); otherwise no Secure Boot,
+        # which under TCG only costs boot time (SMM) and generalized images aren't signed.
+        on = "yes" if spec.trusted_launch else "no"
+        sub(fw, "feature", enabled=on, name="secure-boot")
+        if spec.trusted_launch:
+            sub(fw, "feature", enabled="yes", name="enrolled-keys")
     sub(os_el, "type", "hvm", arch=spec.arch, machine=spec.machine)
+    if spec.trusted_launch:
+        sub(os_el, "loader", secure="yes")  # the firmware's flash writable only from SMM
     sub(os_el, "boot", dev="hd")
     feats = sub(dom, "features")
     sub(feats, "acpi")
-    sub(feats, "apic")
+    if spec.arch == "x86_64":
+        sub(feats, "apic")  # aarch64: libvirt picks the virt machine's GIC
+    if spec.trusted_launch:
+        sub(feats, "smm", state="on")
+    return dom, feats
+
+
+def _tpm(dev: ET.Element, spec: DomainSpec) -> None:
+    """Trusted Launch's vTPM 2.0: swtpm, its state in libvirt's swtpm directory per domain
+    (/var/lib/libvirt/swtpm/UUID), removed when the domain is undefined (Domain.remove)."""
+    if spec.trusted_launch:
+        tpm = sub(dev, "tpm", model="tpm-crb")
+        sub(tpm, "backend", type="emulator", version="2.0")
+
+
+def _tcg_cache(feats: ET.Element, spec: DomainSpec) -> None:
     if spec.accel == "tcg":
         tcg = sub(feats, "tcg")
         sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
-    if spec.accel == "kvm":
-        sub(dom, "cpu", mode="host-passthrough")
-    sub(dom, "clock", offset="utc")
+
+
+def _lifecycle(dom: ET.Element) -> ET.Element:
+    """on_poweroff/reboot/crash, and the <devices> element that follows them."""
     sub(dom, "on_poweroff", "destroy")
     sub(dom, "on_reboot", "restart")
     sub(dom, "on_crash", "destroy")
-    dev = sub(dom, "devices")
+    return sub(dom, "devices")
 
-    disk = sub(dev, "disk", type="file", device="disk")
-    sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
-    sub(disk, "source", file=str(spec.disk))
-    _disk_backing(disk, spec.backing)
-    sub(disk, "target", dev="vda", bus="virtio")
-    _pci_slot(disk, spec, "vda")
+
+def domain_xml(spec: DomainSpec) -> str:
+    dom, feats = _head(spec)
+    _tcg_cache(feats, spec)
+    if spec.accel == "kvm":
+        sub(dom, "cpu", mode="host-passthrough")
+    elif spec.arch == "aarch64":
+        _aarch64_tcg_cpu(dom)
+    sub(dom, "clock", offset="utc")
+    dev = _lifecycle(dom)
+
+    _os_disk(dev, spec, "virtio")
 
     if spec.seed is not None:
         # virtio, not an IDE/SATA CD-ROM: every cloud kernel has virtio_blk, not all have ahci.
@@ -282,31 +326,9 @@ def domain_xml(spec: DomainSpec) -> str:
         sub(seed, "readonly")
         _pci_slot(seed, spec, "vdb")
 
-    if len(spec.data_disks) > MAX_DATA_DISKS:
-        raise InternalError(f"{spec.name}: more than {MAX_DATA_DISKS} data disks got this far")
-    for lun, path in enumerate(spec.data_disks):
-        data = sub(dev, "disk", type="file", device="disk")
-        sub(data, "driver", name="qemu", type="qcow2", discard="unmap")
-        sub(data, "source", file=str(path))
-        sub(data, "backingStore")  # an empty disk of its own: nothing for libvirt to probe
-        sub(data, "target", dev=data_device(lun), bus="virtio")
-        _pci_slot(data, spec, DATA_SLOTS[lun])
-
-    net = spec.network
-    if net.kind in ("network", "bridge"):
-        iface = sub(dev, "interface", type=net.kind)
-        sub(iface, "mac", address=mac_for(spec.name))
-        sub(iface, "source", **{net.kind: net.source})
-        sub(iface, "model", type="virtio")
-        _pci_slot(iface, spec, "nic")
-
-    if spec.console_log is not None:
-        serial = sub(dev, "serial", type="file")
-        sub(serial, "source", path=str(spec.console_log), append="off")
-        sub(serial, "target", port="0")
-    else:
-        serial = sub(dev, "serial", type="pty")
-        sub(serial, "target", port="0")
+    _data_disks(dev, spec, "virtio")
+    _interface(dev, spec, "virtio")
+    _console(dev, spec)
     if _flat(spec):
         sub(dev, "controller", type="usb", model="none")
         _pci_slot(sub(dev, "controller", type="virtio-serial", index="0"), spec, "virtio-serial")
@@ -315,21 +337,212 @@ def domain_xml(spec: DomainSpec) -> str:
     rng = sub(dev, "rng", model="virtio")
     sub(rng, "backend", "/dev/urandom", model="random")
     _pci_slot(rng, spec, "rng")
+    _tpm(dev, spec)
     sub(dev, "memballoon", model="none")
-
-    if net.kind == "user-forward":
-        # libvirt 9.0 has no <portForward> for user networking (passt is rejected), so the
-        # slirp netdev with a loopback-only hostfwd is passed to QEMU directly.
-        cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        netdev = f"user,id=svnet0,hostfwd=tcp:127.0.0.1:{net.host_port}-:22"
-        if net.restrict:
-            netdev = netdev.replace("user,", "user,restrict=on,", 1)
-        device = f"virtio-net-pci,netdev=svnet0,id=svnic0,mac={mac_for(spec.name)}"
-        if spec.machine == "q35":
-            device += f",bus=pcie.0,addr=0x{USER_NIC_SLOT:02x}"
-        for arg in ("-netdev", netdev, "-device", device):
-            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    _user_net(dom, spec, "virtio-net-pci")
+    if spec.disk_controller == "nvme":
+        _nvme_override(dom)
     return render(dom)
+
+
+def _data_disks(dev: ET.Element, spec: DomainSpec, bus: str) -> None:
+    if len(spec.data_disks) > MAX_DATA_DISKS:
+        raise InternalError(f"{spec.name}: more than {MAX_DATA_DISKS} data disks got this far")
+    for lun, path in enumerate(spec.data_disks):
+        data = sub(dev, "disk", type="file", device="disk")
+        sub(data, "driver", name="qemu", type="qcow2", discard="unmap")
+        sub(data, "source", file=str(path))
+        sub(data, "backingStore")  # an empty disk of its own: nothing for libvirt to probe
+        if bus == "sata":  # sdb, sdc, ...: libvirt gives them SATA ports
+            sub(data, "target", dev="sd" + chr(ord("b") + lun), bus="sata")
+            continue
+        sub(data, "target", dev=data_device(lun), bus="virtio")
+        _pci_slot(data, spec, DATA_SLOTS[lun])
+
+
+def _interface(dev: ET.Element, spec: DomainSpec, model: str) -> None:
+    """The NIC of a network or bridge region (user-forward's is on QEMU's command line)."""
+    net = spec.network
+    if net.kind not in ("network", "bridge"):
+        return
+    iface = sub(dev, "interface", type=net.kind)
+    sub(iface, "mac", address=mac_for(spec.name))
+    sub(iface, "source", **{net.kind: net.source})
+    sub(iface, "model", type=model)
+    if spec.net_queues > 1 and model == "virtio":
+        # vhost needs KVM's ioeventfds; under TCG QEMU's userspace virtio-net serves the
+        # tap's queues itself (libvirt opens one tap fd per queue either way).
+        vhost = {"name": "vhost"} if spec.accel == "kvm" else {}
+        sub(iface, "driver", queues=str(spec.net_queues), **vhost)
+    _pci_slot(iface, spec, "nic")
+
+
+def _console(dev: ET.Element, spec: DomainSpec) -> None:
+    if spec.console_log is not None:
+        serial = sub(dev, "serial", type="file")
+        sub(serial, "source", path=str(spec.console_log), append="off")
+    else:
+        serial = sub(dev, "serial", type="pty")
+    if spec.arch == "aarch64":  # the virt machine's PL011 UART: the guest's ttyAMA0
+        target = sub(serial, "target", type="system-serial", port="0")
+        sub(target, "model", name="pl011")
+    else:
+        sub(serial, "target", port="0")
+
+
+def _user_net(dom: ET.Element, spec: DomainSpec, device_model: str) -> None:
+    """user-forward: libvirt 9.0 has no <portForward> for user networking (passt is
+    rejected), so the slirp netdev with a loopback-only hostfwd is passed to QEMU directly.
+    slirp has one queue: multiqueue (net_queues) can't apply here."""
+    net = spec.network
+    if net.kind != "user-forward":
+        return
+    cmd = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+    netdev = f"user,id=svnet0,hostfwd=tcp:127.0.0.1:{net.host_port}-:22"
+    if net.restrict:
+        netdev = netdev.replace("user,", "user,restrict=on,", 1)
+    device = f"{device_model},netdev=svnet0,id=svnic0,mac={mac_for(spec.name)}"
+    if spec.machine in ("q35", "virt"):
+        device += f",bus=pcie.0,addr=0x{USER_NIC_SLOT:02x}"
+    for arg in ("-netdev", netdev, "-device", device):
+        ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+
+
+# -- Arm64 --------------------------------------------------------------------------------------
+# An Arm64 definition's guest is domain_xml's Linux guest with arch aarch64 on the `virt`
+# machine (aarch64_spec): UEFI through libvirt's firmware selection (AAVMF_CODE.fd, its
+# variables copied per VM from AAVMF_VARS.fd as libvirt's <nvram>), no secure boot; devices
+# as on q35 (virtio over PCI, integrated on pcie.0 under TCG), console on the PL011 (ttyAMA0:
+# libvirt's default serial for `virt`), no apic, and a CPU model under TCG.
+
+
+def aarch64_spec(spec: DomainSpec) -> DomainSpec:
+    """The spec of an Arm64 guest: aarch64, `virt`, UEFI (the only firmware it has)."""
+    return replace(spec, arch="aarch64", machine="virt", firmware="uefi")
+
+
+def _aarch64_tcg_cpu(dom: ET.Element) -> None:
+    # cortex-a57, not `max`: max adds pointer authentication, whose architected QARMA
+    # algorithm QEMU's docs call slow to emulate under TCG (they suggest pauth-impdef).
+    cpu = sub(dom, "cpu", mode="custom", match="exact", check="none")
+    sub(cpu, "model", "cortex-a57", fallback="forbid")
+
+
+# -- Windows ------------------------------------------------------------------------------------
+# Hyper-V enlightenments, as Windows guests on QEMU are usually given them (what virt-install
+# and virt-manager pick): Windows uses each one it finds and runs noticeably better under KVM.
+HYPERV: tuple[tuple[str, dict[str, str]], ...] = (
+    ("relaxed", {}),
+    ("vapic", {}),
+    ("spinlocks", {"retries": "8191"}),
+    ("vpindex", {}),
+    ("runtime", {}),
+    ("synic", {}),
+    ("stimer", {}),
+    ("reset", {}),
+    ("frequencies", {}),
+)
+# Under TCG QEMU 7.2 refuses to start with vpindex ("kernel doesn't allow setting HyperV
+# VP_INDEX"), and synic and stimer need it; the others (and the hypervclock) start (tried here).
+KVM_ONLY_HYPERV = frozenset({"vpindex", "synic", "stimer"})
+
+
+def windows_domain_xml(spec: DomainSpec) -> str:
+    """A Windows guest: the firmware of its generation (V2 UEFI, V1 BIOS), Hyper-V
+    enlightenments, the clock in local time with the Hyper-V clock, devices a stock Windows
+    has drivers for (OS and data disks on SATA, an e1000e NIC, VGA) unless the definition's
+    disk controller says otherwise (NVMe: Windows' own stornvme; SCSI: virtio-scsi, whose
+    driver the image must bring), VNC on the host's 127.0.0.1, no cloud-init seed, no
+    virtio-only devices. Its serial console is logged like a Linux guest's."""
+    dom, feats = _head(spec)
+    hyperv = sub(feats, "hyperv", mode="custom")
+    for name, extra in HYPERV:
+        if spec.accel == "kvm" or name not in KVM_ONLY_HYPERV:
+            sub(hyperv, name, state="on", **extra)
+    _tcg_cache(feats, spec)
+    # Windows 10+ needs CPU features QEMU's default qemu64 model lacks (e.g. POPCNT, SSE4.2):
+    # the host's CPU under KVM, the most TCG can emulate otherwise.
+    sub(dom, "cpu", mode="host-passthrough" if spec.accel == "kvm" else "maximum")
+    clock = sub(dom, "clock", offset="localtime")  # Windows keeps the RTC in local time
+    sub(clock, "timer", name="rtc", tickpolicy="catchup")
+    sub(clock, "timer", name="pit", tickpolicy="delay")
+    sub(clock, "timer", name="hpet", present="no")
+    sub(clock, "timer", name="hypervclock", present="yes")
+    dev = _lifecycle(dom)
+    _os_disk(dev, spec, "sata")
+    _data_disks(dev, spec, "sata")
+    _interface(dev, spec, "e1000e")
+    _console(dev, spec)
+    # A USB tablet keeps the VNC pointer where the guest's is (Windows has xHCI drivers).
+    xhci = sub(dev, "controller", type="usb", index="0", model="qemu-xhci")
+    _pci_slot(xhci, spec, "rng")  # the slot the Linux guest's virtio-rng takes
+    sub(dev, "input", type="tablet", bus="usb")
+    graphics = sub(dev, "graphics", type="vnc", port="-1", autoport="yes", listen="127.0.0.1")
+    sub(graphics, "listen", type="address", address="127.0.0.1")
+    video = sub(dev, "video")
+    sub(video, "model", type="vga", vram="16384", heads="1", primary="yes")
+    _pci_slot(video, spec, "virtio-serial")  # free: no virtio-serial for Windows
+    _tpm(dev, spec)
+    sub(dev, "memballoon", model="none")
+    _user_net(dom, spec, "e1000e")
+    if spec.disk_controller == "nvme":
+        _nvme_override(dom)
+    return render(dom)
+
+
+def vnc_display(domain: str) -> str | None:
+    """`ADDRESS:PORT` of a running domain's VNC console (libvirt fills the port in at start);
+    None when it has none."""
+    graphics = ET.fromstring(domain).find("./devices/graphics[@type='vnc']")
+    if graphics is None or graphics.get("port", "-1") in ("-1", ""):
+        return None
+    return f"{graphics.get('listen') or '127.0.0.1'}:{graphics.get('port')}"
+
+
+def _os_disk(dev: ET.Element, spec: DomainSpec, default_bus: str) -> None:
+    """The OS disk (the linked clone) on its controller: the guest's default bus (virtio-blk
+    vda; Windows: SATA sda), virtio-scsi sda on its own controller, or NVMe (defined as
+    virtio-blk vda, see _nvme_override)."""
+    disk = sub(dev, "disk", type="file", device="disk")
+    sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
+    sub(disk, "source", file=str(spec.disk))
+    _disk_backing(disk, spec.backing)
+    if spec.disk_controller == "scsi":
+        sub(disk, "target", dev="sda", bus="scsi")
+        sub(disk, "address", type="drive", controller="0", bus="0", target="0", unit="0")
+        ctl = sub(dev, "controller", type="scsi", index="0", model="virtio-scsi")
+        _pci_slot(ctl, spec, "vda")
+        return
+    if spec.disk_controller == "virtio" and default_bus == "sata":
+        sub(disk, "target", dev="sda", bus="sata")  # on q35's own AHCI (00:1f.2)
+        return
+    sub(disk, "target", dev="vda", bus="virtio")
+    if spec.disk_controller == "nvme":
+        sub(disk, "alias", name=OS_DISK_ALIAS)
+    _pci_slot(disk, spec, "vda")
+
+
+def _nvme_override(dom: ET.Element) -> None:
+    """libvirt 9.0 has no emulated NVMe disk (no bus='nvme'; domcapabilities lists fdc, scsi,
+    virtio, usb, sata), but QEMU 7.2 has the `nvme` device and libvirt (>= 8.2) lets a device's
+    frontend properties be overridden: the OS disk is defined as virtio-blk (libvirt manages
+    its image, backing chain and labels as for any disk) and QEMU is given an `nvme`
+    controller for it, with the serial NVMe requires. The guest sees /dev/nvme0n1."""
+    override = ET.SubElement(dom, f"{{{QEMU_NS}}}override")
+    device = ET.SubElement(override, f"{{{QEMU_NS}}}device", alias=OS_DISK_ALIAS)
+    frontend = ET.SubElement(device, f"{{{QEMU_NS}}}frontend")
+    for name, value in (("driver", "nvme"), ("serial", "sigvirt-osdisk")):
+        ET.SubElement(frontend, f"{{{QEMU_NS}}}property", name=name, type="string", value=value)
+
+
+OS_DISK_DEVICES = ("vda", "sda")  # virtio-blk (and NVMe, see _nvme_override); SCSI, SATA
+
+
+def os_disk_device(prov: Provenance) -> str:
+    """libvirt's target name of a domain's OS disk: sda on SCSI and on Windows' SATA, vda on
+    virtio-blk (NVMe is defined as virtio-blk)."""
+    windows_sata = prov.os_type == "Windows" and not prov.disk_controller
+    return "sda" if prov.disk_controller == "scsi" or windows_sata else "vda"
 
 
 def with_os_disk(domain: str, disk: Path, backing: tuple[Backing, ...], prov: Provenance) -> str:
@@ -339,7 +552,7 @@ def with_os_disk(domain: str, disk: Path, backing: tuple[Backing, ...], prov: Pr
     root = ET.fromstring(domain)
     vda = next(
         (d for d in root.findall("./devices/disk") if d.find("target") is not None
-         and d.find("target").get("dev") == "vda"),  # type: ignore[union-attr]
+         and d.find("target").get("dev") in OS_DISK_DEVICES),  # type: ignore[union-attr,operator]
         None,
     )  # fmt: skip
     if vda is None:

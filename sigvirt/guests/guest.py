@@ -21,9 +21,9 @@ from sigvirt.catalog import liveness
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import Conflict, GuestFailed, HostError, NotFound, OutOfRange, SigvirtError
 from sigvirt.guests import domxml
-from sigvirt.guests.domxml import Backing, DomainSpec, Provenance
+from sigvirt.guests.domxml import Backing, DiskController, DomainSpec, Provenance
 from sigvirt.guests.seed import SeedSpec, seed_iso
-from sigvirt.hosts import ssh, streams, xmlbuild
+from sigvirt.hosts import arches, ssh, streams, xmlbuild
 from sigvirt.hosts.hypervisor import Domain, Hypervisor
 from sigvirt.hosts.libvirterrors import PortInUse
 from sigvirt.hosts.ports import PortAllocator
@@ -48,6 +48,14 @@ class GuestSpec:
     tb_cache_mib: int = 64
     os_disk_gib: int = 0  # the overlay's capacity; 0: the base's virtual size
     data_disk_gib: tuple[int, ...] = ()  # empty data disks, lun 0 first
+    # False: no NoCloud seed at all, the image keeps its own hostname, users and keys
+    # (specialized images, Windows): Azure gives such a VM no osProfile either
+    seeded: bool = True
+    os_type: str = "Linux"  # Windows: its own domain XML (domxml), no seed, no SSH wait
+    disk_controller: DiskController = "virtio"  # the OS disk's (guests/devices.py)
+    net_queues: int = 0  # > 1: virtio-net multiqueue
+    architecture: str = "x64"  # the definition's: Arm64 boots aarch64 `virt` (domxml)
+    trusted_launch: bool = False  # Secure Boot + vTPM (guests/devices.py)
 
 
 @dataclass(frozen=True)
@@ -201,9 +209,11 @@ def create(
     """
     reap_interrupted(hv, spec.name, spec.provenance.installation)
     overlay_name, seed_name, console_name = _names(spec.name)
+    if not spec.seeded:
+        seed_name = ""
     data_names = [data_disk_name(spec.name, lun) for lun in range(len(spec.data_disk_gib))]
     for vol in (overlay_name, seed_name, console_name, *data_names):
-        if hv.volume_exists(spec.pool, vol):
+        if vol and hv.volume_exists(spec.pool, vol):
             raise Conflict(
                 f"volume {spec.pool}/{vol} already exists (left from an earlier guest?)",
                 hint=f"sigvirt vm delete -n {spec.name} removes what a VM of that name left",
@@ -222,7 +232,11 @@ def create(
             )
         capacity = spec.os_disk_gib * GiB
     directory = hv.pool_path(spec.pool)
-    chosen_accel = accel or detect_accel(hv)
+    chosen_accel = accel or (
+        detect_accel(hv)
+        if spec.architecture == "x64"
+        else arches.support(hv, spec.architecture).accel  # KVM only for the host's own arch
+    )
     prov = replace(
         spec.provenance,
         overlay_pool=spec.pool,
@@ -252,7 +266,7 @@ def create(
             vcpus=spec.vcpus,
             disk=directory / overlay_name,
             backing=(Backing(spec.base, spec.base_format),),
-            seed=directory / seed_name,
+            seed=directory / seed_name if seed_name else None,
             data_disks=tuple(directory / d for d in data_names),
             console_log=directory / console_name,
             network=replace(spec.network, host_port=port),
@@ -260,8 +274,13 @@ def create(
             firmware=spec.firmware,
             tb_cache_mib=spec.tb_cache_mib,
             provenance=replace(prov, ssh_port=port),
+            disk_controller=spec.disk_controller,
+            net_queues=spec.net_queues,
+            trusted_launch=spec.trusted_launch,
         )
-        return hv.define(domxml.domain_xml(dom_spec))
+        if spec.architecture == "Arm64":
+            dom_spec = domxml.aarch64_spec(dom_spec)
+        return hv.define(domain_xml_for(dom_spec, spec.os_type))
 
     undo: list[Callable[[], object]] = []
     try:
@@ -276,15 +295,16 @@ def create(
         )
         undo.append(lambda: hv.delete_volume(spec.pool, overlay_name))
         faults.point("vm.overlay")
-        seed = SeedSpec(
-            instance_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
-            hostname=spec.hostname or spec.name,
-            admin_user=spec.admin_user,
-            ssh_public_keys=spec.ssh_public_keys,
-            custom_data=spec.custom_data,
-        )
-        streams.upload_bytes(hv, spec.pool, seed_name, seed_iso(seed), mode=0o600)
-        undo.append(lambda: hv.delete_volume(spec.pool, seed_name))
+        if seed_name:
+            seed = SeedSpec(
+                instance_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+                hostname=spec.hostname or spec.name,
+                admin_user=spec.admin_user,
+                ssh_public_keys=spec.ssh_public_keys,
+                custom_data=spec.custom_data,
+            )
+            streams.upload_bytes(hv, spec.pool, seed_name, seed_iso(seed), mode=0o600)
+            undo.append(lambda: hv.delete_volume(spec.pool, seed_name))
         faults.point("vm.seed")
         streams.upload_bytes(hv, spec.pool, console_name, b"", mode=0o600)
         undo.append(lambda: hv.delete_volume(spec.pool, console_name))
@@ -334,12 +354,89 @@ def create(
         raise GuestFailed(f"{spec.name}: {err}", console_tail=tail) from err
 
 
+def domain_xml_for(spec: DomainSpec, os_type: str) -> str:
+    """The domain a guest of this OS type boots in: Windows gets its firmware, enlightenments
+    and devices (domxml.windows_domain_xml), every other guest the Linux domain."""
+    if os_type == "Windows":
+        return domxml.windows_domain_xml(spec)
+    return domxml.domain_xml(spec)
+
+
+def wait_running(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
+    """Until libvirt reports the domain running (a guest sigvirt can't log in to, such as
+    Windows: there is no SSH to wait for)."""
+    dom = hv.domain(guest.name)
+    start = time.monotonic()
+    while True:
+        state = dom.info().state
+        if state == "running":
+            return replace(guest, boot_seconds=time.monotonic() - start)
+        if state in ("stopped", "crashed") or time.monotonic() - start > timeout:
+            raise GuestFailed(f"{guest.name}: the domain is {state}, not running")
+        time.sleep(0.2)
+
+
+def console_way(hv: Hypervisor, name: str) -> str:
+    """How a person reaches a running guest's screen: its VNC display (on the host's
+    loopback, as every forward here), else its serial console."""
+    display = domxml.vnc_display(hv.domain(name).xml())
+    if display is None:
+        return f"serial console: virsh -c {hv.uri} console {name}"
+    way = f"VNC on {display} (virsh -c {hv.uri} domdisplay {name})"
+    target = hv.ssh_target
+    if target is not None:
+        user, host, ssh_port = target
+        login = f"{user}@{host}" if user else host
+        port = display.rpartition(":")[2]
+        way += f"; on {host}'s loopback: ssh -p {ssh_port} -L {port}:{display} {login}"
+    return way
+
+
+# What firmware and shim print on the serial console when they refuse to run the boot loader
+# (Secure Boot: an unsigned or untrusted image), after which the guest never boots: OVMF's
+# BdsDxe ("failed to load Boot0001 ...: Access Denied"), shim ("Verification failed: (0x1A)
+# Security Violation"), GRUB ("bad shim signature").
+FIRMWARE_REFUSALS = ("Access Denied", "Security Violation", "bad shim signature")
+CONSOLE_CHECK_EVERY = 2.0  # seconds between console reads while waiting for SSH
+
+
+def firmware_refusal(console: str) -> str:
+    """The console line in which firmware refused to boot the image ("" when none)."""
+    for line in console.splitlines():
+        if any(mark.lower() in line.lower() for mark in FIRMWARE_REFUSALS):
+            return line.strip()
+    return ""
+
+
+def _booting(hv: Hypervisor, guest: Guest, dom: Domain) -> Callable[[], bool]:
+    """wait_ready's still_booting: the domain runs, and (every few seconds) its console shows
+    no firmware refusal; one fails the wait at once with the console tail (GuestFailed)."""
+    prov = guest.provenance
+    last = [time.monotonic()]
+
+    def still_booting() -> bool:
+        if not dom.is_active():
+            return False
+        if prov.console and time.monotonic() - last[0] >= CONSOLE_CHECK_EVERY:
+            last[0] = time.monotonic()
+            tail = console_tail(hv, prov.overlay_pool, prov.console)
+            refused = firmware_refusal(tail)
+            if refused:
+                raise GuestFailed(
+                    f"{guest.name}: the firmware refused to boot the image ({refused})",
+                    console_tail=tail,
+                )
+        return True
+
+    return still_booting
+
+
 def wait_for_ssh(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
     if guest.endpoint is None:
         raise GuestFailed(f"{guest.name}: no SSH endpoint known (bridged guest without address)")
     dom = hv.domain(guest.name)
     try:
-        seconds = ssh.wait_ready(guest.endpoint, timeout, dom.is_active)
+        seconds = ssh.wait_ready(guest.endpoint, timeout, _booting(hv, guest, dom))
     except TimeoutError as err:
         raise GuestFailed(f"{guest.name}: {err}") from None
     return replace(guest, boot_seconds=seconds)
@@ -372,5 +469,5 @@ def wait_until_stopped(hv: Hypervisor, name: str, timeout: float) -> bool:
     while time.monotonic() < end:
         if not dom.is_active():
             return True
-        time.sleep(0.5)
+        time.sleep(0.1)  # a virDomainIsActive round trip costs ~1 ms; 0.5 s cost 0.25 s a stop
     return False

@@ -29,7 +29,7 @@ from sigvirt.errors import (
 )
 from sigvirt.guests import domxml, guest
 from sigvirt.guests.domxml import Provenance
-from sigvirt.guests.inventory import Vm, describe, endpoint_of, find
+from sigvirt.guests.inventory import Vm, describe, endpoint_of, find, hosts
 from sigvirt.hosts import ssh
 from sigvirt.hosts.hypervisor import Domain, Hypervisor
 
@@ -146,7 +146,7 @@ def remove_leftovers(ctx: Context, name: str, region: str | None = None) -> list
     data = re.compile(re.escape(name) + r"\.data[0-9]+\.qcow2")
     reimaged = re.compile(re.escape(name) + r"\.os[0-9]+\.qcow2")  # a reimage's overlays
     removed: list[str] = []
-    for r in [region] if region else list(ctx.regions.regions):
+    for r in hosts(ctx, region):  # every host: each zone of a zoned region too
         with contextlib.suppress(RegionUnavailable):
             hv = ctx.hv(r)
             if hv.domain_exists(name):
@@ -177,8 +177,8 @@ def wait(
     timeout: float = 300.0,
     interval: float = 1.0,
 ) -> None:
-    """`vm wait --created` (until each VM's sshd answers: after `vm create --no-wait`) or
-    `--deleted` (until none of them is found)."""
+    """`vm wait --created` (after `vm create --no-wait`: until each VM's sshd answers, a
+    Windows VM until it runs) or `--deleted` (until none of them is found)."""
     end = time.monotonic() + timeout
     for name in vm_names:
         if deleted:
@@ -192,7 +192,12 @@ def wait(
                 time.sleep(interval)
             continue
         hv, _r, dom = find(ctx, name, region)
-        ep = endpoint_of(hv, guest.provenance_of(dom) or Provenance())
+        prov = guest.provenance_of(dom) or Provenance()
+        if prov.os_type == "Windows":  # nothing answers SSH there: running is created
+            g = guest.Guest(name, None, Path(), prov)
+            guest.wait_running(hv, g, max(0.0, end - time.monotonic()))
+            continue
+        ep = endpoint_of(hv, prov)
         if ep is None:
             raise NotFound(f"VM {name} has no SSH forward to wait for")
         try:
@@ -202,12 +207,20 @@ def wait(
 
 
 # -- ssh --------------------------------------------------------------------------------------
-def ssh_argv(ctx: Context, name: str, region: str | None, command: list[str]) -> list[str]:
+def ssh_argv(
+    ctx: Context, name: str, region: str | None, command: list[str], *,
+    user: str | None = None, key: Path | None = None,
+) -> list[str]:  # fmt: skip
+    """The ssh command that reaches the VM: as its admin user with sigvirt's key, or with
+    the credentials given (a specialized image's own users: sigvirt holds none of them)."""
     hv, _r, dom = find(ctx, name, region)
     prov = guest.provenance_of(dom) or Provenance()
     ep = endpoint_of(hv, prov)
     if ep is None:
         raise NotFound(f"VM {name} has no SSH forward (bridged VMs: ssh to its address)")
+    if key is not None and not key.is_file():
+        raise NotFound(f"--private-key-file {key}: no such file")
+    ep = replace(ep, user=user or ep.user, key_path=key or ep.key_path)
     return [*ep.ssh_argv(), *command]
 
 
@@ -220,10 +233,11 @@ def flatten(ctx: Context, name: str, region: str | None = None, timeout: float =
     if prov.flattened:
         return describe(hv, r, dom)
     if dom.is_active():
-        dom.block_pull("vda")
+        os_disk = domxml.os_disk_device(prov)  # sda on SCSI
+        dom.block_pull(os_disk)
         end = time.monotonic() + timeout
         while True:
-            if not dom.block_job_active("vda"):
+            if not dom.block_job_active(os_disk):
                 break
             if time.monotonic() > end:
                 raise HostError(f"flatten {name}: block pull still running after {timeout:.0f}s")
@@ -239,10 +253,11 @@ def flatten(ctx: Context, name: str, region: str | None = None, timeout: float =
 
 def _redefine_without_backing(hv: Hypervisor, dom: Domain, prov: Provenance) -> None:
     root = ET.fromstring(dom.xml(inactive=True, secure=True))
+    os_disk = domxml.os_disk_device(prov)
     for disk in root.findall("./devices/disk"):
         bs = disk.find("backingStore")
         target = disk.find("target")
-        if bs is not None and target is not None and target.get("dev") == "vda":
+        if bs is not None and target is not None and target.get("dev") == os_disk:
             disk.remove(bs)
             ET.SubElement(disk, "backingStore")
     meta = root.find("metadata")

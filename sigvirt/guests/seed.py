@@ -12,7 +12,8 @@ from pathlib import Path
 import pycdlib
 import yaml
 
-from sigvirt.errors import HostAccessDenied, InvalidArgument, NotFound
+from sigvirt.catalog.records import Definition
+from sigvirt.errors import HostAccessDenied, InvalidArgument, NotFound, Unsupported
 
 # Azure refuses custom data over 64 KB (before base64); so does sigvirt, before reading more.
 MAX_CUSTOM_DATA = 64 * 1024
@@ -119,3 +120,58 @@ def seed_iso(spec: SeedSpec) -> bytes:
     iso.write_fp(out)
     iso.close()
     return out.getvalue()
+
+
+# -- who gets a seed --------------------------------------------------------------------------
+def seeded(d: Definition) -> bool:
+    """Whether VMs of the definition get a NoCloud identity seed (hostname, admin user,
+    keys, custom data): generalized Linux images do. A specialized image keeps the identity
+    it was captured with, and Windows reads its own (unattend, not cloud-init): in Azure
+    neither takes an osProfile."""
+    return d.os_type == "Linux" and d.os_state == "Generalized"
+
+
+class IdentityRefused(InvalidArgument):
+    """An identity flag (admin user, password, keys, custom data, computer name) for a VM
+    that boots without a seed."""
+
+    template = "{flags}: {reason}"
+
+
+def check_identity(d: Definition, flags: list[str], vm: str) -> None:
+    """Refuse, before anything is made, the identity flags (as typed) a VM named `vm` of
+    definition `d` could not honour."""
+    if seeded(d):
+        if "--admin-password" in flags:
+            raise Unsupported(
+                "--admin-password: sigvirt's Linux guests take SSH keys only "
+                "(cloud-init is told ssh_pwauth: false); use --ssh-key-value"
+            )
+        return
+    if not flags:
+        return
+    where = f"image definition {d.gallery}/{d.name}"
+    if d.os_type == "Windows":
+        reason = (
+            f"{where} is --os-type Windows: sigvirt boots Windows without a seed and can't "
+            "set its account, password or computer name (Azure does that through its "
+            "provisioning agent); set them in the image (unattend.xml, sysprep) instead"
+        )
+    else:
+        reason = (
+            f"{where} is --os-state Specialized: its VMs keep the image's own hostname, "
+            "users and keys (no osProfile, as in Azure); reach one with "
+            f"`sigvirt vm ssh -n {vm} --local-user USER --private-key-file KEY`"
+        )
+    raise IdentityRefused(flags=" ".join(flags), reason=reason)
+
+
+def require_seed(d: Definition, what: str) -> None:
+    """Refuse what must log in to a guest with a key sigvirt seeded (box export) for a
+    definition whose VMs boot without a seed."""
+    if not seeded(d):
+        kind = "--os-type Windows" if d.os_type == "Windows" else "--os-state Specialized"
+        raise Unsupported(
+            f"{what}: image definition {d.gallery}/{d.name} is {kind}: its VMs boot without a "
+            "seed, so sigvirt has no key to log in to them with"
+        )

@@ -10,6 +10,7 @@ shapes of them: vmviews.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import os
 import re
@@ -30,16 +31,21 @@ from sigvirt.errors import (
     InvalidName,
     NotFound,
     OutOfRange,
+    RegionUnavailable,
     Unsupported,
 )
-from sigvirt.guests import domxml, guest, inventory, sshkeys
+from sigvirt.guests import devices, domxml, guest, inventory, seed, sshkeys
+from sigvirt.guests.devices import Devices
 from sigvirt.guests.domxml import Provenance
 from sigvirt.guests.inventory import Vm
-from sigvirt.hosts import ssh
+from sigvirt.hosts import arches, ssh
+from sigvirt.hosts.arches import ARCHITECTURES
 from sigvirt.hosts.hypervisor import Hypervisor
+from sigvirt.hosts.regions import location
 from sigvirt.versions import dependents, targets
 from sigvirt.versions.dependents import Dependent
 
+ARCHS = " and ".join(ARCHITECTURES)
 # Azure sizes people type, plus the lab's own small ones: (vCPUs, MiB).
 SIZES: dict[str, tuple[int, int]] = {
     "Lab_Tiny": (1, 128),
@@ -80,6 +86,11 @@ class VmRequest:
     # keys already resolved (a scale set's model): used as they are, no file is read
     ssh_public_keys: tuple[str, ...] = ()
     ssh_private_key: str = ""  # the private key to wait for SSH with ("" if none is known)
+    admin_password: str | None = None  # az's flag: refused (sigvirt's guests take keys only)
+    computer_name: str | None = None  # az's flag: the hostname (default: the VM's name)
+    zone: str | None = None  # az's --zone: which zone of a zoned region it runs in
+    disk_controller_type: str | None = None  # az's --disk-controller-type: SCSI | NVMe
+    security_type: str | None = None  # az's --security-type: Standard | TrustedLaunch
 
 
 # -- sizes, users, keys -----------------------------------------------------------------------
@@ -121,17 +132,25 @@ def size_name(req: VmRequest, vcpus: int, memory_mib: int) -> str:
 def check_definition(d: Definition) -> None:
     """What the definition says sigvirt can't boot (yet) is refused, not silently ignored."""
     where = f"image definition {d.gallery}/{d.name}"
-    if d.os_type != "Linux":
-        raise Unsupported(f"{where} is --os-type {d.os_type}: sigvirt boots Linux guests only")
-    if d.architecture != "x64":
-        raise Unsupported(
-            f"{where} is --architecture {d.architecture}: sigvirt boots x64 guests only"
-        )
-    if d.os_state != "Generalized":
-        raise Unsupported(
-            f"{where} is --os-state {d.os_state}: sigvirt deploys generalized images only "
-            "(hostname, admin user and key come from cloud-init)"
-        )
+    if d.os_type not in ("Linux", "Windows"):
+        raise Unsupported(f"{where} is --os-type {d.os_type}: sigvirt boots Linux and Windows")
+    if d.architecture not in ARCHITECTURES:
+        raise Unsupported(f"{where} is --architecture {d.architecture}: sigvirt boots {ARCHS}")
+    if d.architecture == "Arm64" and d.os_type == "Windows":
+        raise Unsupported(f"{where} is Windows on Arm64: sigvirt boots Windows on x64 only")
+
+
+def identity_flags(req: VmRequest) -> list[str]:
+    """The identity flags the request gives, as the user typed them."""
+    given = (
+        ("--admin-username", req.admin_user),
+        ("--admin-password", req.admin_password),
+        ("--ssh-key-value", req.ssh_key_value or req.ssh_public_keys),
+        ("--generate-ssh-keys", req.generate_ssh_keys),
+        ("--custom-data", req.custom_data),
+        ("--computer-name", req.computer_name),
+    )
+    return [flag for flag, value in given if value]
 
 
 def check_end_of_life(ctx: Context, rec: ImageVersion, d: Definition | None = None) -> None:
@@ -163,6 +182,17 @@ def check_disks(req: VmRequest, rec: ImageVersion) -> None:
     for gb in req.data_disk_gb:
         if not 1 <= gb <= MAX_DATA_DISK_GB:
             raise InvalidArgument(f"--data-disk-sizes-gb must be 1..{MAX_DATA_DISK_GB} (got {gb})")
+
+
+def computer_name(name: str) -> str:
+    """--computer-name: a hostname, by the rules VM names follow (they are hostnames too)."""
+    try:
+        return names.vm_name(name)
+    except InvalidName:
+        raise InvalidName(
+            f"--computer-name {name[:70]!r} is invalid: use letters, digits and '-', "
+            "starting with a letter or digit, at most 63 characters"
+        ) from None
 
 
 def default_admin() -> str:
@@ -198,11 +228,12 @@ class Placement:
             open_ = [r for r in replicas if not budget or counts[r.path] < budget]
             if not open_:
                 listing = ", ".join(f"{Path(r.path).name}={counts[r.path]}" for r in replicas)
-                more = rec.target_regions.get(region, len(replicas)) + 1
+                name = region.partition("/")[0]  # a zone's location: its region's count
+                more = rec.target_regions.get(name, len(replicas)) + 1
                 raise CapacityExhausted(
                     f"every replica in region {region} is at its budget of {budget} clones "
                     f"({listing}); add a replica or raise clones_per_replica in regions.yaml",
-                    hint=targets.update_command(rec, region, more),
+                    hint=targets.update_command(rec, name, more),
                 )
             choice = min(open_, key=lambda r: (counts[r.path], r.volume))
             self._inflight[choice.path] += 1
@@ -239,6 +270,37 @@ def pick_region(ctx: Context, rec: ImageVersion, region: str | None) -> str:
     raise NotFound(f"image version {rec.ref} has no completed replica in any region")
 
 
+def pick_zone(ctx: Context, rec: ImageVersion, region: str, zone: str | None) -> str:
+    """The zone a VM of `region` runs in: the one asked for (it must exist and hold a
+    completed replica); in a zoned region asked for none, of the zones holding one, the one
+    whose host answers and runs the fewest sigvirt guests; "" in a region without zones
+    (where asking for one is refused)."""
+    zones = ctx.regions.region(region).zone_names
+    if zone is not None and zone not in zones:
+        have = f"has zones {', '.join(zones)}" if zones else "has no zones"
+        raise InvalidArgument(f"--zone {names.shorten(zone)}: region {region} {have}")
+    held = [z for z in ([zone] if zone else zones) if rec.completed_replicas(location(region, z))]
+    if held:
+        return held[0] if zone else _least_loaded(ctx, region, held)
+    if not zones:
+        return ""
+    where = f"zone {zone} of region {region}" if zone else f"any zone of region {region}"
+    raise NotFound(
+        f"image version {rec.ref} has no completed replica in {where}",
+        hint=targets.update_command(rec, region, max(len(zones), len(rec.replicas))),
+    )
+
+
+def _least_loaded(ctx: Context, region: str, zones: list[str]) -> str:
+    """The zone whose host runs the fewest sigvirt guests (ties: the first listed); a zone
+    that doesn't answer is passed over (none answering: the first, whose create says why)."""
+    load: dict[str, int] = {}
+    for z in zones:
+        with contextlib.suppress(RegionUnavailable):
+            load[z] = len(inventory.sigvirt_domains(ctx.host(location(region, z))))
+    return min(load, key=lambda z: (load[z], zones.index(z))) if load else zones[0]
+
+
 # -- create -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Prepared:
@@ -255,6 +317,9 @@ class Prepared:
     private_key: Path | None
     warnings: tuple[str, ...]
     size: str = CUSTOM_SIZE
+    seeded: bool = True  # False: no seed, admin_user "" and no keys (the image's own)
+    zone: str = ""  # the zone of a zoned region ("" in a region without zones)
+    devices: Devices = field(default_factory=Devices)  # OS disk controller, NIC queues
 
 
 def _resolve(ctx: Context, ref: names.ImageRef, region: str | None) -> ImageVersion:
@@ -275,12 +340,15 @@ def _resolve(ctx: Context, ref: names.ImageRef, region: str | None) -> ImageVers
 
 def prepare(ctx: Context, req: VmRequest) -> Prepared:
     names.vm_name(req.name)
+    if req.computer_name is not None:  # a name is checked before any host is asked
+        computer_name(req.computer_name)
     ref = names.parse_image_ref(req.image)
     rec = _resolve(ctx, ref, req.region)
     if not rec.published_ok:
         raise Conflict(f"image version {rec.ref} is {rec.state}, not published")
     d = ctx.store.get_definition(rec.gallery, rec.definition)
     check_definition(d)
+    seed.check_identity(d, identity_flags(req), req.name)
     check_end_of_life(ctx, rec, d)
     check_disks(req, rec)
     warnings = []
@@ -291,15 +359,32 @@ def prepare(ctx: Context, req: VmRequest) -> Prepared:
         if dates.past_end_of_life(ends):
             warnings.append(f"{what} is past its end of life ({ends})")
     region = pick_region(ctx, rec, req.region)
+    zone = pick_zone(ctx, rec, region, req.zone)
     vcpus, mem = choose_size(req, d)
-    admin = admin_name(req.admin_user or default_admin())
-    if req.ssh_public_keys:
-        keys = req.ssh_public_keys
-        private = Path(req.ssh_private_key) if req.ssh_private_key else None
-    else:
-        keys, private = sshkeys.resolve(req.ssh_key_value, req.generate_ssh_keys)
     size = size_name(req, vcpus, mem)
-    return Prepared(req, rec, d, region, vcpus, mem, admin, keys, private, tuple(warnings), size)
+    network = ctx.regions.region(region).network
+    dev = devices.choose(d, req.disk_controller_type, vcpus, network, req.security_type)
+    host = ctx.regions.region(location(region, zone))
+    arches.check_declared(host, d.architecture)  # before any connection: regions.yaml says
+    devices.check_host(dev, ctx.hv(location(region, zone)).libvirt_version(), region)
+    if d.architecture != "x64":  # an x64 host runs x64 guests: nothing to ask libvirt
+        arches.require(ctx.hv(location(region, zone)), host, d.architecture)
+    warnings += dev.notes
+    # seedless (specialized, Windows): no admin user or keys, sigvirt holds none of them
+    admin = ""
+    keys: tuple[str, ...] = ()
+    private: Path | None = None
+    if seed.seeded(d):
+        admin = admin_name(req.admin_user or default_admin())
+        if req.ssh_public_keys:
+            keys = req.ssh_public_keys
+            private = Path(req.ssh_private_key) if req.ssh_private_key else None
+        else:
+            keys, private = sshkeys.resolve(req.ssh_key_value, req.generate_ssh_keys)
+    return Prepared(
+        req, rec, d, region, vcpus, mem, admin, keys, private, tuple(warnings), size,
+        seeded=seed.seeded(d), zone=zone, devices=dev,
+    )  # fmt: skip
 
 
 def create(
@@ -328,7 +413,8 @@ def create_prepared(
     generation: int = 0,
 ) -> Vm:
     placement = placement or Placement()
-    hv = ctx.hv(p.region)
+    where = location(p.region, p.zone)  # the zone's host in a zoned region
+    hv = ctx.hv(where)
     mine = inventory.installation(ctx)
     try:
         guest.reap_interrupted(hv, p.request.name, mine)  # what a killed create of it left
@@ -337,7 +423,7 @@ def create_prepared(
             " (another sigvirt installation's)" if isinstance(err, guest.OtherInstallation) else ""
         )
         raise Conflict(
-            f"a VM named {p.request.name} already exists in region {p.region}{theirs}"
+            f"a VM named {p.request.name} already exists in region {where}{theirs}"
         ) from None
     warnings = p.warnings
     if not mine:
@@ -346,8 +432,8 @@ def create_prepared(
             "is visible to every sigvirt setup on the host (running any sigvirt vm command "
             "as the gallery root's owner once creates the id)",
         )
-    cfg = ctx.regions.region(p.region)
-    replica = placement.pick(hv, p.version, p.region, cfg.clones_per_replica)
+    cfg = ctx.regions.region(where)
+    replica = placement.pick(hv, p.version, where, cfg.clones_per_replica)
     req = p.request
     gallery = ctx.store.get_gallery(p.version.gallery)
     try:
@@ -368,6 +454,9 @@ def create_prepared(
             installation=mine,
             tags=domxml.encode_tags(req.tags),
             size=p.size,
+            os_type="" if p.definition.os_type == "Linux" else p.definition.os_type,
+            computer_name=req.computer_name or "",
+            disk_controller=p.devices.recorded,
             image_id=azureid.version_id(
                 gallery.resource_group, p.version.gallery, p.version.definition, p.version.name
             ),
@@ -386,28 +475,44 @@ def create_prepared(
             provenance=prov,
             os_disk_gib=req.os_disk_gb or 0,
             data_disk_gib=req.data_disk_gb,
+            hostname=req.computer_name or "",
+            seeded=p.seeded,
+            os_type=p.definition.os_type,
+            disk_controller=p.devices.disk_controller,
+            net_queues=p.devices.net_queues,
+            architecture=p.definition.architecture,
+            trusted_launch=p.devices.trusted_launch,
         )
         accel = None if cfg.accel == "auto" else cfg.accel
+        if p.definition.architecture != "x64":
+            accel = arches.accel_for(arches.support(hv, p.definition.architecture), cfg.accel)
         key = p.private_key
         g = guest.create(
             hv,
             spec,
             key or Path("/nonexistent"),
-            ports=ctx.conns.ports(p.region),  # type: ignore[union-attr]
+            ports=ctx.conns.ports(where),  # type: ignore[union-attr]
             accel=accel,
             wait=False,
             timeout=p.request.timeout,
         )
         if p.request.wait:
-            g = _wait(hv, g, key, p.request.timeout)
+            g = _wait(hv, g, key, p.request.timeout, windows=p.definition.os_type == "Windows")
     finally:
         placement.done(replica)
-    vm = inventory.describe(hv, p.region, hv.domain(g.name))
+    vm = inventory.describe(hv, where, hv.domain(g.name))
     return replace(vm, boot_seconds=g.boot_seconds, warnings=warnings)
 
 
-def _wait(hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float) -> guest.Guest:
+def _wait(
+    hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float, *, windows: bool = False
+) -> guest.Guest:
+    """Until the guest is up as far as sigvirt can tell: it runs a command over SSH (a key
+    sigvirt holds), its sshd answers (no key: a specialized image's credentials are the
+    image's own), or, for Windows, the domain runs (no SSH to ask)."""
     try:
+        if windows:
+            return guest.wait_running(hv, g, timeout)
         if key is not None and g.endpoint is not None:
             return guest.wait_for_ssh(hv, g, timeout)
         # Only a public key was given: the best sign of life is sshd's banner.
@@ -432,7 +537,7 @@ def version_dependents(
     from libvirt in each region that holds one (whoever created them)."""
     rec = ctx.store.get_version(gallery, definition, version)
     found: list[Dependent] = []
-    for region in sorted({r.region for r in rec.replicas}):
-        paths = [r.path for r in rec.replicas if r.region == region]
+    for region in sorted({r.location for r in rec.replicas}):  # each zone's host
+        paths = [r.path for r in rec.replicas if r.location == region]
         found.extend(dependents.find(ctx.hv(region), paths))
     return found

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sigvirt.errors import SigvirtError
-from sigvirt.hosts import recipes
+from sigvirt.hosts import arches, recipes
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.hosts.regioncheck import LOW_SPACE, Status
 from sigvirt.runner import Runner
@@ -87,6 +87,20 @@ def check_accel(hv: Hypervisor | None) -> Check:
     )
 
 
+def check_arm64(hv: Hypervisor | None) -> Check:
+    """Can this host boot --architecture Arm64 guests (emulator and AAVMF firmware)?"""
+    if hv is None:
+        return Check("Arm64 guests", "warn", "unknown (libvirtd not reachable)")
+    found = arches.support(hv, "Arm64")
+    if found.problem:
+        return Check(
+            "Arm64 guests", "warn", f"{found.problem}: x64 guests only",
+            "apt-get install " + " ".join(arches.PACKAGES["Arm64"]),
+        )  # fmt: skip
+    firmware = next((f for f in found.loaders if "CODE.fd" in f), found.loaders[0])
+    return Check("Arm64 guests", "ok", f"{found.emulator}, {firmware} ({found.accel.upper()})")
+
+
 def check_qemu_img(runner: Runner) -> Check:
     if not shutil.which("qemu-img"):
         return Check("qemu-img", "fail", "not installed", "apt-get install qemu-utils")
@@ -140,6 +154,7 @@ def run_checks(uri: str, runner: Runner, paths: list[Path]) -> list[Check]:
         check_virtlogd,
         check_dev_kvm,
         lambda: check_accel(hv),
+        lambda: check_arm64(hv),
         lambda: check_qemu_img(runner),
         check_image_cache,
         lambda: check_free_space(paths),

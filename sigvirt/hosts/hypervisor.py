@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 import libvirt
 
-from sigvirt.errors import NotFound, RegionUnavailable
+from sigvirt.errors import HostError, NotFound, RegionUnavailable
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.libvirterrors import GONE, translate
 from sigvirt.hosts.regions import Accel
@@ -185,6 +186,19 @@ class Hypervisor:
 
     def accel(self) -> Accel:
         return "kvm" if self.kvm_usable() else "tcg"
+
+    def domain_capabilities(self, arch: str, machine: str, virttype: str) -> str | None:
+        """libvirt's domain capabilities XML for guests of `arch` (e.g. aarch64) on this host,
+        None when libvirt has no emulator (or no `virttype`: kvm, qemu) for it."""
+        try:
+            return str(self._conn.getDomainCapabilities(None, arch, machine, virttype, 0))
+        except libvirt.libvirtError:
+            return None
+
+    def host_arch(self) -> str:
+        """The host CPU's architecture as libvirt names it (x86_64, aarch64)."""
+        caps = ET.fromstring(self._call("capabilities", self._conn.getCapabilities))
+        return caps.findtext("./host/cpu/arch") or ""
 
     # -- storage pools ----------------------------------------------------------------------
     def _pool(self, name: str) -> libvirt.virStoragePool:
@@ -363,7 +377,7 @@ class Hypervisor:
         return [Domain(self, d) for d in self._call("list domains", self._conn.listAllDomains, 0)]
 
     def destroy_and_undefine(self, name: str) -> bool:
-        """Stop (hard) and undefine a domain with its NVRAM; True if it existed."""
+        """Stop (hard) and undefine a domain with its NVRAM and TPM state; True if it existed."""
         try:
             dom = self.domain(name)
         except NotFound:
@@ -527,13 +541,49 @@ class Domain:
     def block_job_active(self, disk: str) -> bool:
         return bool(self._call("block job", self._dom.blockJobInfo, disk, 0))
 
+    def backup_begin(self, disk: str, target: Path, skip: tuple[str, ...] = ()) -> None:
+        """Start a full push-mode backup of `disk` (its target dev) into a new standalone
+        qcow2 at `target`: a point-in-time copy of a running guest's disk, its backing chain
+        read through (`skip`: the other disks' targets, left out)."""
+        root = ET.Element("domainbackup", mode="push")
+        disks = ET.SubElement(root, "disks")
+        el = ET.SubElement(disks, "disk", name=disk, backup="yes", type="file")
+        ET.SubElement(el, "driver", type="qcow2")
+        ET.SubElement(el, "target", file=str(target))
+        for other in skip:
+            ET.SubElement(disks, "disk", name=other, backup="no")
+        self._call("backup", self._dom.backupBegin, ET.tostring(root, encoding="unicode"), None)
+
+    def backup_wait(self, timeout: float) -> None:
+        """Until the backup job ends; HostError if it failed or outlived `timeout` (then it is
+        aborted)."""
+        end = time.monotonic() + timeout
+        try:
+            while self._call("job", self._dom.jobInfo)[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                if time.monotonic() > end:
+                    raise HostError(f"backup of {self.name}: still running after {timeout:.0f}s")
+                time.sleep(0.2)
+        except BaseException:  # given up, or interrupted: QEMU stops writing the copy
+            with contextlib.suppress(libvirt.libvirtError):
+                self._dom.abortJob()
+            raise
+        stats = self._call("job", self._dom.jobStats, libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        if stats.get("type") != libvirt.VIR_DOMAIN_JOB_COMPLETED:
+            detail = stats.get("errmsg") or "the job did not complete"
+            raise HostError(f"backup of {self.name}: {detail}")
+
     def remove(self) -> None:
-        """Power off and undefine, with NVRAM and managed save."""
+        """Power off and undefine, with NVRAM, vTPM state (swtpm's directory) and managed
+        save. libvirt removes the TPM state by default too; the flag says so, not KEEP_TPM."""
         with self.hv._translating(f"delete domain {self.name}"):
             if self._dom.isActive():
                 with contextlib.suppress(libvirt.libvirtError):
                     self._dom.destroy()
-            flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            flags = (
+                libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_TPM
+            )
             try:
                 self._dom.undefineFlags(flags)
             except libvirt.libvirtError as err:

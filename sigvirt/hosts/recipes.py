@@ -1,7 +1,8 @@
 """Guest image recipes under images/: built from Debian packages, cached by a hash of the recipe.
 
 A recipe is a directory images/NAME/ with a build.sh; the recipes share shell functions in
-images/lib/, so the cache key covers both the recipe's own files and the shared library.
+images/lib/, so the cache key covers both the recipe's own files and the shared library. A
+recipe may build on another one's files (BUILDS_ON): the key covers those too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from sigvirt.errors import NotFound
 from sigvirt.runner import Runner
 
 DEFAULT_CACHE = Path(os.environ.get("SIGVIRT_IMAGE_CACHE", "/var/cache/sigvirt/images"))
+# The recipes whose files a recipe's build.sh uses besides its own and images/lib/: labhost
+# (a lab host for vagrant/lab/) is the debian recipe's system without cloud-init, plus libvirt;
+# tiny-arm64 is the tiny guest (tiny/files/) from Debian's arm64 packages; debian-sb is the
+# debian recipe's system booting through shim + signed GRUB + the signed kernel (Secure Boot).
+BUILDS_ON: dict[str, tuple[str, ...]] = {
+    "labhost": ("debian",),
+    "tiny-arm64": ("tiny",),
+    "debian-sb": ("debian",),
+}
 
 
 def recipes_dir() -> Path:
@@ -38,16 +48,24 @@ class Recipe:
         """The shared library of the recipes (images/lib/), sourced by every build.sh."""
         return self.directory.parent / "lib"
 
-    def digest(self) -> str:
-        """Hash of every file of the recipe and of the shared library (names and contents):
-        a changed recipe, or a change in images/lib/, rebuilds.
+    @property
+    def builds_on(self) -> tuple[Path, ...]:
+        """The other recipes' directories this one's build.sh uses (BUILDS_ON)."""
+        return tuple(self.directory.parent / name for name in BUILDS_ON.get(self.name, ()))
 
-        Recipe files are named relative to the recipe directory, library files relative to
-        images/ (lib/...). A missing lib/ adds nothing.
+    def digest(self) -> str:
+        """Hash of every file of the recipe, of the recipes it builds on and of the shared
+        library (names and contents): a changed recipe, or a change in images/lib/ or in a
+        recipe it builds on, rebuilds.
+
+        Recipe files are named relative to the recipe directory, library files and those of
+        the recipes it builds on relative to images/ (lib/..., debian/...). A missing lib/ adds
+        nothing.
         """
         h = hashlib.sha256()
         files = [(p, p.relative_to(self.directory)) for p in _files(self.directory)]
-        files += [(p, p.relative_to(self.lib.parent)) for p in _files(self.lib)]
+        for directory in (*self.builds_on, self.lib):
+            files += [(p, p.relative_to(directory.parent)) for p in _files(directory)]
         for path, name in files:
             h.update(str(name).encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
@@ -95,8 +113,10 @@ def ensure_built(r: Recipe, runner: Runner, cache: Path = DEFAULT_CACHE) -> Path
             os.rename(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        # Images of earlier versions of the recipe are never used again.
+        # Images of earlier versions of the recipe are never used again (NAME-DIGEST only:
+        # tiny's are not tiny-arm64's).
         for old in cache.glob(f"{r.name}-*.qcow2"):
-            if old != final:
+            digest = old.name.removeprefix(f"{r.name}-").removesuffix(".qcow2")
+            if old != final and len(digest) == 16 and "-" not in digest:
                 old.unlink(missing_ok=True)
     return final

@@ -46,7 +46,8 @@ class Endpoint:
             j = self.jump
             hop = f"{j.user + '@' if j.user else ''}{j.host}:{j.port}"
             argv += ["-J", hop]
-        return [*argv, f"{self.user}@{self.host}"]
+        # no user known (a specialized image's VM): ssh's own default, or `-l`, decides
+        return [*argv, f"{self.user}@{self.host}" if self.user else self.host]
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):

@@ -42,8 +42,8 @@ from sigvirt.catalog.liveness import pid_alive
 from sigvirt.catalog.names import ImageRef
 from sigvirt.catalog.records import BootTest, BootTestState, ImageVersion, now
 from sigvirt.context import Context
-from sigvirt.errors import Conflict, GuestFailed, NotFound
-from sigvirt.guests import guest, inventory, lifecycle, specrun, sshkeys, vms
+from sigvirt.errors import Conflict, GuestFailed, NotFound, Unsupported
+from sigvirt.guests import guest, inventory, lifecycle, seed, specrun, sshkeys, vms
 from sigvirt.guests.specrun import SpecResult
 
 ADMIN_USER = "azureuser"  # the test VM's admin user, whom the spec logs in as
@@ -221,6 +221,10 @@ def _remove_vm(ctx: Context, rec: ImageVersion, name: str) -> None:
 
 
 def _boot_and_test(ctx: Context, rec: ImageVersion, spec: specs.SpecFile, name: str) -> SpecResult:
+    try:  # a specialized or Windows image gets no key of ours: the spec could never log in
+        seed.require_seed(ctx.store.get_definition(rec.gallery, rec.definition), "boot test")
+    except Unsupported as err:
+        return SpecResult(False, 0, (err.message,))
     _sweep_work(ctx.tmpdir)
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=ctx.tmpdir))
     try:

@@ -41,7 +41,7 @@ from sigvirt.catalog.liveness import pid_alive
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import Conflict, GuestFailed, InvalidArgument, NotFound, Unsupported
-from sigvirt.guests import domxml, guest, inventory, sshkeys, vms
+from sigvirt.guests import domxml, guest, inventory, seed, sshkeys, vms
 from sigvirt.guests.domxml import Provenance
 from sigvirt.hosts import ssh
 from sigvirt.hosts.regions import Accel, Network
@@ -122,6 +122,7 @@ def plan_export(
         raise Conflict(f"image version {rec.ref} is {rec.state}, not published")
     d = ctx.store.get_definition(rec.gallery, rec.definition)
     vms.check_definition(d)
+    seed.require_seed(d, "export-box")  # it logs in as vagrant, with the key it seeds
     where = vms.pick_region(ctx, rec, region)
     cfg = ctx.regions.region(where)
     if not cfg.is_local:

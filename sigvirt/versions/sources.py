@@ -102,7 +102,7 @@ class Imported:
 
 
 def _local_source_path(
-    ctx: Context, src: Source, region: str, staging: Path
+    ctx: Context, src: Source, region: str, staging: Path, live: bool = False
 ) -> tuple[Path, str | None]:
     """A local file qemu-img can read for this source, and the format to declare (None = detect)."""
     if src.kind == "file":
@@ -119,37 +119,59 @@ def _local_source_path(
         streams.download_file(v, staging)
         return staging, None
     if src.kind == "vm":
-        return _vm_disk(ctx, src.ref, region), "vm"
+        return _vm_disk(ctx, src.ref, region, staging if live else None), "vm"
     raise AssertionError(src.kind)
 
 
-def _vm_disk(ctx: Context, name: str, region: str) -> Path:
+# A running VM's disk is copied by libvirt's backup job at QEMU's pace; this is only the bound
+# after which a stuck job is given up.
+LIVE_CAPTURE_TIMEOUT = 3600.0
+
+
+def _vm_disk(ctx: Context, name: str, region: str, live_copy: Path | None = None) -> Path:
+    """The VM's OS disk to capture. A running VM is refused, unless `live_copy` is given
+    (a specialized definition: the VM's identity is the image): then libvirt's push backup
+    writes a point-in-time copy of the running disk there (crash-consistent, as a power cut
+    would leave it: the guest's journal replays at the copy's first boot)."""
     hv = ctx.hv(region)
     if not hv.is_local:
         raise Unsupported(f"vm:{name}: capturing a VM's disk works on local regions only")
     dom = hv.domain(name)
-    if dom.is_active():
-        raise Conflict(f"vm:{name} is running; stop it first (sigvirt vm stop --name {name})")
-    root = ET.fromstring(dom.xml(inactive=True))
+    running = dom.is_active()
+    if running and live_copy is None:
+        raise Conflict(
+            f"vm:{name} is running; stop it first (sigvirt vm stop --name {name}): a "
+            "generalized image is captured from a stopped VM (a specialized one may run)"
+        )
+    root = ET.fromstring(dom.xml(inactive=not running))
+    targets = [t.get("dev", "") for t in root.findall("./devices/disk/target")]
     for disk in root.findall("./devices/disk[@device='disk']"):
         src = disk.find("source")
         driver = disk.find("driver")
+        target = disk.find("target")
         if (
             src is not None
             and src.get("file")
             and (driver is None or driver.get("type") == "qcow2")
         ):
-            return Path(src.get("file", ""))
+            if not running or live_copy is None or target is None:
+                return Path(src.get("file", ""))
+            dev = target.get("dev", "")
+            dom.backup_begin(dev, live_copy, skip=tuple(t for t in targets if t != dev))
+            dom.backup_wait(LIVE_CAPTURE_TIMEOUT)
+            return live_copy
     raise NotFound(f"vm:{name} has no qcow2 file disk to capture")
 
 
 def import_into(
-    ctx: Context, src: Source, declared: str | None, region: str, partial: Path
-) -> Imported:
-    """Gate the source, convert it to a standalone qcow2 at `partial` (a local path)."""
+    ctx: Context, src: Source, declared: str | None, region: str, partial: Path,
+    *, live: bool = False,
+) -> Imported:  # fmt: skip
+    """Gate the source, convert it to a standalone qcow2 at `partial` (a local path). `live`:
+    a `vm:NAME` source may be running (a specialized definition's version)."""
     staging = ctx.tmpdir / f".sigvirt-staging-{os.getpid()}-{partial.name}"
     try:
-        path, detected = _local_source_path(ctx, src, region, staging)
+        path, detected = _local_source_path(ctx, src, region, staging, live)
         if detected == "vm":
             # A VM's disk is an overlay: flatten the chain libvirt runs it with, then gate
             # the standalone result like any user image.
@@ -178,12 +200,12 @@ def copy_version(ctx: Context, other: ImageVersion, dest: Path) -> Imported:
     replicas = other.completed_replicas()
     if not replicas:
         raise NotFound(f"--source {other.ref}: version {other.ref} has no completed replica")
-    local = [r for r in replicas if ctx.regions.region(r.region).is_local]
+    local = [r for r in replicas if ctx.regions.region(r.location).is_local]
     if local:
         result = transfer.local_copy(Path(local[0].path), dest)
     else:
         r = replicas[0]
-        result = streams.download_file(ctx.hv(r.region).volume(r.pool, r.volume), dest)
+        result = streams.download_file(ctx.hv(r.location).volume(r.pool, r.volume), dest)
     if result.sha256 != other.sha256:
         raise ChecksumMismatch(volume=dest.name, got=result.sha256, want=other.sha256)
     return Imported(result.sha256, other.virtual_size, dest.stat().st_blocks * 512, ())

@@ -134,6 +134,12 @@ def tiny_image() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_arm64_image() -> Path:
+    """The tiny guest for aarch64 (images/tiny-arm64: Arm64 definitions, TCG on x86)."""
+    return _built("tiny-arm64")
+
+
+@pytest.fixture(scope="session")
 def debian_image() -> Path:
     return _built("debian")
 
