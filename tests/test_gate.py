@@ -233,7 +233,7 @@ def wait_tested(
         if time.monotonic() > deadline:
             text = (lab.store.versions_dir(G, d) / f".{v}.{log}.log").read_text()
             pytest.fail(f"still {test['state']} after {timeout} s; log:\n{text}")
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.mark.guest
@@ -317,7 +317,7 @@ def _failing_then_fixed(lab: Lab, tiny_image: Path, d: str, fleet: str) -> None:
         code = ran.json["runningStatus"]["code"] if ran.code == 0 else None
         if code not in (None, "RollingForward") or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert code == "Completed", (ran.out, ran.err)
     assert fleet_versions(lab, fleet) == ["1.2.0"]
 

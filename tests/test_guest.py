@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
@@ -121,33 +120,3 @@ def test_guest_that_never_answers_fails_with_console_and_leaves_nothing(
     assert "no SSH answer within 25s" in failed.value.message
     assert "SIGVIRT-GUEST-READY" in failed.value.console_tail
     assert _leftovers(system_hv, lab_pool.name, name) == []
-
-
-def test_generalized_debian_image_takes_user_and_key_from_seed(
-    system_hv: Hypervisor, lab_pool: LabPool, debian_image: Path, ssh_key: SshKey
-) -> None:
-    base = place_base(system_hv, lab_pool, debian_image, unique("debian-base.qcow2"))
-    name = unique("deb")
-    spec = GuestSpec(
-        name=name,
-        pool=lab_pool.name,
-        base=base,
-        admin_user="azureuser",
-        ssh_public_keys=(ssh_key.public,),
-        memory_mib=512,
-    )
-    try:
-        g = guest.create(system_hv, spec, ssh_key.private, ports=PortAllocator(), timeout=300)
-        host = host_for(g)
-        assert host.check_output("hostname") == name
-        assert host.user().name == "azureuser"
-        assert host.package("cloud-init").is_installed
-        assert host.service("ssh").is_running
-        # The key came from the seed, through the real cloud-init: nothing was baked in.
-        keys = host.file("/home/azureuser/.ssh/authorized_keys").content_string
-        assert ssh_key.public.split()[1] in keys
-        assert host.run("sudo -n true").rc == 0
-    finally:
-        guest.delete(system_hv, name)
-        system_hv.delete_volume(lab_pool.name, base.name)
-    assert os.path.exists(base) is False

@@ -1,5 +1,7 @@
-"""A reimage of a Debian instance (real cloud-init): the fresh disk runs first boot again from
-the NoCloud seed the domain kept, and ends with the same hostname, admin user and key."""
+"""A Debian instance (real cloud-init) takes its name, admin user and key from the seed; a
+reimage's fresh disk runs first boot again from the NoCloud seed the domain kept, and ends
+with the same hostname, admin user and key. The one Debian boot of guest creation in the
+suite (test_guest's tiny guests prove the rest of guest.create)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ def test_cloud_init_gives_a_reimaged_instance_its_name_and_key_again(
     assert code == 0, err
     try:
         before = lab.json(capsys, "vmss", "list-instances", "-n", name)[0]
-        assert lab.ssh(before, "hostname") == instance
+        # First boot: the image bakes in no user and no key; the real cloud-init took the
+        # name, the admin user (with passwordless sudo) and the key from the seed.
+        assert lab.ssh(before, "hostname; id -un; dpkg-query -W -f '${Status}\\n' cloud-init;"
+                       " systemctl is-active ssh; sudo -n true && echo sudo").splitlines() == [
+            instance, "labuser", "install ok installed", "active", "sudo",
+        ]  # fmt: skip
+        assert lab.key.public.split()[1] in lab.ssh(before, "cat ~/.ssh/authorized_keys")
         first_id = lab.ssh(before, "cat /var/lib/cloud/data/instance-id")
         lab.ssh(before, "touch ~/written-before && sync")
 

@@ -483,7 +483,7 @@ def test_cancel_stops_a_background_rollout_after_its_current_batch(
         assert f"has a rolling upgrade running (id {started['sigvirt']['rollout']})" in err
         shown, end = started, time.monotonic() + 300
         while shown["sigvirt"]["currentBatch"] < 1 and time.monotonic() < end:
-            time.sleep(1)
+            time.sleep(0.25)
             shown = cli_json(capsys, "vmss", "rolling-upgrade", "get-latest", "-n", name)
         assert shown["progress"]["successfulInstanceCount"] == 1, shown
         assert shown["policy"]["pauseTimeBetweenBatches"] == "PT10M"
@@ -556,7 +556,7 @@ def test_an_automatic_scale_set_follows_a_new_latest(
             end = time.monotonic() + 300
             rec = rolling.latest(ctx, name)
             while not rec.done and time.monotonic() < end:
-                time.sleep(1)
+                time.sleep(0.25)
                 rec = rolling.latest(ctx, name)
             assert rec.code == Code.COMPLETED, rec
             assert rec.automatic and rec.target == f"{G}/{D}/1.2.0"
@@ -593,7 +593,7 @@ def test_vmss_update_moves_a_rolling_scale_set_and_leaves_a_manual_one(
             status = shown["runningStatus"]["code"]
             if status != "RollingForward" or time.monotonic() > end:
                 break
-            time.sleep(1)
+            time.sleep(0.25)
         assert status == "Completed", shown
         assert versions_of(lab, rolled) == {f"{rolled}-0": V2}
         code, _out, _err = cli(capsys, "vmss", "rolling-upgrade", "get-latest", "-n", manual)
