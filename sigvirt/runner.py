@@ -65,6 +65,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """`count` bytes of the open file `fd` from `offset`, for `Runner.feed` to hand to the
+    kernel (sendfile into the pipe) rather than read into this process and write out again."""
+
+    fd: int
+    offset: int
+    count: int
+
+
+@dataclass(frozen=True)
 class Reading:
     """A running process whose stdout is read in pieces (`Runner.reading`)."""
 
@@ -125,13 +135,15 @@ class Runner:
     def feed(
         self,
         argv: Sequence[str | os.PathLike[str]],
-        chunks: Iterable[bytes],
+        chunks: Iterable[bytes | FileRange],
         *,
         timeout: float | None = None,
     ) -> Result:
         """Run argv with `chunks` written to its stdin in order (more bytes than `input`
         should hold: a replica pushed over ssh); its result once it exits. Its stderr goes to
-        a file, so a chatty program can't block on a full pipe while we write."""
+        a file, so a chatty program can't block on a full pipe while we write. A FileRange
+        goes by sendfile: the bytes pass from the page cache to the pipe without a copy here
+        (CommandFailed if the file ends before it)."""
         args = tuple(os.fspath(a) for a in argv)
         with tempfile.TemporaryFile() as err:
             try:
@@ -144,7 +156,11 @@ class Runner:
                 try:
                     for chunk in chunks:
                         assert proc.stdin is not None
-                        proc.stdin.write(chunk)
+                        if isinstance(chunk, FileRange):
+                            proc.stdin.flush()
+                            _sendfile(proc.stdin.fileno(), chunk)
+                        else:
+                            proc.stdin.write(chunk)
                 except BrokenPipeError:
                     pass  # it exited early: its status and stderr say why
                 finally:
@@ -193,6 +209,15 @@ class Runner:
                 start_new_session=True,
             )
         return proc.pid
+
+
+def _sendfile(out: int, piece: FileRange) -> None:
+    offset, left = piece.offset, piece.count
+    while left:
+        sent = os.sendfile(out, piece.fd, offset, left)
+        if sent == 0:
+            raise CommandFailed(f"the file ended {left} bytes before the range given to send")
+        offset, left = offset + sent, left - sent
 
 
 def command_error(result: Result) -> CommandFailed | NoSpace:

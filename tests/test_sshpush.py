@@ -80,6 +80,25 @@ def test_accepted_bytes_land_under_the_final_name(remote: Remote, tmp_path: Path
     assert hv.volume_exists(pool, "v.qcow2")  # libvirt sees it: the pool was refreshed
 
 
+def test_bytes_known_by_their_fingerprint_go_by_sendfile_unhashed(
+    remote: Remote, tmp_path: Path
+) -> None:
+    hv, pool, path = remote
+    src, digest = _payload(tmp_path)
+    st = src.stat()
+    known = ("f" * 64, f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")  # as copies.fingerprint
+    got = sshpush.push_file(hv, Runner(), src, pool, "k.partial", "k.qcow2", lambda r: None,
+                            known=known)  # fmt: skip
+    # not hashed: the result carries the known sha256, the bytes on the host are the file's
+    assert (got.sha256, got.size) == (known[0], st.st_size)
+    assert hashlib.sha256((path / "k.qcow2").read_bytes()).hexdigest() == digest
+    # a file whose fingerprint is not the verified one is hashed as it is sent
+    stale = (known[0], f"{st.st_size}:{st.st_mtime_ns + 1}:{st.st_ino}")
+    got = sshpush.push_file(hv, Runner(), src, pool, "s.partial", "s.qcow2", lambda r: None,
+                            known=stale)  # fmt: skip
+    assert got.sha256 == digest
+
+
 def test_refused_bytes_never_get_the_final_name(remote: Remote, tmp_path: Path) -> None:
     hv, pool, path = remote
     src, _ = _payload(tmp_path)
