@@ -122,10 +122,14 @@ cmd("sig image-definition create", "sig image-definition create", [
     (["--publisher", "-p"], A, "publisher/offer/sku unique within the gallery, as in Azure"),
     (["--offer", "-f"], A, ""),
     (["--sku", "-s"], A, ""),
-    (["--os-type"], A, "Linux or Windows (recorded; sigvirt provisions Linux guests only)"),
-    (["--os-state"], A, "Generalized (cloud-init seeds hostname, user, key) or Specialized"),
+    (["--os-type"], A, "Linux or Windows (Windows: no seed, Hyper-V enlightenments, SATA, "
+     "e1000e, VNC on 127.0.0.1, no SSH wait)"),
+    (["--os-state"], A, "Generalized (cloud-init seeds hostname, user, key) or Specialized "
+     "(no seed; the identity flags of `vm create` are refused)"),
     (["--hyper-v-generation"], A, "V1 = BIOS (SeaBIOS), V2 = UEFI (OVMF)"),
-    (["--architecture"], A, "x64 or Arm64 (recorded; guests run on the host's architecture)"),
+    (["--architecture"], A, "x64 or Arm64 (Arm64: an aarch64 `virt` guest under "
+     "qemu-system-aarch64, AAVMF UEFI, TCG on x86 hosts; a region may declare the "
+     "architectures it runs)"),
     (["--minimum-cpu-core"], A, "checked at `vm create` (`--force` overrides)"),
     (["--maximum-cpu-core"], A, "checked at `vm create`"),
     (["--minimum-memory"], A, "sigvirt reads MiB; az's help says MB (one of its examples says GB) and the API gives "
@@ -139,8 +143,13 @@ cmd("sig image-definition create", "sig image-definition create", [
     TAGS,
     (["--location", "-l"], I, "a definition has no region of its own in sigvirt; versions "
      "carry regions"),
-    (["--features"], N, "name=value pairs (IsSecureBootSupported, SecurityType, ...) could be "
-     "recorded and printed; nothing acts on them yet"),
+    (["--features"], A, "Name=Value pairs in Azure's spelling, checked (unknown names refused "
+     "with a did-you-mean): DiskControllerTypes lets `vm create --disk-controller-type` put the "
+     "OS disk on virtio-scsi or NVMe; IsAcceleratedNetworkSupported=True gives virtio-net a "
+     "queue per vCPU on network/bridge regions (QEMU user networking has one); SecurityType "
+     "TrustedLaunch: Secure Boot (OVMF, Microsoft keys, SMM) + vTPM 2.0 (swtpm), "
+     "TrustedLaunchSupported: on request, ConfidentialVM: stored, `vm create` refuses; "
+     "IsHibernateSupported is stored only"),
     (["--disallowed-disk-types"], N, "could be checked against pool storage types"),
     (["--plan-name"], R, NOMARKET),
     (["--plan-product"], R, NOMARKET),
@@ -158,7 +167,9 @@ cmd("sig image-definition update", "sig image-definition update", [
     NOWAIT,
 ], intro="az updates a definition through --set/--add/--remove only (e.g. `--set "
           "recommended.vCPUs.min=2 description=...`); sigvirt takes those and also has its own "
-          "flags for the same properties (--minimum-cpu-core ... --description, --tags).")
+          "flags for the same properties (--minimum-cpu-core ... --description, --tags), and "
+          "`--features` with `--allow-update-image true` (Azure's allowUpdateImage): the list is "
+          "replaced; new VMs follow it.")
 cmd("sig image-definition delete", "sig image-definition delete", [
     (["--gallery-name", "-r"], A, ""),
     (["--gallery-image-definition", "-i"], A, "deleting is refused (exit 6) while the definition "
@@ -169,14 +180,17 @@ cmd("sig image-definition delete", "sig image-definition delete", [
 # ---------------------------------------------------------------- image-version
 TR = (["--target-regions"], A, "`name`, `name=count`, `name=count=storage_type`, several after "
       "one flag; regions are regions.yaml's (Azure display names such as \"West Central US\" "
-      "find `westcentralus`); the source region is always a target")
+      "find `westcentralus`); the source region is always a target; a zoned region's count "
+      "is spread over its zones")
 cmd("sig image-version create", "sig image-version create", [
     (["--gallery-name", "-r"], A, ""), (["--gallery-image-definition", "-i"], A, ""),
     (["--gallery-image-version", "-e"], A, "Major.Minor.Patch, 32-bit parts"),
     RG,
     (["--managed-image"], A, "sigvirt's --source under az's name: a qcow2/raw file, "
      "`pool/volume`, `vm:NAME`, `box:FILE.box`; every source goes through the import gate"),
-    (["--virtual-machine"], A, "a shut-off sigvirt VM (name or id); its disk is flattened"),
+    (["--virtual-machine"], A, "a sigvirt VM (name or id), its disk flattened: shut off for "
+     "a Generalized definition; for a Specialized one it may run (libvirt backup job, "
+     "crash-consistent)"),
     (["--image-version"], A, "another version's id: its bytes are copied"),
     (["--os-snapshot"], N, "no snapshots in sigvirt; `--managed-image POOL/VOLUME` takes a "
      "libvirt volume"),
@@ -254,8 +268,8 @@ cmd("sig image-version wait", "sig image-version wait", [
     (["--expand"], I, "the condition sees replicationStatus either way"),
 ])
 # ---------------------------------------------------------------- vm
-VM_CREATE = set('''--name --resource-group --accelerated-networking --accept-term --admin-password --admin-username --asgs --assign-identity --attach-data-disks --attach-os-disk --authentication-type --availability-set --boot-diagnostics-storage --capacity-reservation-group --computer-name --count --custom-data --data-disk-caching --data-disk-delete-option --data-disk-encryption-sets --data-disk-sizes-gb --disable-integrity-monitoring --edge-zone --enable-agent --enable-auto-update --enable-hibernation --enable-hotpatching --enable-secure-boot --enable-vtpm --encryption-at-host --ephemeral-os-disk --ephemeral-os-disk-placement --eviction-policy --generate-ssh-keys --host --host-group --image --license-type --location --max-price --nic-delete-option --nics --no-wait --nsg --nsg-rule --os-disk-caching --os-disk-delete-option --os-disk-encryption-set --os-disk-name --os-disk-size-gb --os-type --patch-mode --plan-name --plan-product --plan-promotion-code --plan-publisher --platform-fault-domain --ppg --priority --private-ip-address --public-ip-address --public-ip-address-allocation --public-ip-address-dns-name --public-ip-sku --role --scope --secrets --security-type --size --specialized --ssh-dest-key-path --ssh-key-name --ssh-key-values --storage-account --storage-container-name --storage-sku --subnet --subnet-address-prefix --tags --ultra-ssd-enabled --use-unmanaged-disk --user-data --v-cpus-available --v-cpus-per-core --validate --vmss --vnet-address-prefix --vnet-name --workspace --zone'''.split())
-VMSS_CREATE = set('''--name --resource-group --accelerated-networking --accept-term --admin-password --admin-username --app-gateway --app-gateway-capacity --app-gateway-sku --app-gateway-subnet-address-prefix --asgs --assign-identity --authentication-type --automatic-repairs-action --automatic-repairs-grace-period --backend-pool-name --backend-port --capacity-reservation-group --computer-name-prefix --custom-data --data-disk-caching --data-disk-encryption-sets --data-disk-iops --data-disk-mbps --data-disk-sizes-gb --disable-integrity-monitoring --disable-overprovision --dns-servers --edge-zone --enable-agent --enable-auto-update --enable-cross-zone-upgrade --enable-secure-boot --enable-spot-restore --enable-vtpm --encryption-at-host --ephemeral-os-disk --ephemeral-os-disk-placement --eviction-policy --generate-ssh-keys --health-probe --host-group --image --instance-count --lb --lb-nat-pool-name --lb-sku --license-type --location --max-batch-instance-percent --max-price --max-unhealthy-instance-percent --max-unhealthy-upgraded-instance-percent --network-api-version --no-wait --nsg --orchestration-mode --os-disk-caching --os-disk-encryption-set --os-disk-name --os-disk-size-gb --os-type --patch-mode --pause-time-between-batches --plan-name --plan-product --plan-promotion-code --plan-publisher --platform-fault-domain-count --ppg --prioritize-unhealthy-instances --priority --public-ip-address --public-ip-address-allocation --public-ip-address-dns-name --public-ip-per-vm --role --scale-in-policy --scope --secrets --security-type --single-placement-group --specialized --spot-restore-timeout --ssh-dest-key-path --ssh-key-values --storage-container-name --storage-sku --subnet --subnet-address-prefix --tags --terminate-notification-time --ultra-ssd-enabled --upgrade-policy-mode --use-unmanaged-disk --user-data --v-cpus-available --v-cpus-per-core --validate --vm-domain-name --vm-sku --vnet-address-prefix --vnet-name --zones'''.split())
+VM_CREATE = set('''--name --resource-group --accelerated-networking --accept-term --admin-password --admin-username --asgs --assign-identity --attach-data-disks --attach-os-disk --authentication-type --availability-set --boot-diagnostics-storage --capacity-reservation-group --computer-name --count --custom-data --data-disk-caching --data-disk-delete-option --data-disk-encryption-sets --data-disk-sizes-gb --disable-integrity-monitoring --disk-controller-type --edge-zone --enable-agent --enable-auto-update --enable-hibernation --enable-hotpatching --enable-secure-boot --enable-vtpm --encryption-at-host --ephemeral-os-disk --ephemeral-os-disk-placement --eviction-policy --generate-ssh-keys --host --host-group --image --license-type --location --max-price --nic-delete-option --nics --no-wait --nsg --nsg-rule --os-disk-caching --os-disk-delete-option --os-disk-encryption-set --os-disk-name --os-disk-size-gb --os-type --patch-mode --plan-name --plan-product --plan-promotion-code --plan-publisher --platform-fault-domain --ppg --priority --private-ip-address --public-ip-address --public-ip-address-allocation --public-ip-address-dns-name --public-ip-sku --role --scope --secrets --security-type --size --specialized --ssh-dest-key-path --ssh-key-name --ssh-key-values --storage-account --storage-container-name --storage-sku --subnet --subnet-address-prefix --tags --ultra-ssd-enabled --use-unmanaged-disk --user-data --v-cpus-available --v-cpus-per-core --validate --vmss --vnet-address-prefix --vnet-name --workspace --zone'''.split())
+VMSS_CREATE = set('''--name --resource-group --accelerated-networking --accept-term --admin-password --admin-username --app-gateway --app-gateway-capacity --app-gateway-sku --app-gateway-subnet-address-prefix --asgs --assign-identity --authentication-type --automatic-repairs-action --automatic-repairs-grace-period --backend-pool-name --backend-port --capacity-reservation-group --computer-name-prefix --custom-data --data-disk-caching --data-disk-encryption-sets --data-disk-iops --data-disk-mbps --data-disk-sizes-gb --disable-integrity-monitoring --disable-overprovision --disk-controller-type --dns-servers --edge-zone --enable-agent --enable-auto-update --enable-cross-zone-upgrade --enable-secure-boot --enable-spot-restore --enable-vtpm --encryption-at-host --ephemeral-os-disk --ephemeral-os-disk-placement --eviction-policy --generate-ssh-keys --health-probe --host-group --image --instance-count --lb --lb-nat-pool-name --lb-sku --license-type --location --max-batch-instance-percent --max-price --max-unhealthy-instance-percent --max-unhealthy-upgraded-instance-percent --network-api-version --no-wait --nsg --orchestration-mode --os-disk-caching --os-disk-encryption-set --os-disk-name --os-disk-size-gb --os-type --patch-mode --pause-time-between-batches --plan-name --plan-product --plan-promotion-code --plan-publisher --platform-fault-domain-count --ppg --prioritize-unhealthy-instances --priority --public-ip-address --public-ip-address-allocation --public-ip-address-dns-name --public-ip-per-vm --role --scale-in-policy --scope --secrets --security-type --single-placement-group --specialized --spot-restore-timeout --ssh-dest-key-path --ssh-key-values --storage-container-name --storage-sku --subnet --subnet-address-prefix --tags --terminate-notification-time --ultra-ssd-enabled --upgrade-policy-mode --use-unmanaged-disk --user-data --v-cpus-available --v-cpus-per-core --validate --vm-domain-name --vm-sku --vnet-address-prefix --vnet-name --zones'''.split())
 def vm_create_rows(scale_set):
     rows = [
         (["--name", "-n"], A, "also the hostname" + (" prefix: instances are NAME-0, NAME-1, ..."
@@ -269,21 +283,30 @@ def vm_create_rows(scale_set):
         (["--size"] if not scale_set else ["--vm-sku"], A,
          "Azure size names (Standard_B1s ...) and Lab_* sizes map to vCPUs/memory; sigvirt "
          "also takes --vcpus/--memory" if not scale_set else "as `vm create --size`"),
-        (["--admin-username"], A, "default: your user name (root -> azureuser, as az)"),
-        (["--ssh-key-values", "--ssh-key-value"], A, "a public key file or the key itself"),
+        (["--admin-username"], A, "default: your user name (root -> azureuser, as az)"
+         "; refused (exit 18) for a Specialized or Windows image: it boots without a seed"),
+        (["--ssh-key-values", "--ssh-key-value"], A, "a public key file or the key itself"
+         "; refused (exit 18) for a Specialized or Windows image: it boots without a seed"),
         (["--generate-ssh-keys"], A, "sigvirt makes ~/.ssh/id_ed25519 (az makes id_rsa) when "
-         "there is no key"),
+         "there is no key; refused (exit 18) for a Specialized or Windows image: it boots without a seed"),
         (["--authentication-type"], I, "`ssh` is the only kind: password/all are refused"),
-        (["--admin-password"], R, "sigvirt provisions SSH keys only and never sets passwords: "
-         "the guest is reached by key through its forward"),
+        (["--admin-password"], R, "sigvirt's Linux guests take SSH keys only (exit 21); with a "
+         "Specialized or Windows image it is refused with the other identity flags (exit 18)"),
         (["--custom-data"], A, "cloud-init user data (#cloud-config or #!) on the NoCloud seed; "
-         "sigvirt takes a file path, az also takes the text itself"),
+         "sigvirt takes a file path, az also takes the text itself; refused (exit 18) for a Specialized or Windows image: it boots without a seed"),
         (["--user-data"], R, "no instance metadata service to serve it from; use --custom-data"),
         (["--no-wait"], A, "returns once the guest is started, before SSH answers"),
         TAGS,
-        (["--os-type"], I, "the image definition's osType decides"),
-        (["--specialized"], I, "the image definition's osState decides"),
-        (["--accelerated-networking"], I, "guests get virtio-net; there is no SR-IOV to ask for"),
+        (["--os-type"], I, "the image definition's osType decides: Windows boots without a "
+         "seed in a Windows domain; create returns once it runs and prints its VNC display"),
+        (["--specialized"], I, "the image definition's osState decides: Specialized boots "
+         "without a seed (the image's own hostname, users, keys; osProfile null)"),
+        (["--accelerated-networking"], I, "guests get virtio-net; there is no SR-IOV to ask "
+         "for; the definition's IsAcceleratedNetworkSupported=True gives virtio-net multiqueue (a "
+         "queue per vCPU) on network/bridge regions; QEMU user networking has one queue"),
+        (["--disk-controller-type"], A, "SCSI: the OS disk on virtio-scsi (/dev/sda); NVMe: on "
+         "QEMU's NVMe controller (/dev/nvme0n1, libvirt >= 8.2); only types the definition's "
+         "DiskControllerTypes lists, V2 definitions only (as in Azure); default virtio-blk"),
         (["--accept-term"], I, "no marketplace terms to accept"),
         (["--license-type"], I, "no licensing or billing"),
         (["--enable-agent"], I, "no Azure VM agent: provisioning is cloud-init NoCloud"),
@@ -310,10 +333,14 @@ def vm_create_rows(scale_set):
          "storage when replicating (`--target-regions REGION=N=STORAGE_TYPE`)"),
         (["--storage-container-name"], R, "no storage accounts"),
         (["--use-unmanaged-disk"], R, "no storage accounts / unmanaged VHDs"),
-        (["--enable-secure-boot"], N, "OVMF's secure-boot firmware could do it for V2 images"),
-        (["--enable-vtpm"], N, "would need swtpm on the host"),
-        (["--security-type"], N, "TrustedLaunch = secure boot + vTPM (see above); ConfidentialVM "
-         "is refused"),
+        (["--enable-secure-boot"], A, "true only: it means TrustedLaunch (Secure Boot with OVMF's "
+         "Microsoft keys, SMM, and a vTPM); false is refused, both are always on in a Trusted "
+         "Launch VM here" + ("; a TrustedLaunch definition's instances launch trusted anyway"
+                             if scale_set else "")),
+        (["--enable-vtpm"], A, "true only: it means TrustedLaunch (a vTPM 2.0 by swtpm, its "
+         "state removed with the VM); false is refused"),
+        (["--security-type"], A, "Standard or TrustedLaunch (the definition's SecurityType must "
+         "allow it; a TrustedLaunch image always launches trusted); ConfidentialVM is refused"),
         (["--enable-auto-update"], R, WIN),
         (["--enable-hotpatching"], R, WIN),
         (["--patch-mode"], R, "no platform-orchestrated guest patching"),
@@ -356,8 +383,14 @@ def vm_create_rows(scale_set):
     ]
     if not scale_set:
         rows += [
-            (["--zone", "-z"], R, "regions have no availability zones"),
-            (["--computer-name"], R, "a guest's hostname is its VM name"),
+            (["--zone", "-z"], A, "the zone of a zoned region (regions.yaml `zones:`, each zone "
+             "a libvirt host): a linked clone of a replica on that zone's host; az's `zones: "
+             "[\"2\"]`; refused (exit 18) in a region without zones or for a zone it lacks; "
+             "without it, in a zoned region, the zone holding a replica whose host runs the "
+             "fewest guests"),
+            (["--computer-name"], A, "the guest's hostname through the seed (default: "
+             "--name), osProfile.computerName; refused for Specialized and Windows images (no "
+             "seed)"),
             (["--count"], N, "N VMs NAME0..NAME(N-1); `vmss create --instance-count` does it "
              "today"),
             (["--attach-os-disk"], R, "a VM's OS disk is always a linked clone of an image "
@@ -376,7 +409,11 @@ def vm_create_rows(scale_set):
     else:
         rows += [
             (["--instance-count"], A, "instances boot concurrently, spread over the replicas"),
-            (["--zones", "-z"], R, "regions have no availability zones"),
+            (["--zones", "-z"], A, "zones of a zoned region: instances spread over them "
+             "evenly, each on a replica on its zone's host; default in a zoned region: all its "
+             "zones; a zone that doesn't answer fails its instances alone (exit 13); `vmss "
+             "scale` refills in the zones that answer and says which it skipped; refused (exit "
+             "18) in a region without zones or for a zone it lacks"),
             (["--computer-name-prefix"], R, "instance hostnames are the instance names "
              "(NAME-0, NAME-1, ...)"),
             (["--orchestration-mode"], I, "sigvirt scale sets behave as Uniform (instance ids, "
@@ -391,7 +428,8 @@ def vm_create_rows(scale_set):
             (["--pause-time-between-batches"], A, "ISO 8601 as az takes it (PT30S, PT1M30S) "
              "or seconds; at most a day"),
             (["--prioritize-unhealthy-instances"], A, "unhealthy instances are upgraded first"),
-            (["--enable-cross-zone-upgrade"], I, "no zones, no rolling upgrades"),
+            (["--enable-cross-zone-upgrade"], I, "rolling upgrades batch the whole scale set; "
+             "zones don't shape the batches"),
             (["--disable-overprovision"], I, "sigvirt never overprovisions"),
             (["--single-placement-group"], I, "one host per region"),
             (["--platform-fault-domain-count"], I, "no fault domains"),
@@ -434,6 +472,15 @@ cmd("vm show", "vm show", [
      "privateIps, fqdns, macAddresses) and the exact ssh command"),
     (["--include-user-data", "-u"], I, "custom data is never printed back"),
 ])
+cmd("ssh vm", "vm ssh", [
+    (["--name", "-n"], A, ""), RG, IDS,
+    (["--local-user"], A, "the image's own user for Specialized VMs (default: the admin user "
+     "the VM was created with)"),
+    (["--private-key-file", "-i"], A, "default: the key the VM was created with"),
+    (["--ip"], N, "sigvirt reaches guests through their loopback forward (see `vm show`)"),
+    (["--public-key-file", "-p"], R, "no Azure AD certificates: a key pair is enough"),
+    (["--port"], R, "the forward's port is sigvirt's"),
+], intro="az's ssh extension; sigvirt runs the system ssh through the VM's forward.")
 cmd("vm list", "vm list", [
     (["--resource-group", "-g"], A, "az lists that group's VMs only; without it, all"),
     (["--show-details", "-d"], I, "see `vm show`"),
@@ -492,7 +539,8 @@ cmd("vmss update", "vmss update", [
     (["--max-unhealthy-upgraded-instance-percent"], A, "see `vmss create`"),
     (["--pause-time-between-batches"], A, "see `vmss create`"),
     (["--prioritize-unhealthy-instances"], A, "see `vmss create`"),
-    (["--enable-cross-zone-upgrade"], I, "no zones"),
+    (["--enable-cross-zone-upgrade"], I, "rolling upgrades batch the whole scale set; zones "
+     "don't shape the batches"),
     (["--force-deletion"], I, "instances are always destroyed first"),
     (["--ephemeral-os-disk-placement", "--ephemeral-placement"], R, "see `vm create`"),
     (["--automatic-repairs-action"], R, "no automatic repairs"),
