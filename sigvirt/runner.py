@@ -146,12 +146,7 @@ class Runner:
         (CommandFailed if the file ends before it)."""
         args = tuple(os.fspath(a) for a in argv)
         with tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(
-                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err
-                )
-            except FileNotFoundError:
-                raise CommandFailed(f"{args[0]}: command not found") from None
+            proc = _start(args, err, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             try:
                 try:
                     for chunk in chunks:
@@ -182,12 +177,7 @@ class Runner:
         fed to another process); the process is killed if the block ends before it exits."""
         args = tuple(os.fspath(a) for a in argv)
         with tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
-                )
-            except FileNotFoundError:
-                raise CommandFailed(f"{args[0]}: command not found") from None
+            proc = _start(args, err, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
             try:
                 yield Reading(args, proc, err)
             finally:
@@ -209,6 +199,17 @@ class Runner:
                 start_new_session=True,
             )
         return proc.pid
+
+
+def _start(
+    args: tuple[str, ...], err: IO[bytes], *, stdin: int, stdout: int
+) -> subprocess.Popen[bytes]:
+    """A streaming child (feed, reading): its stderr into the file `err`, so a chatty
+    program can't block on a full pipe while the other end is busy."""
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=err)
+    except FileNotFoundError:
+        raise CommandFailed(f"{args[0]}: command not found") from None
 
 
 def _sendfile(out: int, piece: FileRange) -> None:
