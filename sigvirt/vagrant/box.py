@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sigvirt.catalog import names
 from sigvirt.catalog.records import Firmware
+from sigvirt.errors import Conflict, NotFound
 from sigvirt.versions import boxfile
 
 GiB = 1 << 30
@@ -103,6 +105,20 @@ def _small(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
     info.mtime = mtime
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
+
+
+def destination(path: Path) -> Path:
+    """`--file` of a box to make: its directory exists and the file does not (a box is
+    never overwritten); the absolute path."""
+    dest = Path(os.path.abspath(path))
+    if not dest.parent.is_dir():
+        raise NotFound(f"--file {names.shorten(str(path), 200)}: no such directory {dest.parent}")
+    if os.path.lexists(dest):
+        raise Conflict(
+            f"--file {names.shorten(str(path), 200)} already exists",
+            hint="remove it or name another file: a box is never overwritten",
+        )
+    return dest
 
 
 def write_box(dest: Path, image: Path, spec: BoxSpec) -> str:

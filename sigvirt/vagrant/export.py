@@ -92,18 +92,6 @@ def _size(d: Definition) -> tuple[int, int]:
     return memory, max(1, d.min_vcpus or 1)
 
 
-def _dest(path: Path) -> Path:
-    dest = Path(os.path.abspath(path))
-    if not dest.parent.is_dir():
-        raise NotFound(f"--file {names.shorten(str(path), 200)}: no such directory {dest.parent}")
-    if os.path.lexists(dest):
-        raise Conflict(
-            f"--file {names.shorten(str(path), 200)} already exists",
-            hint="remove it or name another file: a box is never overwritten",
-        )
-    return dest
-
-
 def plan_export(
     ctx: Context,
     gallery: str,
@@ -139,7 +127,7 @@ def plan_export(
     memory, vcpus = _size(d)
     accel = None if cfg.accel == "auto" else cfg.accel
     return ExportPlan(
-        rec, d, where, replica, _dest(dest),
+        rec, d, where, replica, box.destination(dest),
         domain_name(inventory.installation(ctx), rec.ref), memory, vcpus, cfg.network,
         accel, box_name,
     )  # fmt: skip

@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sigvirt.catalog import names
-from sigvirt.errors import Conflict, NotFound, Unsupported
+from sigvirt.errors import Conflict, Unsupported
 from sigvirt.hosts import recipes
 from sigvirt.hosts.qemuimg import QemuImg
 from sigvirt.vagrant import box
@@ -60,15 +59,7 @@ def check(r: recipes.Recipe, dest: Path) -> Path:
             f"{', '.join(sorted(BOXABLE))}); publish it as a version and use "
             "`sig image-version export-box`"
         )
-    target = Path(os.path.abspath(dest))
-    if not target.parent.is_dir():
-        raise NotFound(f"--file {names.shorten(str(dest), 200)}: no such directory {target.parent}")
-    if os.path.lexists(target):
-        raise Conflict(
-            f"--file {names.shorten(str(dest), 200)} already exists",
-            hint="remove it or name another file: a box is never overwritten",
-        )
-    return target
+    return box.destination(dest)
 
 
 def write(r: recipes.Recipe, image: Path, dest: Path, qemu_img: QemuImg) -> ImageBox:
