@@ -337,9 +337,15 @@ def domain_xml(spec: DomainSpec) -> str:
     rng = sub(dev, "rng", model="virtio")
     sub(rng, "backend", "/dev/urandom", model="random")
     _pci_slot(rng, spec, "rng")
+    return _finish(dom, dev, spec, "virtio-net-pci")
+
+
+def _finish(dom: ET.Element, dev: ET.Element, spec: DomainSpec, nic: str) -> str:
+    """What every domain ends with: its vTPM (Trusted Launch), no balloon, the user-net NIC
+    `nic` (QEMU arguments, after the devices), the NVMe override; the XML text."""
     _tpm(dev, spec)
     sub(dev, "memballoon", model="none")
-    _user_net(dom, spec, "virtio-net-pci")
+    _user_net(dom, spec, nic)
     if spec.disk_controller == "nvme":
         _nvme_override(dom)
     return render(dom)
@@ -482,12 +488,7 @@ def windows_domain_xml(spec: DomainSpec) -> str:
     video = sub(dev, "video")
     sub(video, "model", type="vga", vram="16384", heads="1", primary="yes")
     _pci_slot(video, spec, "virtio-serial")  # free: no virtio-serial for Windows
-    _tpm(dev, spec)
-    sub(dev, "memballoon", model="none")
-    _user_net(dom, spec, "e1000e")
-    if spec.disk_controller == "nvme":
-        _nvme_override(dom)
-    return render(dom)
+    return _finish(dom, dev, spec, "e1000e")
 
 
 def vnc_display(domain: str) -> str | None:
