@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
-import paramiko
 import pytest
 
 from sigvirt.errors import ExitCode
@@ -62,23 +61,6 @@ class World:
 
 
 GD = ("-r", "multi", "-i", "img")
-
-
-def remote_sha256(hb: HostB, path: str) -> str:
-    """sha256sum run on the host itself (its sshd runs in its mount namespace)."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1", port=hb.ssh_port, username="root", look_for_keys=False, allow_agent=False,
-        pkey=paramiko.Ed25519Key.from_private_key_file(str(hb.key_path)), timeout=10,
-    )  # fmt: skip
-    try:
-        _in, out, err = client.exec_command(f"sha256sum {path}", timeout=120)
-        text = out.read().decode()
-        assert text, err.read().decode()
-        return text.split()[0]
-    finally:
-        client.close()
 
 
 def _drop_pool(uri: str, name: str) -> None:
@@ -168,7 +150,7 @@ def test_a_version_reaches_every_host_byte_for_byte(world: World) -> None:
     for region in NAMES:
         for r in found[region]:
             assert r["state"] == "completed"
-            assert remote_sha256(world.hosts[region], r["path"]) == want, (region, r)
+            assert world.hosts[region].sha256sum(r["path"]) == want, (region, r)
 
 
 def test_regions_holding_replicas_cannot_be_removed(world: World) -> None:
@@ -233,6 +215,6 @@ def test_a_host_dying_mid_copy_fails_alone_and_a_rerun_completes_it(world: World
     doc = world.version("2.0.0")
     assert doc["replicationStatus"]["aggregatedState"] == "Completed"  # type: ignore[index]
     (hc_replica,) = replicas_by_region(doc)["hostC"]
-    assert remote_sha256(hc, hc_replica["path"]) == doc["sigvirt"]["sha256"]  # type: ignore[index]
+    assert hc.sha256sum(hc_replica["path"]) == doc["sigvirt"]["sha256"]  # type: ignore[index]
     pool_dir = world.pools["hostC"][0][1]
     assert sorted(p.name for p in pool_dir.iterdir() if p.name.startswith(".")) == []

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import paramiko
 import pytest
 import testinfra
 
@@ -287,23 +286,6 @@ class Lab:
             conn.close()
 
 
-def remote_sha256(hb: HostB, path: str) -> str:
-    """sha256sum run on the host itself (its sshd runs in its mount namespace)."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1", port=hb.ssh_port, username="root", look_for_keys=False, allow_agent=False,
-        pkey=paramiko.Ed25519Key.from_private_key_file(str(hb.key_path)), timeout=10,
-    )  # fmt: skip
-    try:
-        _in, out, err = client.exec_command(f"sha256sum {path}", timeout=120)
-        text = out.read().decode()
-        assert text, err.read().decode()
-        return text.split()[0]
-    finally:
-        client.close()
-
-
 def _sweep(hb: HostB, prefix: str, pool: str) -> None:
     """Every domain named `prefix`… and the pool (with its volumes) gone from the host."""
     with contextlib.suppress(libvirt.libvirtError):
@@ -414,7 +396,7 @@ def test_zones_hold_a_replica_each_and_a_scale_set_spreads_over_them(lab: Lab) -
     assert [z for z, _r in zoned] == ["1", "2", "3"]
     for z, r in zoned:
         assert (r["state"], r["pool"]) == ("completed", lab.pools[z][0])
-        assert remote_sha256(lab.zones[z], r["path"]) == made["sigvirt"]["sha256"], z
+        assert lab.zones[z].sha256sum(r["path"]) == made["sigvirt"]["sha256"], z
     (home,) = [r for r in made["sigvirt"]["replicas"] if r["region"] == "local"]
     assert "zone" not in home and sha256(home["path"]) == made["sigvirt"]["sha256"]
     space = lab.json("sig", "space", "--location", "lab")  # each zone's host read

@@ -30,7 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import paramiko
 import pytest
+
+from sigvirt.catalog.liveness import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tools" / "lab-hostb.sh"
@@ -90,6 +93,23 @@ class HostB:
             conn.close()
         return path
 
+    def sha256sum(self, path: str) -> str:
+        """sha256sum run on the host itself (its sshd runs in its mount namespace)."""
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            "127.0.0.1", port=self.ssh_port, username="root", look_for_keys=False,
+            allow_agent=False, timeout=10,
+            pkey=paramiko.Ed25519Key.from_private_key_file(str(self.key_path)),
+        )  # fmt: skip
+        try:
+            _in, out, err = client.exec_command(f"sha256sum {path}", timeout=120)
+            text = out.read().decode()
+            assert text, err.read().decode()
+            return text.split()[0]
+        finally:
+            client.close()
+
     @staticmethod
     def domain_name(prefix: str = "hostb") -> str:
         """A domain name unique on this machine (see the module doc: shared cgroup tree)."""
@@ -108,9 +128,9 @@ class HostB:
         os.kill(pid, signal.SIGTERM)
         try:
             end = time.monotonic() + STOP_TIMEOUT
-            while _pid_alive(pid) and not _zombie(pid) and time.monotonic() < end:
+            while pid_alive(pid) and not _zombie(pid) and time.monotonic() < end:
                 time.sleep(0.05)
-            if _pid_alive(pid) and not _zombie(pid):
+            if pid_alive(pid) and not _zombie(pid):
                 raise RuntimeError(f"libvirtd {pid} of {self.state_dir} did not stop")
             yield
         finally:
@@ -168,16 +188,6 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/status").read_text().count("State:\tZ") > 0
@@ -189,7 +199,7 @@ def reap_stale_state_dirs() -> None:
     """Stop and remove hostB state dirs of test sessions that died without tearing down."""
     for d in Path(STATE_PREFIX).parent.glob(Path(STATE_PREFIX).name + "*"):
         m = re.fullmatch(re.escape(Path(STATE_PREFIX).name) + r"(\d+)(?:-\d+)?", d.name)
-        if not m or not d.is_dir() or _pid_alive(int(m.group(1))):
+        if not m or not d.is_dir() or pid_alive(int(m.group(1))):
             continue
         lab_script("stop", str(d), timeout=STOP_TIMEOUT)
         shutil.rmtree(d, ignore_errors=True)
