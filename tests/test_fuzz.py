@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from sigvirt.catalog import latest
 from sigvirt.catalog.records import (
+    HIDDEN,
     Definition,
     ImageVersion,
     Replica,
@@ -42,7 +43,7 @@ from sigvirt.catalog.records import (
 from sigvirt.catalog.store import CorruptRecord, Damaged, GalleryStore
 from sigvirt.cli import azshape, versions
 from sigvirt.cli.render import plain
-from sigvirt.errors import CommandFailed, ConfigError, ImageRejected
+from sigvirt.errors import CommandFailed, ConfigError, ImageRejected, NotFound
 from sigvirt.galleries import definitions, galleries
 from sigvirt.hosts import regions
 from sigvirt.hosts.qemuimg import QemuImg
@@ -266,6 +267,7 @@ def _renders(rec: ImageVersion | Definition) -> None:
 @example(document=("version", json.dumps({**GOOD_VERSION, "target_regions": [1]}).encode()))
 @example(document=("version", json.dumps({**GOOD_VERSION, "gallery": "victim"}).encode()))
 @example(document=("definition", json.dumps({**GOOD_DEFINITION, "end_of_life": "x"}).encode()))
+@example(document=("definition", json.dumps({**GOOD_DEFINITION, "soft_deleted": "0"}).encode()))
 def test_record_reader_gives_a_record_or_corrupt_record(
     fuzz_store: GalleryStore, document: tuple[str, bytes]
 ) -> None:
@@ -275,16 +277,26 @@ def test_record_reader_gives_a_record_or_corrupt_record(
     definition.write_text(json.dumps({**GOOD_DEFINITION, "gallery": "G", "name": "D"}))
     (definition if kind == "definition" else store.version_path("G", "D", "1.0.0")).write_bytes(raw)
 
-    def read() -> ImageVersion | Definition:
+    def read(hidden: bool = False) -> ImageVersion | Definition:
         if kind == "version":
-            return store.get_version("G", "D", "1.0.0")
-        return store.get_definition("G", "D")
+            return store.get_version("G", "D", "1.0.0", hidden=hidden)
+        return store.get_definition("G", "D", hidden=hidden)
 
     try:
         rec = read()
     except CorruptRecord as err:
         assert "\n" not in err.message
         event(f"{kind}: refused")
+    except NotFound:
+        # A well-formed record the store hides from users (soft-deleted, pending deletion)
+        # is "not found" by design; read as the recycle bin does, it is whole and hidden.
+        rec = read(hidden=True)
+        assert (rec.gallery, rec.name) == ("G", "1.0.0" if kind == "version" else "D")
+        if isinstance(rec, ImageVersion):
+            assert rec.state in HIDDEN, rec.state
+        else:
+            assert rec.soft_deleted
+        event(f"{kind}: hidden")
     else:
         assert (rec.gallery, rec.name) == ("G", "1.0.0" if kind == "version" else "D")
         _renders(rec)
