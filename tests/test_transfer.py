@@ -8,8 +8,11 @@ import contextlib
 import hashlib
 import itertools
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -286,3 +289,48 @@ def test_delete_volume_finds_a_file_libvirt_has_not_listed_yet(
         assert east_hv.delete_volume(pool.name, name) is False
     finally:
         (pool.path / name).unlink(missing_ok=True)
+
+
+def test_streams_beside_other_calls_from_many_threads_neither_hang_nor_fail(
+    lab: Lab,
+) -> None:
+    """Six threads on one host handle, each making a seed-sized volume through a stream,
+    an empty one, reading the first back and deleting both, as a `vmss create` of six does.
+    On one shared libvirt connection this hung for good (or lost the connection) within
+    30 s every time here (libvirt 9.0); every stream now has a connection of its own. The
+    work runs in a daemon thread so that a hang fails this test instead of the whole run."""
+    pool = lab.local[0].name
+    payload = os.urandom(66 * 1024)
+    rounds: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(hv: Hypervisor, k: int, until: float) -> None:
+        n = 0
+        while time.monotonic() < until:
+            seed, log = f"race-{k}-{n}.iso", f"race-{k}-{n}.log"
+            try:
+                streams.upload_bytes(hv, pool, seed, payload)
+                streams.upload_bytes(hv, pool, log, b"")
+                assert streams.download_tail(hv, pool, seed, len(payload)) == payload
+            finally:
+                hv.delete_volume(pool, seed)
+                hv.delete_volume(pool, log)
+            n += 1
+        rounds.append(n)
+
+    def run() -> None:
+        with Hypervisor.open("qemu:///system") as hv:
+            until = time.monotonic() + 10
+            with ThreadPoolExecutor(6) as ex:
+                for fut in [ex.submit(worker, hv, k, until) for k in range(6)]:
+                    try:
+                        fut.result()
+                    except BaseException as err:
+                        errors.append(err)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=90)
+    assert not runner.is_alive(), f"streams hung; rounds done by threads that ended: {rounds}"
+    assert errors == []
+    assert len(rounds) == 6 and min(rounds) > 0, rounds

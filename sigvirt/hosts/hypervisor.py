@@ -13,7 +13,6 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,11 +20,14 @@ import libvirt
 
 from sigvirt.errors import HostError, NotFound, RegionUnavailable
 from sigvirt.hosts import xmlbuild
+from sigvirt.hosts.channels import Channel, Channels
+from sigvirt.hosts.hostrecords import DomainInfo, HostFacts, PoolInfo, VolumeFacts
 from sigvirt.hosts.libvirterrors import GONE, translate
 from sigvirt.hosts.regions import Accel
 from sigvirt.hosts.uri import LibvirtUri
 
 T = TypeVar("T")
+REFRESH_PATIENCE = 120.0  # seconds a pool refresh waits out another process's stream into it
 
 # libvirt prints every error to stderr through its default handler; sigvirt reports its own.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -41,46 +43,6 @@ DOMAIN_STATES = {
 }
 
 
-@dataclass(frozen=True)
-class PoolInfo:
-    name: str
-    path: Path
-    active: bool
-    capacity: int
-    allocation: int
-    available: int
-
-
-@dataclass(frozen=True)
-class VolumeFacts:
-    """One volume as its host sees it now, read in one call (the volume's XML, which libvirt
-    refreshes from the file first): sizes, modification time, backing file."""
-
-    pool: str
-    name: str
-    path: Path
-    capacity: int  # the virtual size (for a qcow2 file, what a guest sees)
-    allocation: int  # bytes the file takes on disk (st_blocks * 512 for a file)
-    physical: int  # the file's length
-    mtime: float | None  # seconds since the epoch, by the host's clock (None: not a file)
-    backing: str | None  # the backing file its header names
-
-
-@dataclass(frozen=True)
-class DomainInfo:
-    state: str  # running | paused | stopping | stopped | crashed | suspended | unknown
-    memory_mib: int
-    vcpus: int
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    hostname: str
-    libvirt: str  # the daemon's libvirt version, e.g. 9.0.0
-    hypervisor: str  # e.g. "QEMU 7.2.22"
-    cpus: int
-
-
 def _version(v: int) -> str:
     return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
 
@@ -93,6 +55,7 @@ class Hypervisor:
         self.uri = uri
         self.parsed = LibvirtUri.parse(uri)
         self._lock = threading.Lock()
+        self.channels = Channels(uri, conn)  # every stream on a connection of its own
 
     # -- connection -------------------------------------------------------------------------
     @classmethod
@@ -104,6 +67,7 @@ class Hypervisor:
         return cls(conn, uri)
 
     def close(self) -> None:
+        self.channels.close()
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()
 
@@ -224,10 +188,24 @@ class Hypervisor:
         """The pool exists and is active (RegionUnavailable/NotFound otherwise)."""
         self._pool(name)
 
-    def refresh_pool(self, name: str) -> None:
-        """libvirt sees files written beside it (local copies, `cp` on a host) only after this."""
+    def refresh_pool(self, name: str, patience: float = REFRESH_PATIENCE) -> None:
+        """libvirt sees files written beside it (local copies, `cp` on a host) only after this.
+
+        libvirt refuses to refresh a pool while a stream writes into it ("has asynchronous
+        jobs running"): a seed upload of another VM being created lasts milliseconds, so
+        the refresh is tried again for up to `patience` seconds before that is an error."""
         pool = self._pool(name)
-        self._call(f"refresh pool {name}", pool.refresh, 0)
+        end, pause = time.monotonic() + patience, 0.02
+        while True:
+            try:
+                pool.refresh(0)
+                return
+            except libvirt.libvirtError as err:
+                busy = "asynchronous jobs" in (err.get_error_message() or "")
+                if not busy or time.monotonic() + pause > end:
+                    raise translate(err, f"refresh pool {name}", self.uri) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def ensure_dir_pool(self, name: str, path: Path) -> None:
         """Look up pool `name`; define, build and start it as a dir pool at `path` if missing."""
@@ -401,6 +379,10 @@ class Volume:
     @property
     def what(self) -> str:
         return f"volume {self.pool}/{self.name}"
+
+    def channel(self) -> contextlib.AbstractContextManager[Channel]:
+        """A stream for this volume on a connection of its own (see hosts/channels.py)."""
+        return self.hv.channels.open(self.pool, self.name)
 
     @property
     def path(self) -> Path:

@@ -7,7 +7,6 @@ handles; the libvirt stream objects never leave this module.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -20,7 +19,14 @@ from pathlib import Path
 import libvirt
 
 from sigvirt import faults
-from sigvirt.errors import HostAccessDenied, HostError, NoSpace, RegionUnavailable, SigvirtError
+from sigvirt.errors import (
+    HostAccessDenied,
+    HostError,
+    NoSpace,
+    NotFound,
+    RegionUnavailable,
+    SigvirtError,
+)
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor, Volume
 from sigvirt.hosts.libvirterrors import translate
@@ -195,18 +201,15 @@ def upload_file(vol: Volume, src: Path, progress: Progress | None = None) -> Cop
         faults.point("stream.chunk")
         return chunk
 
-    stream = vol.hv._conn.newStream(0)
     try:
-        vol._vol.upload(stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-        stream.sparseSendAll(handler, hole_handler, skip_handler, None)
-        stream.finish()
+        with vol.channel() as ch:
+            try:
+                ch.vol.upload(ch.stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+                ch.stream.sparseSendAll(handler, hole_handler, skip_handler, None)
+                ch.stream.finish()
+            except libvirt.libvirtError as err:
+                raise _stream_error(err, vol) from None
         digest = ahead.hexdigest()
-    except libvirt.libvirtError as err:
-        _abort(stream)
-        raise _stream_error(err, vol) from None
-    except BaseException:
-        _abort(stream)
-        raise
     finally:
         ahead.close()
         os.close(fd)
@@ -235,15 +238,14 @@ def download_file(vol: Volume, dst: Path, progress: Progress | None = None) -> C
         pos[0] += length
         return 0
 
-    stream = vol.hv._conn.newStream(0)
     try:
-        vol._vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-        stream.sparseRecvAll(handler, hole_handler, None)
-        stream.finish()
+        with vol.channel() as ch:
+            ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+            ch.stream.sparseRecvAll(handler, hole_handler, None)
+            ch.stream.finish()
         os.ftruncate(fd, pos[0])
         os.fdatasync(fd)
     except BaseException as err:
-        _abort(stream)
         os.close(fd)
         dst.unlink(missing_ok=True)
         if isinstance(err, libvirt.libvirtError):
@@ -256,23 +258,22 @@ def download_file(vol: Volume, dst: Path, progress: Progress | None = None) -> C
 def hash_volume(vol: Volume, progress: Progress | None = None) -> CopyResult:
     """sha256 of a (remote) volume's bytes, read through a sparse stream and discarded."""
     count = _Counter(vol.file_size(), progress)
-    stream = vol.hv._conn.newStream(0)
-    try:
-        vol._vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
 
-        def on_data(_s: libvirt.virStream, buf: bytes, _o: object) -> int:
-            count.data(buf)
-            return len(buf)
+    def on_data(_s: libvirt.virStream, buf: bytes, _o: object) -> int:
+        count.data(buf)
+        return len(buf)
 
-        def on_hole(_s: libvirt.virStream, length: int, _o: object) -> int:
-            count.hole(length)
-            return 0
+    def on_hole(_s: libvirt.virStream, length: int, _o: object) -> int:
+        count.hole(length)
+        return 0
 
-        stream.sparseRecvAll(on_data, on_hole, None)
-        stream.finish()
-    except libvirt.libvirtError as err:
-        _abort(stream)
-        raise _stream_error(err, vol) from None
+    with vol.channel() as ch:
+        try:
+            ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+            ch.stream.sparseRecvAll(on_data, on_hole, None)
+            ch.stream.finish()
+        except libvirt.libvirtError as err:
+            raise _stream_error(err, vol) from None
     return CopyResult(count.h.hexdigest(), count.done, count.moved)
 
 
@@ -284,26 +285,24 @@ def stream_copy(
     pending: queue.Queue[tuple[bool, bytes | int] | None] = queue.Queue(maxsize=8)
     failure: list[BaseException] = []
 
+    def on_data(_s: libvirt.virStream, buf: bytes, _o: object) -> int:
+        pending.put((True, bytes(buf)))
+        return len(buf)
+
+    def on_hole(_s: libvirt.virStream, length: int, _o: object) -> int:
+        pending.put((False, length))
+        return 0
+
     def receiver() -> None:
-        rstream = src_vol.hv._conn.newStream(0)
         try:
-            src_vol._vol.download(rstream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-
-            def on_data(_s: libvirt.virStream, buf: bytes, _o: object) -> int:
-                pending.put((True, bytes(buf)))
-                return len(buf)
-
-            def on_hole(_s: libvirt.virStream, length: int, _o: object) -> int:
-                pending.put((False, length))
-                return 0
-
-            rstream.sparseRecvAll(on_data, on_hole, None)
-            rstream.finish()
+            with src_vol.channel() as ch:
+                ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+                ch.stream.sparseRecvAll(on_data, on_hole, None)
+                ch.stream.finish()
         except BaseException as err:
             failure.append(
                 _stream_error(err, src_vol) if isinstance(err, libvirt.libvirtError) else err
             )
-            _abort(rstream)
         finally:
             pending.put(None)
 
@@ -343,16 +342,15 @@ def stream_copy(
         faults.point("stream.chunk")
         return chunk
 
-    wstream = dst_vol.hv._conn.newStream(0)
     try:
-        dst_vol._vol.upload(wstream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-        wstream.sparseSendAll(handler, hole_handler, skip_handler, None)
-        thread.join()
-        if failure:
-            raise failure[0]
-        wstream.finish()
+        with dst_vol.channel() as ch:
+            ch.vol.upload(ch.stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            ch.stream.sparseSendAll(handler, hole_handler, skip_handler, None)
+            thread.join()
+            if failure:
+                raise failure[0]
+            ch.stream.finish()
     except BaseException as err:
-        _abort(wstream)
         while take() is not None:  # let the receiver finish
             current[0] = None
         thread.join()
@@ -362,23 +360,20 @@ def stream_copy(
     return CopyResult(count.h.hexdigest(), size, count.moved)
 
 
-def _abort(stream: libvirt.virStream) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        stream.abort()
-
-
 # -- small whole-buffer streams: seeds, console logs ------------------------------------------
 def upload_bytes(hv: Hypervisor, pool: str, name: str, data: bytes, mode: int = 0o600) -> Path:
     """A raw volume holding `data`, written through libvirt's stream (works on remote hosts)."""
     vol = hv.create_volume(pool, xmlbuild.raw_volume_xml(name, len(data), mode))
+    if not data:  # an empty volume (a console log QEMU will fill) needs no stream
+        return vol.path
     try:
-        stream = hv._conn.newStream(0)
-        vol._vol.upload(stream, 0, len(data), 0)
-        view = memoryview(data)
-        sent = 0
-        while sent < len(data):
-            sent += stream.send(bytes(view[sent : sent + (1 << 20)]))
-        stream.finish()
+        with vol.channel() as ch:
+            ch.vol.upload(ch.stream, 0, len(data), 0)
+            view = memoryview(data)
+            sent = 0
+            while sent < len(data):
+                sent += ch.stream.send(bytes(view[sent : sent + (1 << 20)]))
+            ch.stream.finish()
     except libvirt.libvirtError as err:
         raise translate(err, f"upload {pool}/{name}", hv.uri) from None
     return vol.path
@@ -386,22 +381,25 @@ def upload_bytes(hv: Hypervisor, pool: str, name: str, data: bytes, mode: int = 
 
 def download_tail(hv: Hypervisor, pool: str, name: str, max_bytes: int = 16384) -> bytes:
     """The last bytes of a volume (console logs on remote hosts)."""
-    hv.refresh_pool(pool)
-    vol = hv.volume(pool, name)
+    try:  # a volume libvirt lists needs no refresh (its size is read from the file)
+        vol = hv.volume(pool, name)
+    except NotFound:  # a console log QEMU created itself
+        hv.refresh_pool(pool)
+        vol = hv.volume(pool, name)
     capacity = vol.capacity
     if capacity == 0:
         return b""
     offset = max(0, capacity - max_bytes)
     chunks: list[bytes] = []
     try:
-        stream = hv._conn.newStream(0)
-        vol._vol.download(stream, offset, capacity - offset, 0)
-        while True:
-            got = stream.recv(65536)
-            if not got or got in (-1, -2):
-                break
-            chunks.append(bytes(got))
-        stream.finish()
+        with vol.channel() as ch:
+            ch.vol.download(ch.stream, offset, capacity - offset, 0)
+            while True:
+                got = ch.stream.recv(65536)
+                if not got or got in (-1, -2):
+                    break
+                chunks.append(bytes(got))
+            ch.stream.finish()
     except libvirt.libvirtError as err:
         raise translate(err, f"read {pool}/{name}", hv.uri) from None
     return b"".join(chunks)

@@ -49,7 +49,7 @@ from sigvirt.errors import (
     PermissionRefused,
     SigvirtError,
 )
-from sigvirt.hosts.hypervisor import VolumeFacts
+from sigvirt.hosts.hostrecords import VolumeFacts
 from sigvirt.lifecycle.scan import (
     UNREACHABLE,
     RegionScan,

@@ -27,7 +27,8 @@ from sigvirt.errors import (
     SigvirtError,
     Unsupported,
 )
-from sigvirt.hosts.hypervisor import Hypervisor, PoolInfo, VolumeFacts
+from sigvirt.hosts.hostrecords import PoolInfo, VolumeFacts
+from sigvirt.hosts.hypervisor import Hypervisor
 
 UNREACHABLE = (RegionUnavailable, HostAccessDenied)
 
