@@ -163,6 +163,8 @@ def test_secure_boot_debian_boots_with_secure_boot_and_a_tpm_both_gone_after_del
                           "--enable-vtpm", "true", "-o", "json")  # fmt: skip
     assert code == 0, err
     vm: dict[str, Any] = json.loads(out)
+    on = {"secureBootEnabled": True, "vTpmEnabled": True}
+    assert vm["securityProfile"] == {"securityType": "TrustedLaunch", "uefiSettings": on}
     xml = ET.fromstring(system_hv.domain(name).xml())
     assert (xml.findtext("./os/loader") or "").endswith("OVMF_CODE_4M.ms.fd")
     assert xml.find("./features/smm[@state='on']") is not None
@@ -195,3 +197,30 @@ def test_an_unsigned_image_is_refused_by_secure_boot_fast_with_the_console_tail(
     assert "Access Denied" in err or "Security Violation" in err
     assert took < 120, took  # not the SSH timeout (300 s)
     assert name not in {d.name for d in system_hv.domains()}
+
+
+@pytest.mark.guest
+def test_a_scale_set_takes_azs_security_flags_and_refuses_before_anything_is_made(
+    lab: Lab, capsys: pytest.CaptureFixture[str], system_hv: Hypervisor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`vmss create` has vm create's --security-type, --enable-secure-boot and --enable-vtpm:
+    what a TrustedLaunch image can't launch with is refused in one line, nothing made."""
+    _use(monkeypatch, lab)
+    name = unique("tl-ss")
+    base = ["vmss", "create", "-n", name, "--image", f"{G}/{SB}", "--instance-count", "1",
+            "--ssh-key-value", f"{lab.key.private}.pub"]  # fmt: skip
+    refusals = [
+        (["--security-type", "Standard"], "--security-type Standard: "),
+        (["--enable-vtpm", "false"], "--enable-vtpm false: "),
+        (["--security-type", "Standard", "--enable-secure-boot", "true"],
+         "--enable-secure-boot can only be used with --security-type TrustedLaunch"),
+        (["--security-type", "ConfidentialVM"], "--security-type ConfidentialVM: "),
+    ]  # fmt: skip
+    for extra, said in refusals:
+        code, _out, err = _run(capsys, *base, *extra)
+        assert code == ExitCode.INVALID_ARGUMENT, (extra, err)
+        assert said in err and len(err.strip().splitlines()) == 1, (extra, err)
+    assert not [d for d in system_hv.domains() if d.name.startswith(name)]
+    code, _out, err = _run(capsys, "vmss", "show", "-n", name)
+    assert code == ExitCode.NOT_FOUND, err

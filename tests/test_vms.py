@@ -145,6 +145,7 @@ def test_scale_set_spreads_over_replicas_and_scales(
     for r in rows:
         h = host(r, lab.key)
         assert h.check_output("hostname") == r["name"] == r["osProfile"]["computerName"]
+        assert r["securityProfile"] is None
 
     cli_json(capsys, "vmss", "scale", "-n", name, "--new-capacity", "6")
     rows = cli_json(capsys, "vmss", "list-instances", "-n", name)
@@ -271,6 +272,7 @@ def test_vm_as_az_shows_it(
     assert (vm["sigvirt"]["memory_mib"], vm["sigvirt"]["vcpus"]) == (128, 1)
     assert vm["osProfile"]["adminUsername"] == "azureuser"  # root's default, as in az
     assert vm["osProfile"]["computerName"] == name
+    assert vm["securityProfile"] is None  # Standard: az shows none
     image = azureid.parse(vm["storageProfile"]["imageReference"]["id"])
     assert (image.type, image.gallery, image.definition, image.version) == (
         azureid.VERSION_TYPE,

@@ -47,6 +47,13 @@ if [ -e /dev/kvm ]; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 
+# swtpm's local CA (Trusted Launch's vTPM certificates): libvirt runs swtpm as 'tss' when
+# that user existed at its start, as root when swtpm-tools came later; a CA root once made
+# then locks tss out ("Need read/write rights on .../.lock.swtpm-localca"). tss owns it.
+if id tss >/dev/null 2>&1 && [ -d /var/lib/swtpm-localca ]; then
+  chown -R tss:root /var/lib/swtpm-localca
+fi
+
 # Lab hosts let members of the 'libvirt' group use qemu:///system (what polkit grants on
 # systemd hosts; without polkit the socket must say so itself).
 conf=/etc/libvirt/libvirtd.conf

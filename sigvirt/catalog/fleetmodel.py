@@ -98,13 +98,14 @@ class ScaleSetModel:
     # answer holds (libvirt stays the record of every zone that answers)
     instance_zones: dict[str, str] = field(default_factory=dict)
     disk_controller_type: str = ""  # az's --disk-controller-type (SCSI | NVMe; "": default)
+    security_type: str = ""  # TrustedLaunch when its instances launch so; "": Standard
 
 
 # What an instance is made from (az's virtualMachineProfile): changing any of it makes the
 # instances' model out of date (latestModelApplied false). Policy, probe and tags do not.
 PROFILE_FIELDS = (
     "image", "size", "vcpus", "memory_mib", "admin_user", "ssh_public_keys", "custom_data",
-    "os_disk_gb", "data_disk_gb", "disk_controller_type",
+    "os_disk_gb", "data_disk_gb", "disk_controller_type", "security_type",
 )  # fmt: skip
 
 

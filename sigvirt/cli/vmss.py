@@ -28,6 +28,7 @@ from sigvirt.cli.common import (
     generic_update,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note
+from sigvirt.cli.safetyargs import flag
 from sigvirt.cli.vmcommon import (
     DEALLOCATED,
     SHOW_COLUMNS,
@@ -43,8 +44,11 @@ from sigvirt.cli.vmcommon import (
     OsDiskOpt,
     PowerForceOpt,
     RegionOpt,
+    SecureBootOpt,
+    SecurityTypeOpt,
     TimeoutOpt,
     VcpusOpt,
+    VtpmOpt,
     request,
     row,
 )
@@ -64,7 +68,7 @@ from sigvirt.cli.vmssargs import (
     VmssOpt,
 )
 from sigvirt.errors import ExitCode, InvalidArgument, ReimageFailed, Unsupported
-from sigvirt.guests import inventory, scalesets, vmviews, zonal
+from sigvirt.guests import devices, inventory, scalesets, vmviews, zonal
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.rollouts import automatic, manual, model
@@ -196,7 +200,8 @@ def vmss_create(
     prioritize_unhealthy_instances: PrioritizeOpt = None,
     health_probe_command: ProbeCommandOpt = None, health_probe_spec: ProbeSpecOpt = None,
     zones: vmssargs.ZonesOpt = None, disk_controller_type: DiskControllerOpt = None,
-    output: OutputOpt = Output.table,
+    security_type: SecurityTypeOpt = None, enable_secure_boot: SecureBootOpt = None,
+    enable_vtpm: VtpmOpt = None, output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Create a scale set: its model is recorded, then instances boot concurrently, spread
     over the replicas (and over the zones of a zoned region)."""
@@ -205,7 +210,14 @@ def vmss_create(
         generate_ssh_keys, custom_data, force, no_wait, timeout, resource_group, tags,
         os_disk_size_gb, data_disk_sizes_gb,
     )  # fmt: skip
-    req = dataclasses.replace(req, disk_controller_type=disk_controller_type)
+    security = devices.security_asked(
+        security_type,
+        flag(enable_secure_boot, "--enable-secure-boot"),
+        flag(enable_vtpm, "--enable-vtpm"),
+    )
+    req = dataclasses.replace(
+        req, disk_controller_type=disk_controller_type, security_type=security
+    )
     mode, rolling, probe = vmssargs.policy(
         upgrade_policy_mode, max_batch_instance_percent, max_unhealthy_instance_percent,
         max_unhealthy_upgraded_instance_percent, pause_time_between_batches,

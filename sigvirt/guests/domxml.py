@@ -76,6 +76,7 @@ class Provenance:
     # a guest booted without a seed has admin_user "" (its identity is the image's own)
     os_type: str = ""  # the definition's --os-type when not Linux (Windows)
     computer_name: str = ""  # the hostname --computer-name gave the seed ("": the name)
+    security_type: str = ""  # TrustedLaunch when it launched so (Secure Boot + vTPM); "": Standard
 
     @property
     def tag_map(self) -> dict[str, str]:

@@ -72,6 +72,7 @@ class Vm:
     os_type: str = "Linux"  # the definition's, when it was created (Windows: no SSH)
     computer_name: str = ""  # its hostname when --computer-name gave one ("": its name)
     console: str = ""  # how to reach a guest without SSH (Windows: its VNC display)
+    security_type: str = ""  # TrustedLaunch (Secure Boot + vTPM) or "" (Standard)
     disk_controller: str = ""  # the OS disk's: scsi | nvme ("" = virtio-blk)
 
     @property
@@ -161,6 +162,7 @@ def describe(hv: Hypervisor, where: str, dom: Domain) -> Vm:
         os_type=prov.os_type or "Linux",
         computer_name=prov.computer_name,
         disk_controller=prov.disk_controller,
+        security_type=prov.security_type,
         # no SSH to show for Windows: its screen (VNC on the host's loopback) instead
         console=guest.console_way(hv, dom.name)
         if prov.os_type == "Windows" and info.state == "running"

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from sigvirt import faults
-from sigvirt.catalog import azureid, names
+from sigvirt.catalog import azureid, features, names
 from sigvirt.catalog.fleet import (
     FleetStore,
     HealthProbe,
@@ -242,12 +242,12 @@ def model_from(
         custom_data=base64.b64encode(req.custom_data).decode() if req.custom_data else "",
         os_disk_gb=req.os_disk_gb or 0, data_disk_gb=req.data_disk_gb, tags=dict(req.tags),
         resource_group=req.resource_group, disk_controller_type=req.disk_controller_type or "",
+        security_type=features.TRUSTED_LAUNCH if p.devices.trusted_launch else "",
     )  # fmt: skip
 
 
 def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
-    """What an instance of the model is created from (the image resolved when it is made:
-    a definition means the latest then)."""
+    """What an instance of the model is made from (a definition: its latest at that time)."""
     named = model.size in vms.SIZES
     return VmRequest(
         name=instance_name(model.name, 0), image=model.image, region=model.region,
@@ -258,6 +258,7 @@ def request_of(model: ScaleSetModel, *, wait: bool = True) -> VmRequest:
         resource_group=model.resource_group, tags=dict(model.tags), data_disk_gb=model.data_disk_gb,
         os_disk_gb=model.os_disk_gb or None, disk_controller_type=model.disk_controller_type,
         ssh_public_keys=model.ssh_public_keys, ssh_private_key=model.key_path,
+        security_type=model.security_type or None,
     )  # fmt: skip
 
 
@@ -578,8 +579,7 @@ def show(ctx: Context, name: str) -> ScaleSet:
 
 
 def members_of(ctx: Context, name: str) -> tuple[ScaleSetModel, list[Vm]]:
-    """The scale set's model and its instances (none: a scale set of capacity 0); NotFound
-    when there is neither."""
+    """The scale set's model and instances (none at capacity 0); NotFound without either."""
     found = instances(ctx, name)
     if not found and stored_model(ctx, name) is None:
         raise NotFound(f"scale set {name} not found")

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sigvirt.catalog import azureid, dates, eol, latest, names
+from sigvirt.catalog import azureid, dates, eol, features, latest, names
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
 from sigvirt.context import Context
 from sigvirt.errors import (
@@ -457,6 +457,7 @@ def create_prepared(
             os_type="" if p.definition.os_type == "Linux" else p.definition.os_type,
             computer_name=req.computer_name or "",
             disk_controller=p.devices.recorded,
+            security_type=features.TRUSTED_LAUNCH if p.devices.trusted_launch else "",
             image_id=azureid.version_id(
                 gallery.resource_group, p.version.gallery, p.version.definition, p.version.name
             ),

@@ -156,6 +156,15 @@ def _os_profile(vm: Vm) -> dict[str, Any] | None:
     }
 
 
+def security_profile(security_type: str) -> dict[str, Any] | None:
+    """az's securityProfile: a Trusted Launch VM's always has Secure Boot and a vTPM here;
+    a Standard VM has none (null, as az shows one created with --security-type Standard)."""
+    if not security_type:
+        return None
+    on = {"secureBootEnabled": True, "vTpmEnabled": True}
+    return {"securityType": security_type, "uefiSettings": on}
+
+
 def _statuses(vm: Vm) -> list[dict[str, Any]]:
     state = vm.provisioning_state.lower()
     return [
@@ -229,6 +238,7 @@ def vm_resource(vm: Vm, *, details: bool = False, group: str | None = None) -> d
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": _vm_storage(vm, rg),
         "osProfile": _os_profile(vm),
+        "securityProfile": security_profile(vm.security_type),
         "networkProfile": {"networkInterfaces": []},  # user-mode networking: no NIC resource
     }
     if details:
@@ -332,6 +342,7 @@ def instance_resource(
         "hardwareProfile": {"vmSize": vm.size},
         "storageProfile": _vm_storage(vm, rg),
         "osProfile": _os_profile(vm),
+        "securityProfile": security_profile(vm.security_type),
     }
     if expand:
         out["instanceView"] = {k: v for k, v in instance_view(vm, health).items() if k != EXTRA}
@@ -382,6 +393,7 @@ def vmss_resource(ss: ScaleSet, group: str | None = None) -> dict[str, Any]:
             "storageProfile": _storage_profile(
                 ss.image_id, ss.image, "", ss.os_disk_gb, data, None
             ),
+            "securityProfile": security_profile(ss.model.security_type if ss.model else ""),
         },
         EXTRA: {
             "region": ss.region,
