@@ -59,7 +59,8 @@ def seedless(offline_sig: SigEnv) -> SigEnv:
     _define(offline_sig, "spec", "--os-state", "Specialized")
     _define(offline_sig, "win", "--os-type", "Windows")
     _define(offline_sig, "linux")
-    for d in ("spec", "win", "linux"):
+    _define(offline_sig, "arm", "--architecture", "Arm64")
+    for d in ("spec", "win", "linux", "arm"):
         _version(offline_sig, d)
     return offline_sig
 
@@ -239,6 +240,14 @@ def test_box_export_of_a_seedless_image_is_refused(seedless: SigEnv, tmp_path: P
         "export-box: image definition myGallery/spec is --os-state Specialized: its VMs boot "
         "without a seed, so sigvirt has no key to log in to them with"
     )
+    got = seedless.refused(ExitCode.UNSUPPORTED, "sig", "image-version", "export-box", "-r",
+                           "myGallery", "-i", "arm", "-e", "1.0.0", "--file",
+                           str(tmp_path / "x.box"))  # fmt: skip
+    assert got == (
+        "export-box: image definition myGallery/arm is --architecture Arm64: sigvirt exports "
+        "x64 images as boxes only"
+    )
+    assert not (tmp_path / "x.box").exists()
 
 
 @pytest.mark.guest

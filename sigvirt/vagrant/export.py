@@ -111,6 +111,11 @@ def plan_export(
     d = ctx.store.get_definition(rec.gallery, rec.definition)
     vms.check_definition(d)
     seed.require_seed(d, "export-box")  # it logs in as vagrant, with the key it seeds
+    if d.architecture != "x64":  # the clone would boot as x86_64 and the box claim nothing else
+        raise Unsupported(
+            f"export-box: image definition {d.gallery}/{d.name} is --architecture "
+            f"{d.architecture}: sigvirt exports x64 images as boxes only"
+        )
     where = vms.pick_region(ctx, rec, region)
     cfg = ctx.regions.region(where)
     if not cfg.is_local:
