@@ -232,21 +232,21 @@ def test_a_captured_vm_published_as_specialized_keeps_its_identity(
 
 
 @pytest.mark.offline
-def test_box_export_of_a_seedless_image_is_refused(seedless: SigEnv, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("definition", "reason"),
+    [
+        ("spec", "is --os-state Specialized: its VMs boot without a seed, so sigvirt has no "
+                 "key to log in to them with"),
+        ("arm", "is --architecture Arm64: sigvirt exports x64 images as boxes only"),
+    ],
+)  # fmt: skip
+def test_box_export_of_a_seedless_or_arm64_image_is_refused(
+    seedless: SigEnv, tmp_path: Path, definition: str, reason: str
+) -> None:
     got = seedless.refused(ExitCode.UNSUPPORTED, "sig", "image-version", "export-box", "-r",
-                           "myGallery", "-i", "spec", "-e", "1.0.0", "--file",
+                           "myGallery", "-i", definition, "-e", "1.0.0", "--file",
                            str(tmp_path / "x.box"))  # fmt: skip
-    assert got == (
-        "export-box: image definition myGallery/spec is --os-state Specialized: its VMs boot "
-        "without a seed, so sigvirt has no key to log in to them with"
-    )
-    got = seedless.refused(ExitCode.UNSUPPORTED, "sig", "image-version", "export-box", "-r",
-                           "myGallery", "-i", "arm", "-e", "1.0.0", "--file",
-                           str(tmp_path / "x.box"))  # fmt: skip
-    assert got == (
-        "export-box: image definition myGallery/arm is --architecture Arm64: sigvirt exports "
-        "x64 images as boxes only"
-    )
+    assert got == f"export-box: image definition myGallery/{definition} {reason}"
     assert not (tmp_path / "x.box").exists()
 
 
