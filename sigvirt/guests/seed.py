@@ -74,8 +74,23 @@ def _base_config(spec: SeedSpec) -> dict[str, object]:
     }
 
 
+# First-boot work a stock cloud image would otherwise do, spared by the seed; the user's own
+# #cloud-config overrides each of these (unlike the admin user and ssh_pwauth). cloud-init's
+# default host keys are rsa, ecdsa and ed25519: RSA-3072 generation costs seconds under TCG, and
+# every client since OpenSSH 6.5, paramiko and PuTTY 0.68 takes an ed25519 host key.
+BOOT_DEFAULTS: dict[str, object] = {"ssh_genkeytypes": ["ed25519"]}
+
+
+def _with_defaults(doc: dict[str, object]) -> dict[str, object]:
+    return {**doc, **{k: v for k, v in BOOT_DEFAULTS.items() if k not in doc}}
+
+
 def _cloud_config(doc: dict[str, object]) -> str:
-    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    # No folding (PyYAML breaks a plain scalar at the first space past column 80): the tiny
+    # image's reader takes no multi-line scalars and lost what followed, e.g. an SSH key's comment.
+    return "#cloud-config\n" + yaml.safe_dump(
+        doc, sort_keys=False, default_flow_style=False, width=1 << 20
+    )
 
 
 def user_data(spec: SeedSpec) -> str:
@@ -83,7 +98,7 @@ def user_data(spec: SeedSpec) -> str:
     a #cloud-config is merged (our user first), anything else travels as a MIME part."""
     base = _base_config(spec)
     if spec.custom_data is None:
-        return _cloud_config(base)
+        return _cloud_config(_with_defaults(base))
     try:
         text = spec.custom_data.decode()
     except UnicodeDecodeError:
@@ -98,9 +113,9 @@ def user_data(spec: SeedSpec) -> str:
         merged = {**theirs, **{k: v for k, v in base.items() if k != "users"}}
         merged["hostname"] = theirs.get("hostname", spec.hostname)
         merged["users"] = base["users"] + list(theirs.get("users") or [])  # type: ignore[operator]
-        return _cloud_config(merged)
+        return _cloud_config(_with_defaults(merged))
     msg = email.mime.multipart.MIMEMultipart()
-    msg.attach(email.mime.text.MIMEText(_cloud_config(base), "cloud-config"))
+    msg.attach(email.mime.text.MIMEText(_cloud_config(_with_defaults(base)), "cloud-config"))
     subtype = "x-shellscript" if text.startswith("#!") else "x-include-url"
     if not text.startswith(("#!", "#include")):
         raise BadCustomData("must start with #cloud-config, #! or #include")
@@ -109,7 +124,13 @@ def user_data(spec: SeedSpec) -> str:
 
 
 def seed_iso(spec: SeedSpec) -> bytes:
-    """ISO9660 with Rock Ridge and Joliet, volume id `cidata`, as cloud-init's NoCloud expects."""
+    """ISO9660 with Rock Ridge and Joliet, volume id `cidata`, as cloud-init's NoCloud expects.
+
+    No network-config: without one, NoCloud renders its fallback (DHCP on the first NIC) from
+    sysfs with no probing (ephemeral DHCP is for metadata-service datasources), and in the
+    Debian recipe networkd's DHCP on slirp took 0.2 s of the path to SSH (issue 18); a
+    config of ours would have to name the NIC in every renderer's terms (ifupdown takes no
+    name patterns) for no time saved."""
     files = {"meta-data": meta_data(spec).encode(), "user-data": user_data(spec).encode()}
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
