@@ -101,6 +101,8 @@ CASES = {
     "domain-kvm-network-multiqueue": _spec(
         accel="kvm", network=Network(kind="network", source="lab"), vcpus=2, net_queues=2
     ),
+    # issue 18: a region with memory: {merge: true} (no <nosharepages/>)
+    "domain-tcg-memory-merge": _spec(memory_mib=128, memory_merge=True),
 }
 WINDOWS_CASES = {
     "domain-windows-gen2": _spec(

@@ -74,7 +74,7 @@ BAD = [
     pytest.param(
         HEAD + "    colour: blue\n",
         "regions.yaml:5: regions.local: unknown key 'colour' (expected one of uri, pools,"
-        " accel, network, clones_per_replica, description, zones, architectures)",
+        " accel, network, clones_per_replica, description, zones, architectures, memory)",
         id="unknown-key-no-suggestion",
     ),
     pytest.param(

@@ -107,7 +107,8 @@ def test_a_zoned_region_lists_its_zones_each_a_host_with_the_regions_defaults() 
             '"1": {uri: "qemu+ssh://root@h1/system"}',
             '"1": {uri: "qemu+ssh://root@h1/system", description: x}',
             "regions.yaml:8: regions.homelab.zones.1: unknown key 'description' "
-            "(expected one of uri, pools, accel, network, clones_per_replica, architectures)",
+            "(expected one of uri, pools, accel, network, clones_per_replica, architectures, "
+            "memory)",
         ),
         (
             "      3: {uri",

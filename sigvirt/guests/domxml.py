@@ -15,6 +15,7 @@ from typing import Literal
 
 from sigvirt.catalog.records import Firmware
 from sigvirt.errors import InternalError
+from sigvirt.guests.memory import memory_backing, tb_cache_mib
 from sigvirt.guests.osdisk import Intent, OsDisk
 from sigvirt.hosts.regions import Accel, Network
 from sigvirt.hosts.xmlbuild import render, sub
@@ -194,13 +195,14 @@ class DomainSpec:
     network: Network = field(default_factory=Network)
     accel: Accel = "tcg"
     firmware: Firmware = "bios"
-    tb_cache_mib: int = 64  # TCG translation cache; QEMU's default lets a guest take ~800 MiB
+    tb_cache_mib: int = 0  # TCG translation cache; 0: by guest RAM (guests/memory.py)
     provenance: Provenance | None = None
     arch: str = "x86_64"
     machine: str = "q35"
     disk_controller: DiskController = "virtio"
     net_queues: int = 0  # > 1: virtio-net multiqueue (network/bridge; slirp has one queue)
     trusted_launch: bool = False  # Secure Boot (MS keys enrolled, SMM) and a vTPM 2.0; UEFI
+    memory_merge: bool = False  # KSM may merge its RAM (guests/memory.py)
 
 
 def mac_for(name: str) -> str:
@@ -259,6 +261,7 @@ def _head(spec: DomainSpec) -> tuple[ET.Element, ET.Element]:
     if spec.provenance is not None:
         sub(dom, "metadata").append(spec.provenance.to_xml())
     sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    memory_backing(dom, spec.memory_merge)
     sub(dom, "vcpu", str(spec.vcpus))
     os_attrs = {"firmware": "efi"} if spec.firmware == "uefi" else {}
     os_el = sub(dom, "os", **os_attrs)
@@ -295,7 +298,8 @@ def _tpm(dev: ET.Element, spec: DomainSpec) -> None:
 def _tcg_cache(feats: ET.Element, spec: DomainSpec) -> None:
     if spec.accel == "tcg":
         tcg = sub(feats, "tcg")
-        sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
+        size = spec.tb_cache_mib or tb_cache_mib(spec.memory_mib)
+        sub(tcg, "tb-cache", str(size), unit="MiB")
 
 
 def _lifecycle(dom: ET.Element) -> ET.Element:

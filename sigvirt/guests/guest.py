@@ -45,7 +45,7 @@ class GuestSpec:
     hostname: str = ""  # default: the domain name
     custom_data: bytes | None = None
     provenance: Provenance = field(default_factory=Provenance)
-    tb_cache_mib: int = 64
+    tb_cache_mib: int = 0  # 0: by guest RAM (guests/memory.py)
     os_disk_gib: int = 0  # the overlay's capacity; 0: the base's virtual size
     data_disk_gib: tuple[int, ...] = ()  # empty data disks, lun 0 first
     # False: no NoCloud seed at all, the image keeps its own hostname, users and keys
@@ -56,6 +56,7 @@ class GuestSpec:
     net_queues: int = 0  # > 1: virtio-net multiqueue
     architecture: str = "x64"  # the definition's: Arm64 boots aarch64 `virt` (domxml)
     trusted_launch: bool = False  # Secure Boot + vTPM (guests/devices.py)
+    memory_merge: bool = False  # the region's memory.merge: KSM may share its RAM
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def create(
             disk_controller=spec.disk_controller,
             net_queues=spec.net_queues,
             trusted_launch=spec.trusted_launch,
+            memory_merge=spec.memory_merge,
         )
         if spec.architecture == "Arm64":
             dom_spec = domxml.aarch64_spec(dom_spec)

@@ -483,6 +483,7 @@ def create_prepared(
             net_queues=p.devices.net_queues,
             architecture=p.definition.architecture,
             trusted_launch=p.devices.trusted_launch,
+            memory_merge=cfg.memory_merge,
         )
         accel = None if cfg.accel == "auto" else cfg.accel
         if p.definition.architecture != "x64":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sigvirt.errors import SigvirtError
-from sigvirt.hosts import arches, recipes
+from sigvirt.hosts import arches, ksm, recipes
 from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.hosts.regioncheck import LOW_SPACE, Status
 from sigvirt.runner import Runner
@@ -135,6 +135,24 @@ def check_image_cache(cache: Path = recipes.DEFAULT_CACHE) -> list[Check]:
     return checks
 
 
+def check_ksm(root: Path = ksm.SYSFS) -> Check:
+    """KSM, which regions with `memory: {merge: true}` rely on: there? running? saving what?
+    Never a failure: without it guests just don't share memory."""
+    state = ksm.read(root)
+    if not state.available:
+        return Check(
+            "KSM", "warn", f"not in this kernel ({root} absent): memory.merge saves nothing",
+            "a kernel built with CONFIG_KSM",
+        )  # fmt: skip
+    detail = (
+        f"{state.run_state}: {state.saved_mib:.0f} MiB saved (pages_sharing "
+        f"{state.pages_sharing}, pages_shared {state.pages_shared}), {state.full_scans} scans"
+    )
+    if state.running:
+        return Check("KSM", "ok", detail)
+    return Check("KSM", "warn", f"{detail}; memory.merge needs it", ksm.turn_on_hint(root))
+
+
 def check_free_space(paths: list[Path]) -> list[Check]:
     checks = []
     for path in paths:
@@ -156,6 +174,7 @@ def run_checks(uri: str, runner: Runner, paths: list[Path]) -> list[Check]:
         lambda: check_accel(hv),
         lambda: check_arm64(hv),
         lambda: check_qemu_img(runner),
+        check_ksm,
         check_image_cache,
         lambda: check_free_space(paths),
     ]

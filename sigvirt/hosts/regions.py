@@ -18,6 +18,7 @@ from typing import Any, Literal, cast, get_args
 import yaml
 
 from sigvirt.errors import ConfigError, NotFound
+from sigvirt.hosts.memory import merge_doc, parse_merge
 from sigvirt.hosts.uri import LibvirtUri, UriProblem
 from sigvirt.hosts.yamlwalk import TAG, Walker, compose, describe
 
@@ -42,10 +43,10 @@ _REPLICATION_KEYS = ("max_streams_out", "max_streams_in", "costs", "direct_ssh")
 MAX_STREAMS = 64
 _REGION_KEYS = (
     "uri", "pools", "accel", "network", "clones_per_replica", "description", "zones",
-    "architectures",
+    "architectures", "memory",
 )  # fmt: skip
 # A zone is a host of its region: what a host has, the region's settings its default.
-_ZONE_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "architectures")
+_ZONE_KEYS = ("uri", "pools", "accel", "network", "clones_per_replica", "architectures", "memory")
 # image-definition --architecture values a host may declare it serves (hosts/arches.py)
 ARCHITECTURES = ("x64", "Arm64")
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_-]{1,16}")  # Azure's are "1", "2", "3"
@@ -101,6 +102,7 @@ class RegionConfig:
     # --architecture values it serves ("architectures: [x64, Arm64]"); () = not declared:
     # whatever the host's libvirt can run
     architectures: tuple[str, ...] = ()
+    memory_merge: bool = False  # memory: {merge: true}: KSM may share guests' RAM (hosts/memory.py)
 
     @cached_property
     def libvirt_uri(self) -> LibvirtUri:
@@ -350,6 +352,7 @@ def _host(
     return replace(
         base, accel=accel, network=network, port_range=port_range,
         clones_per_replica=budget, description=description, architectures=arches,
+        memory_merge=parse_merge(w, key, m, base.memory_merge),
     )  # fmt: skip
 
 
@@ -530,6 +533,7 @@ def region_doc(region: RegionConfig) -> dict[str, Any]:
         doc["description"] = region.description
     if region.architectures:
         doc["architectures"] = list(region.architectures)
+    doc.update(merge_doc(region.memory_merge))
     if region.zones:
         doc["zones"] = {z.zone: _zone_doc(region, z) for z in region.zones}
     return doc
@@ -548,6 +552,7 @@ def _zone_doc(region: RegionConfig, zone: RegionConfig) -> dict[str, Any]:
         doc["clones_per_replica"] = zone.clones_per_replica
     if zone.architectures != region.architectures:
         doc["architectures"] = list(zone.architectures)
+    doc.update(merge_doc(zone.memory_merge, region.memory_merge))
     return doc
 
 
