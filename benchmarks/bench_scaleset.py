@@ -12,7 +12,7 @@ answered SSH), then the scale set is deleted.
 (b) N sequential `virt-install --import` runs of the same image with the same settings: the
     same tiny image (its own copy, since libvirt chowns the backing files of what
     virt-install starts), a qcow2 overlay from `qemu-img create -f qcow2 -F qcow2 -b BASE`,
-    128 MiB, 1 vCPU, --virt-type qemu, q35, tb-cache 64 MiB, a NoCloud seed made by
+    128 MiB, 1 vCPU, --virt-type qemu, q35, tb-cache 48 MiB (as sigvirt gives it), a NoCloud seed made by
     sigvirt.seed.seed_iso as a second read-only virtio disk, the same slirp user network
     with a loopback hostfwd (--network none + --qemu-commandline), serial to a file, virtio
     rng, guest-agent channel, no balloon; then sigvirt's own SSH wait (ssh.wait_ready).
@@ -46,7 +46,7 @@ from sigvirt.hosts import ssh
 from sigvirt.hosts.ports import PortAllocator
 from sigvirt.hosts.regions import load as load_regions
 
-RSS_PER_GUEST_MIB = 230  # tiny guest under TCG with a 64 MiB tb-cache (HOST-PROBE §5)
+RSS_PER_GUEST_MIB = 220  # tiny guest under TCG with a 48 MiB tb-cache (bench_density.py)
 CPU_GOAL = 1.25
 MEMORY = 128
 
@@ -119,7 +119,7 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
                 "--network", "none", f"--qemu-commandline=-netdev {netdev} -device {device}",
                 "--serial", f"file,path={console}", "--rng", "/dev/urandom",
                 "--channel", "unix,target.type=virtio,name=org.qemu.guest_agent.0",
-                "--memballoon", "none", "--xml", "./features/tcg/tb-cache=64",
+                "--memballoon", "none", "--xml", "./features/tcg/tb-cache=48",
                 "--xml", "./features/tcg/tb-cache/@unit=MiB",
                 "--noautoconsole", "--graphics", "none",
             ]  # fmt: skip
