@@ -12,9 +12,9 @@ answered SSH), then the scale set is deleted.
 (b) N sequential `virt-install --import` runs of the same image with the same settings: the
     same tiny image (its own copy, since libvirt chowns the backing files of what
     virt-install starts), a qcow2 overlay from `qemu-img create -f qcow2 -F qcow2 -b BASE`,
-    128 MiB, 1 vCPU, --virt-type qemu, q35, tb-cache 48 MiB (as sigvirt gives it), a NoCloud seed made by
-    sigvirt.seed.seed_iso as a second read-only virtio disk, the same slirp user network
-    with a loopback hostfwd (--network none + --qemu-commandline), serial to a file, virtio
+    128 MiB, 1 vCPU, --virt-type qemu, q35, tb-cache 48 MiB (as sigvirt gives it), a NoCloud
+    seed made by sigvirt.seed.seed_iso as a second read-only virtio disk, the same slirp user
+    network with a loopback hostfwd (--network none + --qemu-commandline), serial to a file, virtio
     rng, guest-agent channel, no balloon; then sigvirt's own SSH wait (ssh.wait_ready).
     Each guest's define→SSH (overlay + seed + virt-install + SSH wait) is timed; they run one
     after another (earlier ones keep running) and the times are summed.
