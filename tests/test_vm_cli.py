@@ -47,6 +47,7 @@ VM_KEYS = [
     "osProfile.linuxConfiguration.disablePasswordAuthentication",
     "osProfile.linuxConfiguration.ssh.publicKeys.path",
     "osProfile.linuxConfiguration.ssh.publicKeys.keyData", "networkProfile.networkInterfaces",
+    "securityProfile",
 ]  # fmt: skip
 AZ_VM_KEYS = ["resourceGroup"]  # az adds it (parsed from the id); the REST object has none
 VM_DETAIL_KEYS = ["powerState", "publicIps", "privateIps", "fqdns", "macAddresses"]
@@ -55,7 +56,7 @@ INSTANCE_KEYS = [
     "id", "name", "type", "location", "tags", "instanceId", "latestModelApplied", "vmId",
     "zones", "provisioningState", "sku.name", "sku.tier", "hardwareProfile.vmSize",
     "storageProfile.imageReference.id", "storageProfile.osDisk.createOption",
-    "osProfile.computerName", "osProfile.adminUsername",
+    "osProfile.computerName", "osProfile.adminUsername", "securityProfile",
 ]  # fmt: skip
 VMSS_KEYS = [
     "id", "name", "type", "location", "tags", "sku.name", "sku.tier", "sku.capacity",
