@@ -22,7 +22,6 @@ from sigvirt.cli.common import (
     context,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note
-from sigvirt.cli.safetyargs import flag
 from sigvirt.cli.vmcommon import (
     DEALLOCATED,
     SHOW_COLUMNS,
@@ -52,11 +51,12 @@ from sigvirt.cli.vmcommon import (
     VtpmOpt,
     request,
     row,
+    security_request,
     warn,
 )
 from sigvirt.cli.vmss import app as vmss_app  # `sigvirt vmss` (mounted in cli/__init__.py)
 from sigvirt.errors import InvalidArgument
-from sigvirt.guests import devices, inventory, lifecycle, vms, vmviews
+from sigvirt.guests import inventory, lifecycle, vms, vmviews
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 
@@ -108,11 +108,7 @@ def vm_create(
         os_disk_size_gb, data_disk_sizes_gb, admin_password=admin_password,
         computer_name=computer_name,
     )  # fmt: skip
-    security = devices.security_asked(
-        security_type,
-        flag(enable_secure_boot, "--enable-secure-boot"),
-        flag(enable_vtpm, "--enable-vtpm"),
-    )
+    security = security_request(security_type, enable_secure_boot, enable_vtpm)
     req = dataclasses.replace(
         req, zone=zone, disk_controller_type=disk_controller_type, security_type=security
     )

@@ -10,7 +10,8 @@ import typer
 
 from sigvirt.catalog import tags as tagging
 from sigvirt.cli.render import note, plain
-from sigvirt.guests import seed
+from sigvirt.cli.safetyargs import flag
+from sigvirt.guests import devices, seed
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.vms import VmRequest
 
@@ -118,6 +119,18 @@ DEALLOCATED = (
     "A VM that is shut off holds no memory or CPU on the host: its powerState is "
     "'VM deallocated', after stop as after deallocate."
 )
+
+
+def security_request(
+    security_type: str | None, enable_secure_boot: str | None, enable_vtpm: str | None
+) -> str | None:
+    """az's --security-type with --enable-secure-boot / --enable-vtpm, as `vm create` and
+    `vmss create` take them, as one security type for guests/devices.py (None: not asked)."""
+    return devices.security_asked(
+        security_type,
+        flag(enable_secure_boot, "--enable-secure-boot"),
+        flag(enable_vtpm, "--enable-vtpm"),
+    )
 
 
 def request(

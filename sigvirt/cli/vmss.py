@@ -28,7 +28,6 @@ from sigvirt.cli.common import (
     generic_update,
 )
 from sigvirt.cli.render import Output, OutputOpt, emit, for_people, note
-from sigvirt.cli.safetyargs import flag
 from sigvirt.cli.vmcommon import (
     DEALLOCATED,
     SHOW_COLUMNS,
@@ -51,6 +50,7 @@ from sigvirt.cli.vmcommon import (
     VtpmOpt,
     request,
     row,
+    security_request,
 )
 from sigvirt.cli.vmssargs import (
     UPDATE_PATHS,
@@ -68,7 +68,7 @@ from sigvirt.cli.vmssargs import (
     VmssOpt,
 )
 from sigvirt.errors import ExitCode, InvalidArgument, ReimageFailed, Unsupported
-from sigvirt.guests import devices, inventory, scalesets, vmviews, zonal
+from sigvirt.guests import inventory, scalesets, vmviews, zonal
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.rollouts import automatic, manual, model
@@ -210,11 +210,7 @@ def vmss_create(
         generate_ssh_keys, custom_data, force, no_wait, timeout, resource_group, tags,
         os_disk_size_gb, data_disk_sizes_gb,
     )  # fmt: skip
-    security = devices.security_asked(
-        security_type,
-        flag(enable_secure_boot, "--enable-secure-boot"),
-        flag(enable_vtpm, "--enable-vtpm"),
-    )
+    security = security_request(security_type, enable_secure_boot, enable_vtpm)
     req = dataclasses.replace(
         req, disk_controller_type=disk_controller_type, security_type=security
     )

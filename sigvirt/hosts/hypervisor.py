@@ -294,18 +294,21 @@ class Hypervisor:
         A file libvirt has not listed yet (a console log QEMU opened at start) is not a
         volume until the pool is refreshed: a miss refreshes once and looks again."""
         try:
-            vol = self.volume(pool, name)
-        except RegionUnavailable:
+            vol = self.listed_volume(pool, name)
+        except (NotFound, RegionUnavailable):
             return False
-        except NotFound:
-            try:
-                with self._translating(f"refresh pool {pool}"):
-                    self._pool(pool).refresh(0)
-                vol = self.volume(pool, name)
-            except (NotFound, RegionUnavailable):
-                return False
         vol.delete()
         return True
+
+    def listed_volume(self, pool: str, name: str) -> Volume:
+        """The volume; a file libvirt has not listed yet (a console log QEMU opened at start)
+        is found by refreshing the pool once (a listed one needs no refresh: its sizes are
+        read from the file)."""
+        try:
+            return self.volume(pool, name)
+        except NotFound:
+            self.refresh_pool(pool)
+            return self.volume(pool, name)
 
     def volume_by_path(self, path: Path) -> Volume | None:
         try:

@@ -19,14 +19,7 @@ from pathlib import Path
 import libvirt
 
 from sigvirt import faults
-from sigvirt.errors import (
-    HostAccessDenied,
-    HostError,
-    NoSpace,
-    NotFound,
-    RegionUnavailable,
-    SigvirtError,
-)
+from sigvirt.errors import HostAccessDenied, HostError, NoSpace, RegionUnavailable, SigvirtError
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor, Volume
 from sigvirt.hosts.libvirterrors import translate
@@ -239,10 +232,7 @@ def download_file(vol: Volume, dst: Path, progress: Progress | None = None) -> C
         return 0
 
     try:
-        with vol.channel() as ch:
-            ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-            ch.stream.sparseRecvAll(handler, hole_handler, None)
-            ch.stream.finish()
+        _receive(vol, handler, hole_handler)
         os.ftruncate(fd, pos[0])
         os.fdatasync(fd)
     except BaseException as err:
@@ -253,6 +243,15 @@ def download_file(vol: Volume, dst: Path, progress: Progress | None = None) -> C
         raise
     os.close(fd)
     return CopyResult(count.h.hexdigest(), pos[0], count.moved)
+
+
+def _receive(vol: Volume, on_data: Callable[..., int], on_hole: Callable[..., int]) -> None:
+    """The whole volume through a sparse download stream on a connection of its own; a
+    libvirt error goes to the caller untranslated (each says what it was doing)."""
+    with vol.channel() as ch:
+        ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+        ch.stream.sparseRecvAll(on_data, on_hole, None)
+        ch.stream.finish()
 
 
 def hash_volume(vol: Volume, progress: Progress | None = None) -> CopyResult:
@@ -267,13 +266,10 @@ def hash_volume(vol: Volume, progress: Progress | None = None) -> CopyResult:
         count.hole(length)
         return 0
 
-    with vol.channel() as ch:
-        try:
-            ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-            ch.stream.sparseRecvAll(on_data, on_hole, None)
-            ch.stream.finish()
-        except libvirt.libvirtError as err:
-            raise _stream_error(err, vol) from None
+    try:
+        _receive(vol, on_data, on_hole)
+    except libvirt.libvirtError as err:
+        raise _stream_error(err, vol) from None
     return CopyResult(count.h.hexdigest(), count.done, count.moved)
 
 
@@ -295,10 +291,7 @@ def stream_copy(
 
     def receiver() -> None:
         try:
-            with src_vol.channel() as ch:
-                ch.vol.download(ch.stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-                ch.stream.sparseRecvAll(on_data, on_hole, None)
-                ch.stream.finish()
+            _receive(src_vol, on_data, on_hole)
         except BaseException as err:
             failure.append(
                 _stream_error(err, src_vol) if isinstance(err, libvirt.libvirtError) else err
@@ -381,11 +374,7 @@ def upload_bytes(hv: Hypervisor, pool: str, name: str, data: bytes, mode: int = 
 
 def download_tail(hv: Hypervisor, pool: str, name: str, max_bytes: int = 16384) -> bytes:
     """The last bytes of a volume (console logs on remote hosts)."""
-    try:  # a volume libvirt lists needs no refresh (its size is read from the file)
-        vol = hv.volume(pool, name)
-    except NotFound:  # a console log QEMU created itself
-        hv.refresh_pool(pool)
-        vol = hv.volume(pool, name)
+    vol = hv.listed_volume(pool, name)
     capacity = vol.capacity
     if capacity == 0:
         return b""
