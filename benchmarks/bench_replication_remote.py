@@ -8,7 +8,9 @@ and removed at the end), publishes an image with ~1 GiB of random data (qemu-io)
              sent hashed on the way, sha256 compare, `mv` on hostB, record completed; by the
              direct path (one `ssh` into `cat` on hostB, regions.yaml's default) and by the
              libvirt relay (a sparse libvirt stream upload, `replication: {direct_ssh: false}`);
-  - scp:     `scp -P PORT -i KEY … FILE root@127.0.0.1:POOL/` of the same file to hostB's sshd.
+  - scp:     `scp -P PORT -i KEY … FILE root@127.0.0.1:POOL/` of the same file to hostB's sshd,
+             as it comes and with sigvirt's cipher order (`scp aes`, sshpush.PREFER_AES);
+  - the direct path again with OpenSSH's default cipher order (`direct ssh-defaults`).
 
 Bytes moved are counted twice: the data sigvirt sent (its CopyResult), and what the ssh
 processes of this process wrote to their sockets (/proc/PID/io: SSH framing, encryption and,
@@ -25,6 +27,7 @@ Run: /opt/sigvirt/venv/bin/python benchmarks/bench_replication_remote.py [--gib 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import random
@@ -140,16 +143,30 @@ class PayloadCounter:
         return result
 
 
-def time_scp(env: dict[str, str], src: Path, dest_dir: Path) -> float:
+def time_scp(env: dict[str, str], src: Path, dest_dir: Path, aes: bool = False) -> float:
+    """scp of `src` into hostB's `dest_dir`; `aes`: with the cipher order sigvirt gives its
+    own ssh (sshpush.PREFER_AES), the fair baseline for what the cipher alone is worth."""
     flush()
     argv = [
         "scp", "-q", "-P", env["SIGVIRT_HOSTB_SSH_PORT"], "-i", env["SIGVIRT_HOSTB_KEY"],
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        *(["-o", sshpush.PREFER_AES] if aes else []),
         str(src), f"root@127.0.0.1:{dest_dir}/scp-copy.qcow2",
     ]  # fmt: skip
     took = timed(lambda: subprocess.run(argv, check=True))
     (dest_dir / "scp-copy.qcow2").unlink()  # hostB's pools are on this machine's disk
     return took
+
+
+@contextmanager
+def ssh_defaults() -> Iterator[None]:
+    """sigvirt's ssh with OpenSSH's own cipher order (the "before" of PREFER_AES)."""
+    was = sshpush.cpu_has_aes
+    sshpush.cpu_has_aes = lambda: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sshpush.cpu_has_aes = was
 
 
 def _wire(wire: int, alloc: int) -> str:
@@ -212,6 +229,7 @@ def between_hosts(args: argparse.Namespace, env: dict[str, str], pool: str, path
             )
             paths = {
                 "ssh-relay": lab,
+                "ssh-relay ssh-defaults": lab,
                 "libvirt-relay": dataclasses.replace(
                     lab, ctx=dataclasses.replace(lab.ctx, regions=relay_regions)
                 ),
@@ -220,12 +238,13 @@ def between_hosts(args: argparse.Namespace, env: dict[str, str], pool: str, path
             print(f"\nbetween hosts: hostB → hostC, {allocated(src) / GiB:.2f} GiB; {load()}")
             for i in range(args.runs):
                 order = ["scp -3", *paths]
-                order = order[i % 3 :] + order[: i % 3]
+                order = order[i % len(order) :] + order[: i % len(order)]
                 took: dict[str, float] = {}
                 for what in order:
                     if what == "scp -3":
                         took[what] = time_scp3(env, env_c, src, west_path)
-                    else:
+                        continue
+                    with ssh_defaults() if "ssh-defaults" in what else contextlib.nullcontext():
                         took[what], rec = time_hop(paths[what], rec)
                 for what in paths:
                     rows[what].append((took["scp -3"], took[what]))
@@ -268,34 +287,43 @@ def main() -> int:
             relay = dataclasses.replace(
                 lab, ctx=dataclasses.replace(lab.ctx, regions=relay_regions)
             )
-            paths = {"direct": lab, "relay": relay}
+            paths = {"direct": lab, "direct ssh-defaults": lab, "relay": relay}
             rows: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in paths}
+            base: dict[str, list[float]] = {"scp": [], "scp aes": []}
             for i in range(args.runs):
-                order = ["scp", "direct", "relay"]
-                order = order[i % 3 :] + order[: i % 3]  # each goes first in turn
+                order = [*base, *paths]
+                order = order[i % len(order) :] + order[: i % len(order)]  # each first in turn
                 took: dict[str, float] = {}
                 got: dict[str, tuple[int, int]] = {}
                 for what in order:
-                    if what == "scp":
-                        took["scp"] = time_scp(env, src, pool_path)
-                    else:
+                    if what in base:
+                        took[what] = time_scp(env, src, pool_path, aes=what == "scp aes")
+                        base[what].append(took[what])
+                        continue
+                    with (
+                        ssh_defaults()
+                        if what == "direct ssh-defaults"
+                        else contextlib.nullcontext()
+                    ):
                         t, sent, wire, rec = run_sigvirt(paths[what], rec, results)
-                        took[what], got[what] = t, (sent, wire)
+                    took[what], got[what] = t, (sent, wire)
                 for what in paths:
                     rows[what].append((took["scp"], took[what], *got[what]))
-                print(f"run {i + 1}: scp {took['scp']:6.2f} s  "
-                      + "  ".join(f"{w} {took[w]:6.2f} s (scp/{w} {took['scp'] / took[w]:4.2f}, "
+                print(f"run {i + 1}: scp {took['scp']:5.2f} s, scp aes {took['scp aes']:5.2f} s  "
+                      + "  ".join(f"{w} {took[w]:5.2f} s (scp/{w} {took['scp'] / took[w]:4.2f}, "
                                   f"moved {got[w][0] / alloc:5.3f}, wire {_wire(got[w][1], alloc)})"
                                   for w in paths))  # fmt: skip
             worst = 0.0
             print()
+            aes_median = statistics.median(base["scp aes"])
             for what, rs in rows.items():
                 t_scp, t_sig = (statistics.median(c) for c in list(zip(*rs, strict=True))[:2])
                 moved_ratio = max(r[2] for r in rs) / alloc
                 worst = max(worst, moved_ratio)
                 on_ssh = _wire(max(r[3] for r in rs), alloc)
                 print(f"{what}: median scp {t_scp:.2f} s, sigvirt {t_sig:.2f} s (ratio "
-                      f"scp_time/sigvirt_time {t_scp / t_sig:.2f}); bytes moved / allocated "
+                      f"scp_time/sigvirt_time {t_scp / t_sig:.2f}; against scp with sigvirt's "
+                      f"cipher order {aes_median / t_sig:.2f}); bytes moved / allocated "
                       f"{moved_ratio:.3f} sent, {on_ssh} on ssh")  # fmt: skip
             print(f"goal bytes moved / allocated <= {GOAL_BYTES}: "
                   f"{'met' if worst <= GOAL_BYTES else 'NOT met'}")  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,46 @@ def test_a_file_between_two_hosts_is_relayed_hashed_and_renamed(
             seen.append,
         )  # fmt: skip
     assert not (path / "x.qcow2").exists()
+
+
+@pytest.mark.offline
+@pytest.mark.parametrize(
+    ("cpuinfo", "has"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu vme sse2 aes avx2 sha_ni\n", True),
+        ("processor\t: 0\nflags\t\t: fpu vme sse2 avx2 vaes_not\n", False),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n", True),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),
+        ("garbage without colons\n", False),
+    ],
+)
+def test_aes_instructions_are_read_from_cpuinfo(tmp_path: Path, cpuinfo: str, has: bool) -> None:
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert sshpush.cpu_has_aes(tmp_path / "cpuinfo") is has
+    assert sshpush.cpu_has_aes(tmp_path / "missing") is False
+
+
+@pytest.mark.offline
+def test_the_cipher_order_puts_aes_gcm_first_and_keeps_the_rest() -> None:
+    # The installed OpenSSH parses the option as sshpush passes it (`-G` prints the result
+    # without connecting): AES-GCM first, chacha20 still there for hosts without AES-GCM.
+    ran = subprocess.run(
+        ["ssh", "-G", "-o", sshpush.PREFER_AES, "host.invalid"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    (line,) = [x for x in ran.stdout.splitlines() if x.startswith("ciphers ")]
+    order = line.split()[1].split(",")
+    assert order[:2] == ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+    assert "chacha20-poly1305@openssh.com" in order[2:]
+
+
+@pytest.mark.offline
+def test_ciphers_an_ssh_config_chose_are_left_as_chosen(tmp_path: Path) -> None:
+    if not sshpush.cpu_has_aes():
+        pytest.skip("this CPU has no AES instructions: the order is never changed")
+    chosen = tmp_path / "ssh_config"
+    chosen.write_text("Host *\n  Ciphers chacha20-poly1305@openssh.com\n")
+    runner = Runner()
+    assert sshpush.cipher_options(runner, ["ssh", "-F", str(chosen), "--", "h.invalid"]) == []
+    stock = ["ssh", "-F", "/dev/null", "--", "h.invalid"]
+    assert sshpush.cipher_options(runner, stock) == ["-o", sshpush.PREFER_AES]

@@ -22,6 +22,7 @@ user, port, key and host-key rule as the URI's (libvirt's ssh transport runs the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shlex
@@ -36,14 +37,23 @@ from sigvirt.hosts.hypervisor import Hypervisor
 from sigvirt.runner import FileRange, Result, Runner
 
 CHUNK = 1 << 20
+# AES-GCM first, where the CPU has AES instructions: OpenSSH puts chacha20-poly1305 first
+# (constant-time without them), but with AES-NI its AES-GCM moves a GiB 1.3-1.6x faster
+# (measured here: 1 GiB to a loopback host's /dev/null 1.13-1.20 s against 1.80-1.96 s),
+# and ssh's crypto is what bounds a copy between two cores. `^` only reorders OpenSSH's
+# default list: a host that disallows AES-GCM still gets chacha20 or whatever both ends
+# allow. Only where no ssh_config chose the ciphers (see cipher_options).
+PREFER_AES = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+_orders: dict[tuple[str, ...], list[str]] = {}
 SSH_UNREACHABLE = 255  # ssh's own exit status: it could not connect or authenticate
 COMMIT = b"commit\n"
 # The host side's own exit statuses, each a step that did not happen.
 _WRITE_FAILED, _NO_COMMIT, _NOT_RENAMED = 2, 3, 4
 
 
-def ssh_argv(hv: Hypervisor) -> list[str]:
-    """ssh to the host of `hv`'s qemu+ssh URI, non-interactive, as libvirt's transport goes."""
+def ssh_argv(hv: Hypervisor, runner: Runner) -> list[str]:
+    """ssh to the host of `hv`'s qemu+ssh URI, non-interactive, as libvirt's transport goes
+    (and with AES-GCM first where that is faster: cipher_options)."""
     target = hv.ssh_target
     if target is None:
         raise HostError(f"{hv.uri} is not a qemu+ssh host")
@@ -53,7 +63,32 @@ def ssh_argv(hv: Hypervisor) -> list[str]:
         argv += ["-i", str(hv.uri_keyfile), "-o", "IdentitiesOnly=yes"]
     if hv.parsed.param("no_verify") == "1":  # what libvirt's ssh transport does with it
         argv += ["-o", "StrictHostKeyChecking=no"]
-    return [*argv, "--", f"{user}@{host}" if user else host]
+    dest = f"{user}@{host}" if user else host
+    return [*argv, *cipher_options(runner, [*argv, "--", dest]), "--", dest]
+
+
+def cipher_options(runner: Runner, argv: list[str]) -> list[str]:
+    """`-o PREFER_AES` when this CPU has AES instructions and the ciphers ssh would offer for
+    `argv` are OpenSSH's own defaults: a user's or the system's ssh_config that chose
+    ciphers (a compliance list, say) is left as it is, since `-o` would override it. Asked
+    of `ssh -G` (it prints the settings without connecting) once per destination."""
+    if not cpu_has_aes():
+        return []
+    key = tuple(argv)
+    if key not in _orders:
+        configured = _ciphers(runner, [argv[0], "-G", *argv[1:]])
+        stock = _ciphers(runner, [argv[0], "-F", "/dev/null", "-G", "localhost"])
+        _orders[key] = ["-o", PREFER_AES] if configured and configured == stock else []
+    return _orders[key]
+
+
+def _ciphers(runner: Runner, argv: list[str]) -> str | None:
+    try:
+        ran = runner.run(argv, check=False, timeout=10)
+    except CommandFailed:
+        return None
+    found = [ln for ln in ran.stdout.splitlines() if ln.startswith("ciphers ")]
+    return found[0] if ran.ok and found else None
 
 
 def push_file(
@@ -113,7 +148,7 @@ def relay_file(
     ssh channels and no libvirtd in the way (libvirt's stream relay makes each 256 KiB a
     remote-protocol message through both hosts' libvirtds)."""
     counted = _Counted(size, progress, hashing=True)
-    with runner.reading([*ssh_argv(src_hv), f"exec cat -- {shlex.quote(str(src))}"]) as rd:
+    with runner.reading([*ssh_argv(src_hv, runner), f"exec cat -- {shlex.quote(str(src))}"]) as rd:
 
         def sent_as() -> streams.CopyResult:
             ran = rd.result()
@@ -191,7 +226,7 @@ def _send(
         taken.append(result)
         yield COMMIT
 
-    ran = runner.feed([*ssh_argv(hv), remote], stream())
+    ran = runner.feed([*ssh_argv(hv, runner), remote], stream())
     if ran.returncode != 0:
         if ran.returncode == _NOT_RENAMED:
             raise HostError(f"rename {pool}/{name} → {final} on {hv.uri} did not happen")
@@ -211,6 +246,21 @@ def _refuse(ran: Result, hv: Hypervisor, doing: str) -> NoReturn:
     if "No space left" in ran.stderr:
         raise NoSpace(f"{doing} on {hv.uri}: no space left on device")
     raise CommandFailed(f"{doing} on {hv.uri} failed: {why[0]}")
+
+
+@functools.cache
+def cpu_has_aes(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this machine's CPU has AES instructions (x86 `aes`, arm64 `aes` in Features):
+    the other end is a virtualization host of the same era, so its sshd gains alike."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(
+        "aes" in line.split(":", 1)[1].split()
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features")) and ":" in line
+    )
 
 
 def _fingerprint(fd: int) -> str:
