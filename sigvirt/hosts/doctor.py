@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -101,6 +103,72 @@ def check_arm64(hv: Hypervisor | None) -> Check:
     return Check("Arm64 guests", "ok", f"{found.emulator}, {firmware} ({found.accel.upper()})")
 
 
+FIRMWARE_DIRS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
+SWTPM_CA = Path("/var/lib/swtpm-localca")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def secure_boot_firmware(dirs: tuple[Path, ...] = FIRMWARE_DIRS) -> Path | None:
+    """The x86_64 firmware libvirt's auto-selection gives a Trusted Launch domain (secure-boot
+    with enrolled-keys, domxml.py): the code file of the first descriptor that offers both
+    and is there. Descriptors are QEMU's firmware interop JSON (docs/interop/firmware.json)."""
+    for d in dirs:
+        for f in sorted(d.glob("*.json")) if d.is_dir() else ():
+            try:
+                doc = json.loads(f.read_text())
+                code = Path(doc["mapping"]["executable"]["filename"])
+                arches = {t["architecture"] for t in doc["targets"]}
+                features = set(doc["features"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a descriptor we can read: libvirt skips it too
+            wanted = {"secure-boot", "enrolled-keys"} <= features and "x86_64" in arches
+            if wanted and code.is_file():
+                return code
+    return None
+
+
+def swtpm_uid(conf: Path = QEMU_CONF) -> int:
+    """The user libvirt runs swtpm as: qemu.conf's swtpm_user, else tss where it exists."""
+    name = "tss"
+    try:
+        found = re.search(r'^\s*swtpm_user\s*=\s*"([^"]+)"', conf.read_text(), re.M)
+        name = found[1] if found else name
+    except OSError:
+        pass
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return 0
+
+
+def check_trusted_launch(
+    dirs: tuple[Path, ...] = FIRMWARE_DIRS, ca: Path = SWTPM_CA, uid: int | None = None
+) -> Check:
+    """Can TrustedLaunch definitions boot here: swtpm, Secure Boot firmware with Microsoft's
+    keys, and swtpm's local CA owned by the user swtpm runs as (a CA first made by root
+    locks `tss` out and every vTPM start fails)."""
+    missing = [b for b in ("swtpm", "swtpm_setup") if not shutil.which(b)]
+    code = secure_boot_firmware(dirs)
+    if missing or code is None:
+        what = ", ".join([*missing, *([] if code else ["Secure Boot firmware with MS keys"])])
+        return Check(
+            "Trusted Launch", "warn", f"missing {what}: TrustedLaunch definitions can't boot",
+            "apt-get install --no-install-recommends swtpm swtpm-tools ovmf",
+        )  # fmt: skip
+    want = swtpm_uid() if uid is None else uid
+    try:
+        owner = ca.stat().st_uid
+    except FileNotFoundError:
+        owner = want  # made on the first vTPM start, by the user swtpm runs as
+    if owner != want:
+        return Check(
+            "Trusted Launch", "warn",
+            f"{ca} belongs to uid {owner}, swtpm runs as uid {want}: vTPM starts fail",
+            f"chown -R {want}:root {ca}",
+        )  # fmt: skip
+    return Check("Trusted Launch", "ok", f"swtpm, {code}")
+
+
 def check_qemu_img(runner: Runner) -> Check:
     if not shutil.which("qemu-img"):
         return Check("qemu-img", "fail", "not installed", "apt-get install qemu-utils")
@@ -173,6 +241,7 @@ def run_checks(uri: str, runner: Runner, paths: list[Path]) -> list[Check]:
         check_dev_kvm,
         lambda: check_accel(hv),
         lambda: check_arm64(hv),
+        check_trusted_launch,
         lambda: check_qemu_img(runner),
         check_ksm,
         check_image_cache,
