@@ -207,13 +207,20 @@ def _send(
     commit line go and the host rename the file to `final`."""
     directory = hv.pool_path(pool)
     partial, dst = shlex.quote(str(directory / name)), shlex.quote(str(directory / final))
-    # `set -C`: the shell refuses to write over a file that is there (O_EXCL). `head -c`
-    # reads exactly the file's bytes and leaves the verdict line for `read`; like `cat`, not
-    # `dd conv=sparse` (its zero-block check made the copy 2x slower than scp), since a
-    # replica is a compact qcow2 (its file is its allocation). `mv -n` and the test after it:
-    # a file already under the final name is never replaced.
+    # `set -C`: the shell refuses to write over a file that is there (O_EXCL). The writer
+    # takes exactly the file's bytes and leaves the verdict line for `read`: GNU dd in 64 KiB
+    # blocks (fullblock, count in bytes) where the host's dd has those flags, else `head -c`,
+    # which copies through an 8 KiB buffer (measured: 0.61 s of CPU per GiB against dd's
+    # 0.28 s, on the host's cores that also run sshd; 1 MiB blocks were slower again). Not
+    # `conv=sparse` (its zero-block check made the copy 2x slower than scp): a replica is a
+    # compact qcow2, its file is its allocation. `mv -n` and the test after it: a file
+    # already under the final name is never replaced.
+    dd = "dd bs=64K iflag=fullblock,count_bytes status=none"
     remote = "\n".join((
-        f"set -C && umask 022 && head -c {size} > {partial} || exit {_WRITE_FAILED}",
+        f"set -C && umask 022 || exit {_WRITE_FAILED}",
+        f"if {dd} count=0 </dev/null 2>/dev/null; then write='{dd} count={size}'",
+        f"else write='head -c {size}'; fi",
+        f"$write > {partial} || exit {_WRITE_FAILED}",
         f'IFS= read -r verdict && [ "$verdict" = commit ] || exit {_NO_COMMIT}',
         f"mv -T -n -- {partial} {dst} && [ ! -e {partial} ] || exit {_NOT_RENAMED}",
     ))  # fmt: skip
