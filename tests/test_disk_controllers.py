@@ -257,16 +257,21 @@ def test_a_vm_on_scsi_roots_on_sda_and_slirp_keeps_one_queue(
     name = unique("dc-scsi")
     code, out, err = _run(capsys, "vm", "create", "-n", name, "--image", f"{G}/{D}",
                           "--disk-controller-type", "scsi", "--vcpus", "2", "--memory", "256",
+                          "--data-disk-sizes-gb", "1",
                           "--ssh-key-value", f"{lab.key.private}.pub", "-o", "json")  # fmt: skip
     assert code == 0, err
     vm = json.loads(out)
     assert vm["storageProfile"]["diskControllerType"] == "SCSI"
+    # the data disk follows the seed (vda) here, not a virtio OS disk: vdb, as reported
+    (data,) = vm["sigvirt"]["data_disks"]
+    assert data["device"] == "vdb"
     assert _os_disk_target(system_hv, name) == ("sda", "scsi")
     # the definition asks for accelerated networking; this region's slirp NIC has one queue
     assert "QEMU slirp) has one queue" in err
     host = _guest(vm, lab.key)
     assert _root_device(host) == "/dev/sda2"
     assert host.check_output("cat /sys/block/sda/device/vendor").strip() == "QEMU"
+    assert host.check_output(f"cat /sys/block/{data['device']}/serial") == "sigvirt-lun0"
     assert host.check_output("ls /sys/class/net/eth0/queues").split() == ["rx-0", "tx-0"]
     # a live flatten pulls the replica into the OS disk, which is sda here, not vda
     _json(capsys, "vm", "flatten", "-n", name)

@@ -234,6 +234,13 @@ def test_data_disks_are_vdc_onwards_in_pci_order() -> None:
     assert not set(domxml.DATA_SLOTS) & {*domxml.FLAT_SLOTS.values(), domxml.USER_NIC_SLOT}
     assert max(domxml.DATA_SLOTS) < 0x1F
     assert [domxml.data_device(i) for i in (0, 1, 15)] == ["vdc", "vdd", "vdr"]
+    # Fewer virtio disks before them, earlier letters: no seed (specialized, Windows), or an
+    # OS disk on SCSI or NVMe; Windows' are SATA. The serial names lun N in every layout.
+    assert domxml.data_device(0, "virtio", seeded=False) == "vdb"
+    assert [domxml.data_device(0, c) for c in ("scsi", "nvme")] == ["vdb", "vdb"]
+    assert domxml.data_device(1, "nvme", seeded=False) == "vdb"
+    assert domxml.data_device(1, "", seeded=False, sata=True) == "sdc"
+    assert [d.findtext("serial") for d in disks[2:]] == ["sigvirt-lun0", "sigvirt-lun1"]
 
 
 def test_data_disk_volume_is_empty_qcow2_without_backing() -> None:

@@ -318,6 +318,10 @@ def test_vm_as_az_shows_it(
         "for d in vda vdc vdd vde; do echo $d $(cat /sys/block/$d/size 2>/dev/null); done"
     )
     assert sizes.splitlines() == [f"vda {2 << 20}", f"vdc {2 << 20}", f"vdd {4 << 20}", "vde"]
+    serials = host(vm, lab.key).check_output(
+        "for d in vdc vdd; do cat /sys/block/$d/serial; echo; done"  # no newline of its own
+    )
+    assert serials.split() == ["sigvirt-lun0", "sigvirt-lun1"]  # what by-id names them by
     assert host(vm, lab.key).check_output("hostname") == name
 
     off = cli_json(capsys, "vm", "deallocate", "-n", name)

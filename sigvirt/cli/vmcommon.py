@@ -68,7 +68,9 @@ DataDisksOpt = Annotated[
     list[int] | None,
     typer.Option(
         "--data-disk-sizes-gb",
-        help="empty data disks, GiB each (several after one flag): vdc, vdd, … in the guest",
+        help="empty data disks, GiB each (several after one flag): vdc, vdd, … in the guest "
+        "(vdb on when the OS disk is SCSI/NVMe or there is no seed); by serial: "
+        "/dev/disk/by-id/virtio-sigvirt-lun0, …",
     ),
 ]
 DiskControllerOpt = Annotated[

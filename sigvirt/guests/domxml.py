@@ -235,9 +235,12 @@ DATA_SLOTS = (*range(0x07, 0x10), *range(0x11, 0x18))
 MAX_DATA_DISKS = len(DATA_SLOTS)
 
 
-def data_device(lun: int) -> str:
-    """The guest's name for a data disk: vdc for lun 0 (vda is the OS disk, vdb the seed)."""
-    return "vd" + chr(ord("c") + lun)
+def data_device(lun: int, controller: str = "", seeded: bool = True, sata: bool = False) -> str:
+    """The guest's name for a data disk: in PCI order, after a virtio-blk OS disk and a seed
+    (vdc for lun 0 with both); Windows' are SATA (sdb). Its serial is stable: sigvirt-lunN."""
+    if sata:
+        return "sd" + chr(ord("b") + lun)
+    return "vd" + chr(ord("a") + (controller in ("", "virtio")) + seeded + lun)
 
 
 def _flat(spec: DomainSpec) -> bool:
@@ -364,6 +367,7 @@ def _data_disks(dev: ET.Element, spec: DomainSpec, bus: str) -> None:
         sub(data, "driver", name="qemu", type="qcow2", discard="unmap")
         sub(data, "source", file=str(path))
         sub(data, "backingStore")  # an empty disk of its own: nothing for libvirt to probe
+        sub(data, "serial", f"sigvirt-lun{lun}")  # a name that holds in every guest layout
         if bus == "sata":  # sdb, sdc, ...: libvirt gives them SATA ports
             sub(data, "target", dev="sd" + chr(ord("b") + lun), bus="sata")
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from sigvirt.catalog import azureid, names
@@ -25,7 +26,7 @@ from sigvirt.hosts.regions import location, split_location
 @dataclass(frozen=True)
 class DataDisk:
     lun: int
-    device: str  # the guest's name for it: vdc, vdd, ...
+    device: str  # the guest's name for it: vdc, vdd, ... (domxml.data_device)
     volume: str
     size_gb: int
 
@@ -111,8 +112,10 @@ def describe(hv: Hypervisor, where: str, dom: Domain) -> Vm:
     prov = guest.provenance_of(dom) or Provenance()
     info = dom.info()
     endpoint = endpoint_of(hv, prov)
+    name = partial(domxml.data_device, controller=prov.disk_controller, seeded=bool(prov.seed))
+    sata = prov.os_type == "Windows"
     data = tuple(
-        DataDisk(lun, domxml.data_device(lun), vol, gib)
+        DataDisk(lun, name(lun, sata=sata), vol, gib)
         for lun, (vol, gib) in enumerate(prov.data_disk_list)
     )
     image_id = prov.image_id

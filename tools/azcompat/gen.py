@@ -324,7 +324,8 @@ def vm_create_rows(scale_set):
         (["--ephemeral-os-disk-placement", "--ephemeral-placement"], R, "see --ephemeral-os-disk"),
         (["--os-disk-size-gb"], N, "the overlay could be given a larger virtual size (cloud-init "
          "grows the root filesystem)"),
-        (["--data-disk-sizes-gb"], N, "empty data volumes could be created next to the overlay"),
+        (["--data-disk-sizes-gb"], N, "empty qcow2 volumes beside the OS disk, lun 0 on; in "
+         "the guest by serial: /dev/disk/by-id/virtio-sigvirt-lun0, …"),
         (["--data-disk-caching"], N, "with --data-disk-sizes-gb"),
         (["--data-disk-encryption-sets"], R, NOKV),
         (["--os-disk-encryption-set"], R, NOKV),
