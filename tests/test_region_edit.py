@@ -3,6 +3,7 @@ before it is written, and refused while a replica or a clone lives in what would
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,26 @@ def test_update_touches_only_what_changes(
     changed = set(text.splitlines()) - set(SHIPPED.splitlines())
     assert changed == {"    description: this machine, busy", "    clones_per_replica: 8"}
     assert regions.load(regions_file).region("local").clones_per_replica == 8
+
+
+@pytest.mark.offline
+def test_memory_merge_is_set_and_unset_from_the_cli(
+    regions_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "region", "update", "local", "--memory-merge", "-o", "json")
+    assert code == 0, err
+    assert "+    memory:\n+      merge: true\n" in json.loads(out)["diff"]
+    assert regions.load(regions_file).region("local").memory_merge is True
+    assert "merge: true" in regions_file.read_text()
+    code, _out, err = run(capsys, "region", "add", "spare", "--uri", "test:///default",
+                          "--pool", "spare-a", "--memory-merge")  # fmt: skip
+    assert code == 0, err
+    assert regions.load(regions_file).region("spare").memory_merge is True
+    code, _out, err = run(capsys, "region", "update", "local", "--no-memory-merge")
+    assert code == 0, err
+    assert regions.load(regions_file).region("local").memory_merge is False
+    code, out, err = run(capsys, "region", "show", "spare", "-o", "json")
+    assert code == 0 and json.loads(out)["memory_merge"] is True, err
 
 
 @pytest.mark.offline

@@ -100,6 +100,13 @@ NetworkOpt = Annotated[
     typer.Option("--network", help="user-forward, or network:NAME / bridge:NAME for real labs"),
 ]
 DescriptionOpt = Annotated[str | None, typer.Option("--description")]
+MergeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--memory-merge/--no-memory-merge",
+        help="let KSM merge its guests' identical memory pages (regions.yaml memory.merge)",
+    ),
+]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="print the change to regions.yaml; write nothing")
 ]
@@ -123,12 +130,12 @@ def _network(value: str | None, ports: str | None) -> dict[str, Any] | None:
 
 def _settings(
     uri: str | None, accel: str | None, budget: int | None, network: dict[str, Any] | None,
-    description: str | None,
+    description: str | None, merge: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {}
     for key, value in (
         ("uri", uri), ("accel", accel), ("clones_per_replica", budget), ("network", network),
-        ("description", description),
+        ("description", description), ("memory", None if merge is None else {"merge": merge}),
     ):  # fmt: skip
         if value is not None:
             out[key] = value
@@ -177,6 +184,7 @@ def region_add(
     ports: PortsOpt = None,
     network: NetworkOpt = None,
     description: DescriptionOpt = None,
+    memory_merge: MergeOpt = None,
     dry_run: DryRunOpt = False,
     resource_group: ResourceGroupOpt = None,
     output: OutputOpt = Output.table,
@@ -184,7 +192,8 @@ def region_add(
     """Add a region to regions.yaml (comments and layout kept; checked before it is written)."""
     from sigvirt import regionadmin
 
-    doc = _settings(uri, accel, clones_per_replica, _network(network, ports), description)
+    net = _network(network, ports)
+    doc = _settings(uri, accel, clones_per_replica, net, description, memory_merge)
     if pool or not zone:
         doc["pools"] = [regionadmin.pool_doc(p) for p in pool or []]
     if zone:
@@ -209,6 +218,7 @@ def region_update(
     ports: PortsOpt = None,
     network: NetworkOpt = None,
     description: DescriptionOpt = None,
+    memory_merge: MergeOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="change --uri although replicas or clones live there")
     ] = False,
@@ -219,7 +229,8 @@ def region_update(
     """Change a region's settings in regions.yaml (untouched keys keep their comments)."""
     from sigvirt import regionadmin
 
-    changes = _settings(uri, accel, clones_per_replica, _network(network, ports), description)
+    net = _network(network, ports)
+    changes = _settings(uri, accel, clones_per_replica, net, description, memory_merge)
     with context() as ctx:
         config = regions.load()
         name = regioncheck.resolve(config, name).name

@@ -53,6 +53,7 @@ class RegionSummary:
     clones_per_replica: int  # 0: unlimited
     description: str
     source: str  # the regions.yaml it came from
+    memory_merge: bool = False  # memory: {merge: true}: KSM may merge its guests' RAM
 
 
 def _pool_text(pool: PoolConfig) -> str:
@@ -79,7 +80,7 @@ def summarize(config: RegionsConfig) -> list[RegionSummary]:
         pools = tuple(_pool_text(p) for p in r.pools)
         summary = RegionSummary(
             r.location, r.uri, transport, pools, r.accel, net, r.clones_per_replica,
-            r.description, source,
+            r.description, source, r.memory_merge,
         )  # fmt: skip
         rows.append(summary)
     return rows
