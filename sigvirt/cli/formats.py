@@ -3,6 +3,7 @@ query.py): text in, text out, nothing printed here. render.emit() picks one and 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,8 +11,6 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
-
-import yaml
 
 from sigvirt.errors import InvalidArgument
 
@@ -78,15 +77,23 @@ def json_text(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, check_circular=False) + "\n"
 
 
-class _Dumper(yaml.SafeDumper):
-    """safe_dump, plus the OrderedDicts a query builds (as plain mappings, in their order)."""
+@functools.cache
+def _dumper() -> Any:
+    """safe_dump, plus the OrderedDicts a query builds (as plain mappings, in their order).
+    yaml is imported here only: json and tables never load it."""
+    import yaml
 
+    class Dumper(yaml.SafeDumper):
+        pass
 
-_Dumper.add_representer(OrderedDict, _Dumper.represent_dict)
+    Dumper.add_representer(OrderedDict, Dumper.represent_dict)
+    return Dumper
 
 
 def yaml_text(data: Any) -> str:
-    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    import yaml
+
+    text: str = yaml.dump(data, Dumper=_dumper(), sort_keys=False, allow_unicode=True)
     return text
 
 

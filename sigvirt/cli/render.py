@@ -5,24 +5,40 @@ scripts, tsv for shells."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sigvirt.cli import formats
 from sigvirt.cli.formats import Query
 from sigvirt.errors import ConfigError
 
-# Piped output keeps each row on one line instead of wrapping at 80 columns.
-stdout = Console(width=None if sys.stdout.isatty() else 200)
-stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@functools.cache
+def console(err: bool = False) -> Console:
+    """rich's console on stdout (stderr: `err`), made on first use: rich costs a sixth of
+    the time of listing 10,000 versions that don't need it (json, a long table's rows).
+    Piped output keeps each row on one line instead of wrapping at 80 columns."""
+    from rich.console import Console
+
+    stream = sys.stderr if err else sys.stdout
+    return Console(stderr=err, width=None if stream.isatty() else 200)
+
+
+def __getattr__(name: str) -> Any:
+    """`render.stdout` and `render.stderr`, the consoles, as before they were made lazily."""
+    if name in ("stdout", "stderr"):
+        return console(name == "stderr")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Output(StrEnum):
@@ -168,6 +184,8 @@ def emit(
 
 
 def _table(data: Any, columns: Sequence[str] | None, title: str) -> None:
+    from rich.table import Table
+
     if isinstance(data, dict):
         table = Table(show_header=False, title=title or None, box=None, pad_edge=False)
         table.add_column(style="bold")
@@ -176,11 +194,11 @@ def _table(data: Any, columns: Sequence[str] | None, title: str) -> None:
             if (columns and key not in columns) or value in (None, "", [], {}):
                 continue  # people read what is there; scripts use json, which has every key
             table.add_row(key, _cell(value))
-        stdout.print(table)
+        console().print(table)
         return
     rows = list(data)
     if not rows:
-        stderr.print(f"(no {title or 'items'})")
+        console(True).print(f"(no {title or 'items'})")
         return
     cols = list(columns or rows[0].keys())
     if len(rows) > RICH_ROWS:
@@ -191,7 +209,7 @@ def _table(data: Any, columns: Sequence[str] | None, title: str) -> None:
         table.add_column(col.replace("_", " "))
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in cols))
-    stdout.print(table)
+    console().print(table)
 
 
 # rich lays a table out in seconds when it has 10,000 rows; past this many, the same columns
@@ -200,6 +218,11 @@ RICH_ROWS = formats.LONG_LIST
 
 
 def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None:
+    print_long_table(*long_table(rows, cols, title))
+
+
+def long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> tuple[str, str, str]:
+    """A long table's title line ("" for none), header line and rows (each line ended)."""
     heads = [c.replace("_", " ") for c in cols]
     # a plain string is its own cell: the common case, 80,000 times for 10,000 versions
     cells = [[v if type(v) is str else _cell(v) for v in map(row.get, cols)] for row in rows]
@@ -208,15 +231,20 @@ def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None
     def line(values: list[str]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
+    centred = title.center(sum(widths) + 2 * len(widths) - 2).rstrip() if title else ""
+    return centred, line(heads), "".join(line(r) + "\n" for r in cells)
+
+
+def print_long_table(title: str, header: str, body: str) -> None:
     if title:
-        stdout.print(title.center(sum(widths) + 2 * len(widths) - 2).rstrip(), soft_wrap=True)
-    stdout.print(line(heads), style="bold", soft_wrap=True, markup=False, highlight=False)
-    sys.stdout.write("".join(line(r) + "\n" for r in cells))
+        console().print(title, soft_wrap=True)
+    console().print(header, style="bold", soft_wrap=True, markup=False, highlight=False)
+    sys.stdout.write(body)
 
 
 def note(text: str) -> None:
     """A line for people on stderr, never wrapped (scripts grep it; rich would fold it)."""
-    stderr.print(text, highlight=False, soft_wrap=True, markup=False)
+    console(True).print(text, highlight=False, soft_wrap=True, markup=False)
 
 
 def warn(text: str) -> None:

@@ -12,7 +12,7 @@ from sigvirt.catalog.names import ImageRef
 from sigvirt.catalog.plans import Journal
 from sigvirt.catalog.records import BootTestState, ImageVersion, aggregate
 from sigvirt.catalog.store import Damaged, GalleryStore
-from sigvirt.cli import azshape, plans, render, safetyargs, waiter
+from sigvirt.cli import azshape, formats, listcache, plans, render, safetyargs, waiter
 from sigvirt.cli.common import (
     DefinitionOpt,
     GalleryOpt,
@@ -234,15 +234,22 @@ def version_list(
     s = store()
     damaged: list[Damaged] = []
     with listindex.gc_paused():  # 10,000 versions make ~300,000 objects and no cycle
+        kept = listcache.key(s, gallery, definition, output)  # taken before any record is read
+        if kept is not None and listcache.replay(kept):
+            return
         versions = s.list_versions(gallery, definition, damaged)
         for item in damaged:
             warn(f"skipped damaged metadata file {item.path}: {item.reason}")
         if output is Output.table:
-            emit([row(v) for v in versions], output, COLUMNS, title="image versions", ready=True)
+            rows = [row(v) for v in versions]
+        else:
+            group = kept.group if kept is not None else _group(s, gallery)
+            rows = [azshape.version(v, group) for v in versions]
+            rows += [{"name": d.name, "damaged": d.reason} for d in damaged]
+        if kept is not None and not damaged and len(rows) > formats.LONG_LIST:
+            running = any(v.boot_test.state == BootTestState.RUNNING for v in versions)
+            listcache.keep_and_print(kept, rows, COLUMNS, "image versions", timeless=not running)
             return
-        group = _group(s, gallery)
-        rows = [azshape.version(v, group) for v in versions]
-        rows += [{"name": d.name, "damaged": d.reason} for d in damaged]
         emit(rows, output, COLUMNS, title="image versions", ready=True)
 
 
