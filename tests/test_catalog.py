@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sigvirt.catalog import latest, names
+from sigvirt.catalog.codec import RecordError
 from sigvirt.catalog.fileio import atomic_write, file_lock, lock_is_held
 from sigvirt.catalog.names import ImageRef, Version, parse_image_ref
 from sigvirt.catalog.records import (
@@ -257,6 +258,20 @@ def test_records_round_trip_and_ignore_keys_from_newer_versions() -> None:
     data["from_the_future"] = {"x": 1}
     data["replicas"][0]["also_new"] = True
     assert from_dict(ImageVersion, data) == rec
+
+
+def test_a_record_from_before_a_field_was_added_reads_as_its_default() -> None:
+    rec = _version(
+        "1.0.0", replicas=(Replica("local", "p", "v", "/p/v", ReplicaState.COMPLETED, 100),)
+    )
+    data = json.loads(json.dumps(to_dict(rec)))
+    for replica in data["replicas"]:
+        del replica["zone"]  # as a record written before zones holds it
+    del data["reason"]
+    assert from_dict(ImageVersion, data) == dataclasses.replace(rec, reason="")
+    data["replicas"][0]["zone"] = 7  # a present field is still checked
+    with pytest.raises(RecordError, match="zone"):
+        from_dict(ImageVersion, data)
 
 
 def test_records_from_data_get_fresh_defaults() -> None:

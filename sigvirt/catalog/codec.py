@@ -106,6 +106,10 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise RecordError(f"expected a JSON object, found {type(data).__name__}")
     shape = _SHAPES.get(cls) or _shape(cls)
     values = dict(data)
+    if len(values) < shape.count:
+        # A record written before a field was added: its absent defaulted fields first, so
+        # it takes the fast path too (not the field-by-field one, 3x slower per replica).
+        values = {**shape.filled, **values}
     try:  # as many keys as fields, and every field found: no key is missing or unknown
         fits = (
             len(values) == shape.count and tuple(map(type, shape.getter(values))) in shape.accepted
@@ -223,6 +227,7 @@ class _Shape:
     ints: Callable[[dict[str, Any]], tuple[Any, ...]]  # the int fields' values, but nulls
     decoders: tuple[tuple[str, Decoder], ...]  # fields whose JSON value needs converting
     plain: bool  # no __post_init__ or __slots__: __dict__ may be filled directly
+    filled: dict[str, Any]  # the defaults, as JSON would hold them (a record's absent fields)
 
 
 _SHAPES: dict[type[Any], _Shape] = {}  # a plain dict: a lookup costs less than @cache's
@@ -259,6 +264,9 @@ def _shape(cls: Any) -> _Shape:
         ints=_ints([f for f in fields if f.integer]),
         decoders=tuple((f.name, f.decode) for f in fields if f.decode is not None),
         plain=not hasattr(cls, "__post_init__") and "__slots__" not in vars(cls),
+        filled={
+            f.name: f.default for f in dfields if type(f.default) in (str, int, bool, NoneType)
+        },
     )
     return _SHAPES[cls]
 
