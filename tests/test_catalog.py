@@ -274,6 +274,14 @@ def test_a_record_from_before_a_field_was_added_reads_as_its_default() -> None:
         from_dict(ImageVersion, data)
 
 
+def test_soft_deleted_is_a_time_or_nothing() -> None:
+    data = json.loads(json.dumps(to_dict(_version("1.0.0"))))
+    for good in ("", "2026-12-06T00:15:00+00:00"):
+        assert from_dict(ImageVersion, {**data, "soft_deleted": good}).soft_deleted == good
+    with pytest.raises(RecordError, match="soft_deleted: expected an ISO date"):
+        from_dict(ImageVersion, {**data, "soft_deleted": "0"})  # it would hide the record
+
+
 def test_records_from_data_get_fresh_defaults() -> None:
     a = from_dict(ImageVersion, {"gallery": "G", "definition": "D", "name": "1.0.0"})
     b = from_dict(ImageVersion, {"gallery": "G", "definition": "D", "name": "1.0.0"})

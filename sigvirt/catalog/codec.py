@@ -312,10 +312,12 @@ def _user(value: Any) -> Any:
     return value
 
 
-# Strings with a format of their own, by field name: end_of_life is compared with today; a
+# Strings with a format of their own, by field name: end_of_life is compared with today, and
+# soft_deleted with the retention (any other non-empty text would hide a record for good); a
 # boot-test spec's sha256 names its file and an owner is who the spec runs as.
 _FORMATS: dict[str, Decoder] = {
     "end_of_life": _date_problem,
+    "soft_deleted": _date_problem,
     "spec_sha256": _sha256,
     "owner": _user,
 }
