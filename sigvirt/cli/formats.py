@@ -68,11 +68,14 @@ def _reason(err: Exception) -> str:
 
 
 # -- json and yaml ----------------------------------------------------------------------------
+# One row of a long list, as json_text writes it (ASCII: non-ASCII characters are escaped). One
+# encoder for every row: json.dumps with options builds a new one per call.
+long_row = json.JSONEncoder(sort_keys=True, check_circular=False).encode
+
+
 def json_text(data: Any) -> str:
     if isinstance(data, list) and len(data) > LONG_LIST:
-        # one encoder for every row: json.dumps with options builds a new one per call
-        encode = json.JSONEncoder(sort_keys=True, check_circular=False).encode
-        return "[\n" + ",\n".join(map(encode, data)) + "\n]\n"
+        return "[\n" + ",\n".join(map(long_row, data)) + "\n]\n"
     # plain() and jmespath made a fresh tree: no cycles to look for (halves long lists' time)
     return json.dumps(data, indent=2, sort_keys=True, check_circular=False) + "\n"
 

@@ -4,6 +4,7 @@ scripts, tsv for shells."""
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import os
@@ -223,23 +224,59 @@ def _long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> None
 
 def long_table(rows: list[dict[str, Any]], cols: list[str], title: str) -> tuple[str, str, str]:
     """A long table's title line ("" for none), header line and rows (each line ended)."""
-    heads = [c.replace("_", " ") for c in cols]
-    # a plain string is its own cell: the common case, 80,000 times for 10,000 versions
-    cells = [[v if type(v) is str else _cell(v) for v in map(row.get, cols)] for row in rows]
+    cells = [long_cells(row, cols) for row in rows]
+    heads = long_heads(cols)
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(heads)]
+    centred, header = long_top(heads, widths, title)
+    return centred, header, "".join(long_line(r, widths) + "\n" for r in cells)
 
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
+def long_heads(cols: list[str]) -> list[str]:
+    return [c.replace("_", " ") for c in cols]
+
+
+def long_cells(row: dict[str, Any], cols: list[str]) -> list[str]:
+    """One row's cells: a plain string is its own cell (80,000 times for 10,000 versions)."""
+    return [v if type(v) is str else _cell(v) for v in map(row.get, cols)]
+
+
+def long_line(values: list[str], widths: list[int]) -> str:
+    """One line of a long table: its cells padded to the columns' widths (no line end)."""
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def long_top(heads: list[str], widths: list[int], title: str) -> tuple[str, str]:
+    """The title line ("" for none) and the header line over columns this wide."""
     centred = title.center(sum(widths) + 2 * len(widths) - 2).rstrip() if title else ""
-    return centred, line(heads), "".join(line(r) + "\n" for r in cells)
+    return centred, long_line(heads, widths)
 
 
 def print_long_table(title: str, header: str, body: str) -> None:
-    if title:
-        console().print(title, soft_wrap=True)
-    console().print(header, style="bold", soft_wrap=True, markup=False, highlight=False)
+    if _plain(title + header):  # what rich would print, without loading it (a tenth of a
+        sys.stdout.write(f"{title}\n{header}\n" if title else f"{header}\n")  # listing)
+    else:
+        if title:
+            console().print(title, soft_wrap=True)
+        console().print(header, style="bold", soft_wrap=True, markup=False, highlight=False)
     sys.stdout.write(body)
+
+
+# Printable ASCII but for what rich reads in text: `[` (markup) and `:` (emoji codes).
+_PLAIN = frozenset(map(chr, range(32, 127))) - {"[", ":"}
+
+
+def _plain(text: str) -> bool:
+    """Whether rich would print `text` as it is: stdout is no terminal and nothing says to
+    treat it as one (rich's own rules), and the text has nothing rich reads (markup, emoji
+    codes, tabs, anything past ASCII)."""
+    if os.environ.get("TTY_COMPATIBLE") or os.environ.get("FORCE_COLOR") is not None:
+        return False
+    try:
+        if sys.stdout.isatty() or "idlelib" in getattr(sys.stdin, "__module__", ""):
+            return False
+    except ValueError:
+        return False
+    return _PLAIN.issuperset(text) and not hasattr(builtins, "get_ipython")  # (Jupyter)
 
 
 def note(text: str) -> None:

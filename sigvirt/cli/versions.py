@@ -234,23 +234,34 @@ def version_list(
     s = store()
     damaged: list[Damaged] = []
     with listindex.gc_paused():  # 10,000 versions make ~300,000 objects and no cycle
-        kept = listcache.key(s, gallery, definition, output)  # taken before any record is read
-        if kept is not None and listcache.replay(kept):
+        kept = _kept_listing(s, gallery, definition, output)  # before any record is read
+        if kept is not None and kept.replay():
             return
         versions = s.list_versions(gallery, definition, damaged)
         for item in damaged:
             warn(f"skipped damaged metadata file {item.path}: {item.reason}")
+        if kept is not None and not damaged and len(versions) > formats.LONG_LIST:
+            kept.print_and_keep(versions)
+            return
         if output is Output.table:
             rows = [row(v) for v in versions]
         else:
-            group = kept.group if kept is not None else _group(s, gallery)
+            group = _group(s, gallery)
             rows = [azshape.version(v, group) for v in versions]
             rows += [{"name": d.name, "damaged": d.reason} for d in damaged]
-        if kept is not None and not damaged and len(rows) > formats.LONG_LIST:
-            running = any(v.boot_test.state == BootTestState.RUNNING for v in versions)
-            listcache.keep_and_print(kept, rows, COLUMNS, "image versions", timeless=not running)
-            return
         emit(rows, output, COLUMNS, title="image versions", ready=True)
+
+
+def _kept_listing(
+    s: GalleryStore, gallery: str, definition: str, output: Output
+) -> listcache.Listing | None:
+    """A long listing kept row by row (cli/listcache.py), or None when it is not one."""
+    k = listcache.key(s, gallery, definition, output, tuple(COLUMNS))
+    if k is None:
+        return None
+    group = k.group
+    shape = row if k.kind == "table" else lambda v: azshape.version(v, group)
+    return listcache.Listing(k, s, shape, COLUMNS, "image versions")
 
 
 @app.command("show")
