@@ -20,6 +20,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
@@ -75,6 +76,43 @@ def qemu_cpu_seconds(names: Iterable[str]) -> dict[str, float]:
             stat = Path(f"/proc/{_qemu_pid(name)}/stat").read_text().rsplit(")", 1)[1].split()
             out[name] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+@dataclass(frozen=True)
+class QemuStats:
+    """One QEMU process so far: CPU seconds (all threads, and its vCPU threads alone), page
+    faults and context switches (all threads)."""
+
+    cpu: float
+    vcpu: float
+    minflt: int
+    majflt: int
+    voluntary: int
+    involuntary: int
+
+
+def qemu_stats(name: str) -> QemuStats | None:
+    """The running domain's QEMU counters (/proc; None when it is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        pid = _qemu_pid(name)
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        vcpu, switches = 0.0, [0, 0]
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                comm = (task / "comm").read_text().strip()
+                if comm.startswith("CPU "):  # "CPU 0/TCG", "CPU 0/KVM"
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    vcpu += (int(fields[11]) + int(fields[12])) / tick
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches[0] += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        switches[1] += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    cpu = (int(stat[11]) + int(stat[12])) / tick
+    return QemuStats(cpu, vcpu, int(stat[7]), int(stat[9]), switches[0], switches[1])
 
 
 class CpuMeter:

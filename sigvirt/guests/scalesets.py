@@ -38,7 +38,7 @@ from sigvirt.errors import (
     RegionUnavailable,
     SigvirtError,
 )
-from sigvirt.guests import guest, guestplans, inventory, lifecycle, vms, zonal
+from sigvirt.guests import admission, guest, guestplans, inventory, lifecycle, vms, zonal
 from sigvirt.guests.inventory import Vm
 from sigvirt.guests.lifecycle import PowerAction
 from sigvirt.guests.vms import Placement, Prepared, VmRequest
@@ -91,8 +91,8 @@ def instance_name(scale_set: str, index: int) -> str:
 
 
 def concurrency(hv: Hypervisor) -> int:
-    """Boots are CPU-bound under TCG: about two in flight per host core keeps cores busy."""
-    return max(1, 2 * hv.cpu_count())
+    """How many guests (reimages) one host boots at once: admission.py says why."""
+    return admission.for_host(hv, "auto")
 
 
 def instances(ctx: Context, name: str, region: str | None = None) -> list[Vm]:
@@ -291,9 +291,9 @@ def _create_many(
     failed = [f"{instance_name(name, i)}: {down[zone_of[i]]}" for i in indices
               if zone_of[i] in down]  # fmt: skip
     runnable = [i for i in indices if zone_of[i] in hosts]
-    workers = max(1, min(len(runnable), sum(concurrency(hv) for hv in hosts.values())))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {i: pool.submit(one, i) for i in runnable}
+    limits = admission.limits(ctx, template, hosts)  # at most that many boots per host at once
+    with admission.boots(limits) as pool:
+        futures = {i: pool.submit(zone_of[i], one, i) for i in runnable}
         for i, fut in futures.items():
             try:
                 created.append(fut.result())
