@@ -35,6 +35,7 @@ regions:
     accel: tcg
     network: {type: bridge, name: br0}
     clones_per_replica: 50
+    memory: {merge: true}
 """
 
 
@@ -69,6 +70,7 @@ def test_list_shows_every_region_in_file_order(
             "clones_per_replica": 0,
             "description": "this machine",
             "source": str(regions_file),
+            "memory_merge": False,
         },
         {
             "name": "westcentralus",
@@ -80,6 +82,7 @@ def test_list_shows_every_region_in_file_order(
             "clones_per_replica": 50,
             "description": "",
             "source": str(regions_file),
+            "memory_merge": True,
         },
     ]
     code, out, _ = run(["region", "list"], capsys)
