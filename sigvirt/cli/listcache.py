@@ -52,7 +52,6 @@ import contextlib
 import hashlib
 import itertools
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable
@@ -62,13 +61,13 @@ from typing import Any
 
 from sigvirt.catalog import codec, listindex
 from sigvirt.catalog.fileio import open_dir, read_record
-from sigvirt.catalog.names import INT32_MAX
+from sigvirt.catalog.names import Version
 from sigvirt.catalog.policy import role_of
 from sigvirt.catalog.records import HIDDEN, BootTestState, ImageVersion
 from sigvirt.catalog.store import GalleryStore
 from sigvirt.cli import formats, render
 from sigvirt.cli.render import Output
-from sigvirt.errors import SigvirtError
+from sigvirt.errors import InvalidName, SigvirtError
 
 FORMAT = 2
 ENV = "SIGVIRT_LIST_CACHE"  # a directory, or "off"
@@ -81,8 +80,6 @@ _KINDS = {Output.json: "json", Output.table: "table"}
 _NEVER = (-1, -1, -1, -1)  # the stamp of a row every listing makes again (racy, running)
 _NO_ROW = -1  # the length of a record that shows no row (soft-deleted, pending deletion)
 _FEW = 256  # records read one by one at most (else a quarter of them): past it, the index
-# A version file's name, as the store reads it: Major.Minor.Patch without leading zeros.
-_VERSION = re.compile(r"(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,9})")
 
 Shape = Callable[[ImageVersion], dict[str, Any]]
 
@@ -423,11 +420,10 @@ def _cells_of(old: _Kept, i: int) -> list[str]:
 def _version_key(name: str) -> tuple[int, int, int]:
     """Where a version goes in a listing, as list_versions sorts them; (-1, 0, 0) for a name
     that is not a version's (which list_versions calls damaged)."""
-    m = _VERSION.fullmatch(name)
-    if m is None:
+    try:
+        return Version.parse(name).key
+    except InvalidName:
         return (-1, 0, 0)
-    key = (int(m[1]), int(m[2]), int(m[3]))
-    return (-1, 0, 0) if max(key) > INT32_MAX else key
 
 
 def _print_json(pieces: list[Any]) -> None:
