@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
 import shlex
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -122,35 +124,100 @@ def run(ep: Endpoint, command: str, timeout: float = 60.0) -> Result:
     return Result(("ssh", ep.host, command), rc, out, err)
 
 
+# Noticing a guest's sshd: a fresh probe this often, each waiting this long for the banner (s).
+# QEMU's user networking accepts a forwarded connection before the guest listens and then
+# retries its SYN to the guest on TCP's backoff, so one long-held socket sees a guest late;
+# logins with a 2 s banner timeout then a pause (the old wait) saw guests up to ~2.3 s late,
+# which held a boot slot of admission.py idle (benchmarks/bench_scaleset.py).
+PROBE_EVERY = 0.2
+PROBE_LIFE = 1.0
+
+
+def _probe(family: int, sockaddr: Any, sel: selectors.BaseSelector, now: float) -> None:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.connect_ex(sockaddr)  # in progress; a refusal shows as readable with an error
+    sel.register(sock, selectors.EVENT_READ, now + PROBE_LIFE)
+
+
+def await_banner(
+    host: str, port: int, timeout: float, still_booting: Callable[[], bool] = lambda: True
+) -> bool:
+    """True as soon as an SSH banner arrives at host:port; False after `timeout` or once
+    `still_booting` (asked about once a second) says no. Overlapping plain-socket probes,
+    PROBE_EVERY apart, each given PROBE_LIFE (see there)."""
+    family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    )[0]
+    end = time.monotonic() + timeout
+    next_probe = next_ask = 0.0
+    with selectors.DefaultSelector() as sel:
+        try:
+            while (now := time.monotonic()) < end:
+                if now >= next_ask:
+                    if not still_booting():
+                        return False
+                    next_ask = now + 1.0
+                if now >= next_probe:
+                    _probe(family, sockaddr, sel, now)
+                    next_probe = now + PROBE_EVERY
+                for key, _ in sel.select(max(0.0, min(next_probe, end) - time.monotonic())):
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        if sock.recv(4) == b"SSH-":
+                            return True
+                    except OSError:
+                        pass  # refused or reset: sshd isn't up yet
+                    sel.unregister(sock)
+                    sock.close()
+                for key in list(sel.get_map().values()):
+                    if key.data <= time.monotonic():  # PROBE_LIFE over: slirp still holds it
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()  # type: ignore[union-attr]
+            return False
+        finally:
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+
+
 def wait_ready(
     ep: Endpoint, timeout: float, still_booting: Callable[[], bool] = lambda: True
 ) -> float:
     """Poll until the guest runs a command over SSH; seconds waited, or raise TimeoutError.
 
     `still_booting` is asked between attempts, so a guest that died is reported at once
-    instead of after the whole timeout.
+    instead of after the whole timeout. A direct endpoint is logged into only once its
+    banner was seen (await_banner); one behind a jump host is tried every 2.3 s.
     """
     start = time.monotonic()
     last: Exception | None = None
-    while time.monotonic() - start < timeout:
+    while (left := timeout - (time.monotonic() - start)) > 0:
         if not still_booting():
             raise TimeoutError("the guest stopped while booting")
+        if ep.jump is None:
+            if not await_banner(ep.host, ep.port, left, still_booting):
+                continue  # the loop's own checks say which
+            login_timeout = 10.0  # sshd answered: a slow login is a busy guest, not a dead one
+        else:
+            login_timeout = 2.0  # a short banner timeout: slirp accepts before sshd listens
         try:
-            # A short banner timeout: slirp accepts the TCP connection before sshd listens.
-            with connect(ep, timeout=2.0) as client:
+            with connect(ep, timeout=login_timeout) as client:
                 _i, out, _e = client.exec_command("true", timeout=10)
                 if out.channel.recv_exit_status() == 0:
                     return time.monotonic() - start
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as err:
-            last = err
+            last = err  # e.g. sshd up before the key is in place
         time.sleep(0.3)
-    raise TimeoutError(f"no SSH answer within {timeout:.0f}s (last: {last})")
+    why = f"last: {last}" if last else "no SSH banner"
+    raise TimeoutError(f"no SSH answer within {timeout:.0f}s ({why})")
 
 
 def wait_banner(ep: Endpoint, timeout: float) -> float:
     """Seconds until sshd sends its banner (used when we hold no private key to log in)."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    while (left := timeout - (time.monotonic() - start)) > 0:
+        if ep.jump is None and not await_banner(ep.host, ep.port, left):
+            break
         try:
             sock: socket.socket | paramiko.Channel
             if ep.jump:
