@@ -44,22 +44,36 @@ def test_limit_follows_the_regions_accel_setting() -> None:
 
 
 class Tracker:
-    """A fake boot: counts what is in flight per host, holds each boot a little."""
+    """A fake boot: made (outside the slot), then booting while it holds its host's slot;
+    counts what is in flight per host and holds each step a little."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.now: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
+        self.made: Counter[str] = Counter()  # made or booting, not yet done
+        self.made_peak: Counter[str] = Counter()
         self.started: list[tuple[str, int]] = []
 
-    def boot(self, host: str, i: int) -> str:
+    def boot(self, host: str, i: int, slot: admission.Slot | None = None) -> str:
+        with self.lock:
+            self.made[host] += 1
+            self.made_peak[host] = max(self.made_peak[host], self.made[host])
+        time.sleep(0.01)  # making it: volumes, seed, domain
+        if slot is not None:
+            slot.acquire()  # as vms.create_prepared does right before the domain starts
         with self.lock:
             self.now[host] += 1
             self.peak[host] = max(self.peak[host], self.now[host])
             self.started.append((host, i))
-        time.sleep(0.02)
-        with self.lock:
-            self.now[host] -= 1
+        try:
+            time.sleep(0.02)
+        finally:
+            with self.lock:
+                self.now[host] -= 1
+                self.made[host] -= 1
+            if slot is not None:
+                slot.release()
         if i == 3:
             raise RuntimeError(f"{host}-{i} failed")
         return f"{host}-{i}"
@@ -68,7 +82,8 @@ class Tracker:
 def test_boots_never_exceed_each_hosts_limit_and_keep_their_own_results() -> None:
     t = Tracker()
     with admission.boots({"a": 2, "b": 3}) as pool:
-        futures = {(h, i): pool.submit(h, t.boot, h, i) for h in "ab" for i in range(12)}
+        futures = {(h, i): pool.submit(h, t.boot, h, i, pool.slot(h)) for h in "ab"
+                   for i in range(12)}  # fmt: skip
         results = {}
         for key, fut in futures.items():
             try:
@@ -76,10 +91,14 @@ def test_boots_never_exceed_each_hosts_limit_and_keep_their_own_results() -> Non
             except RuntimeError as err:
                 results[key] = str(err)
     assert dict(t.peak) == {"a": 2, "b": 3}  # reached, never passed
+    # the next ones are made meanwhile, one wave ahead and no more
+    limit = {"a": 2, "b": 3}
+    assert all(
+        limit[h] < t.made_peak[h] <= limit[h] * (1 + admission.PREPARED_AHEAD) for h in "ab"
+    ), t.made_peak
     assert results[("a", 3)] == "a-3 failed" and results[("b", 3)] == "b-3 failed"
     assert results[("a", 11)] == "a-11" and len(results) == 24
-    for host in "ab":  # every boot ran, in the order submitted (the next as one finishes)
-        assert [i for h, i in t.started if h == host][:2] == [0, 1]
+    for host in "ab":  # every boot ran
         assert sorted(i for h, i in t.started if h == host) == list(range(12))
 
 
@@ -98,3 +117,26 @@ def test_an_interrupt_drops_the_boots_not_started() -> None:
     assert futures[0].done() and not futures[0].cancelled()  # the one running finished
     assert sum(f.cancelled() for f in futures) >= 8
     assert len(t.started) <= 2
+
+
+def test_an_interrupt_stops_the_guests_made_and_waiting_for_a_slot() -> None:
+    t = Tracker()
+    up = threading.Event()
+
+    def first(slot: admission.Slot) -> str:
+        slot.acquire()
+        try:
+            up.wait(5)  # booting, until the interrupt is under way
+        finally:
+            slot.release()
+        return "first"
+
+    with pytest.raises(KeyboardInterrupt), admission.boots({"a": 1}) as pool:
+        f0 = pool.submit("a", first, pool.slot("a"))
+        f1 = pool.submit("a", t.boot, "a", 1, pool.slot("a"))  # made ahead, waits for a slot
+        time.sleep(0.1)
+        threading.Timer(0.5, up.set).start()
+        raise KeyboardInterrupt
+    assert f0.result() == "first"  # the boot under way finished
+    assert isinstance(f1.exception(), KeyboardInterrupt)  # made, never started
+    assert t.made["a"] == 1 and t.started == []

@@ -1,14 +1,13 @@
 """Admission of boots: how many guests one host boots at once, and a scheduler that keeps it.
 
 Under TCG a boot is CPU-bound: a tiny guest burns ~5 s of QEMU CPU from start to SSH, on one
-core. More boots at once than cores only stretch every boot, and a stretched boot costs more
-CPU (benchmarks/bench_scaleset.py, 2 cores: 4.8-5.2 s per guest alone, 5.6-6.2 s with 3 or 4
-in flight; the extra is in the vCPU thread, with page faults unchanged and involuntary
-context switches up). One boot per core is too few: a slot idles while its guest is being
-defined and while the SSH wait (2 s banner timeouts) notices a guest that is up, and other
-work on the host takes the core meanwhile (N = 16 on a busy host: 2 at once 77-88 s, 3 at
-once 51 s, 4 at once 52-65 s). So a host boots at most `limit()` guests at once and starts
-the next as soon as one answers SSH. Under KVM a boot waits on I/O more than on a core.
+core. More boots at once than cores only stretch every boot (benchmarks/bench_scaleset.py, 2
+cores: 3 in flight took 1.23x N x T1 / cores at N = 4, 2 in flight 1.09x): the last guests
+then boot alone while a core idles. A slot only has to be kept busy: the guest waiting for
+it is already made (volumes, seed, domain: PREPARED_AHEAD), and ssh.wait_ready notices sshd
+within ~0.2 s (it used to take up to 2.3 s, which is why cores + 1 were admitted then). So a
+host boots at most `limit()` guests at once and starts the next as soon as one answers SSH.
+Under KVM a boot waits on I/O more than on a core.
 
 Each host (a region, or each zone of a zoned region) has its own limit and its own workers:
 a busy zone never holds up another.
@@ -16,6 +15,7 @@ a busy zone never holds up another.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,8 +33,32 @@ T = TypeVar("T")
 # Boots in flight per host core. TCG: see the module docstring and TCG_EXTRA; KVM: the
 # policy sigvirt had before admission (two per core), not measured here (no KVM on the
 # machine the TCG numbers come from).
-TCG_EXTRA = 1  # boots beyond one per core under TCG (the knee measured in bench_scaleset)
+TCG_EXTRA = 0  # boots beyond one per core under TCG (the knee measured in bench_scaleset)
 KVM_PER_CORE = 2
+# Guests made ahead per boot slot, waiting to start (Boots): one wave.
+PREPARED_AHEAD = 1
+
+
+class Slot:
+    """A host's boot slots (see Boots): a boot acquires one right before its domain starts and
+    releases it once the guest is up. Once the boots are closed on an exception (Ctrl-C), a
+    guest still waiting for a slot raises KeyboardInterrupt instead: its create undoes what it
+    made rather than start it."""
+
+    def __init__(self, k: int) -> None:
+        self._free = threading.BoundedSemaphore(k)
+        self.closed = threading.Event()
+
+    def acquire(self) -> None:
+        while not self._free.acquire(timeout=0.2):
+            if self.closed.is_set():
+                raise KeyboardInterrupt
+        if self.closed.is_set():
+            self._free.release()
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        self._free.release()
 
 
 def limit(cores: int, accel: Accel) -> int:
@@ -65,22 +89,33 @@ def limits(ctx: Context, p: Prepared, hosts: Mapping[str, Hypervisor]) -> dict[s
 
 
 class Boots:
-    """Runs boots on their hosts, at most `limits[host]` at once on each; the others wait in
-    submission order. Leaving the block waits for every boot submitted; leaving it on an
-    exception (Ctrl-C) first drops those not started yet."""
+    """Runs boots on their hosts, at most `limits[host]` guests booting at once on each: a
+    boot takes `slot(host)` from its domain's start until it is up. Up to `limits[host]` more
+    are made meanwhile (volumes, seed, domain) and wait for a slot, so a freed slot starts
+    the next guest at once instead of idling while it is made (PREPARED_AHEAD). The others
+    wait in submission order. Leaving the block waits for every boot submitted; leaving it
+    on an exception (Ctrl-C) first drops those not started yet."""
 
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._limits = {host: max(1, k) for host, k in limits.items()}
+        self._slots = {host: Slot(k) for host, k in self._limits.items()}
         self._pools: dict[str, ThreadPoolExecutor] = {}
+
+    def slot(self, host: str) -> Slot:
+        """What a boot on `host` holds from its start until it is up."""
+        return self._slots[host]
 
     def submit(self, host: str, fn: Callable[..., T], *args: object) -> Future[T]:
         pool = self._pools.get(host)
         if pool is None:
-            pool = ThreadPoolExecutor(self._limits[host], thread_name_prefix=f"boot-{host}")
+            workers = self._limits[host] * (1 + PREPARED_AHEAD)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix=f"boot-{host}")
             self._pools[host] = pool
         return pool.submit(fn, *args)
 
     def close(self, *, cancel: bool = False) -> None:
+        for slot in self._slots.values() if cancel else ():
+            slot.closed.set()
         for pool in self._pools.values():
             pool.shutdown(wait=True, cancel_futures=cancel)
 

@@ -198,6 +198,7 @@ def create(
     wait: bool = True,
     timeout: float = 300.0,
     on_defined: Callable[[str], None] | None = None,
+    before_start: Callable[[], object] | None = None,
 ) -> Guest:
     """Create and start a guest on a linked clone of spec.base; wait for SSH unless told not to.
 
@@ -206,7 +207,8 @@ def create(
     then does its provenance stop naming a creator. A creation killed at any step leaves a
     domain that says so: the next create of that name (or a scale) reaps it, `vm delete`
     removes it with whatever volumes exist. On any failure everything created so far is
-    removed and GuestFailed carries the tail of the serial console.
+    removed and GuestFailed carries the tail of the serial console. `before_start` runs when
+    everything is made, right before the domain starts.
     """
     reap_interrupted(hv, spec.name, spec.provenance.installation)
     overlay_name, seed_name, console_name = _names(spec.name)
@@ -315,6 +317,8 @@ def create(
             hv.create_volume(spec.pool, xmlbuild.data_disk_volume_xml(data_name, gib * GiB))
             undo.append(functools.partial(hv.delete_volume, spec.pool, data_name))
         faults.point("vm.data-disks")
+        if before_start:
+            before_start()  # e.g. wait for a boot slot (admission.py): made, not yet running
         for _attempt in range(5):
             try:
                 dom.start()

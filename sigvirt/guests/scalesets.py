@@ -277,14 +277,14 @@ def _create_many(
         at_zone = replace(template, zone=zone)
         picks.update(placements(ctx, hv, at_zone, [i for i in indices if zone_of[i] == zone]))
 
-    def one(i: int) -> Vm:
+    def one(i: int, slot: admission.Slot) -> Vm:
         p = replace(
             template, zone=zone_of[i],
             request=replace(template.request, name=instance_name(name, i)),
         )  # fmt: skip
         return vms.create_prepared(
             ctx, p, _Pinned(picks[i]) if i in picks else placement, kind="vmss-instance",
-            scale_set=name, instance=i, generation=generation,
+            scale_set=name, instance=i, generation=generation, boot_slot=slot,
         )  # fmt: skip
 
     created: list[Vm] = []
@@ -293,7 +293,7 @@ def _create_many(
     runnable = [i for i in indices if zone_of[i] in hosts]
     limits = admission.limits(ctx, template, hosts)  # at most that many boots per host at once
     with admission.boots(limits) as pool:
-        futures = {i: pool.submit(zone_of[i], one, i) for i in runnable}
+        futures = {i: pool.submit(zone_of[i], one, i, pool.slot(zone_of[i])) for i in runnable}
         for i, fut in futures.items():
             try:
                 created.append(fut.result())

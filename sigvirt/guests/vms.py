@@ -18,6 +18,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from sigvirt.catalog import azureid, dates, eol, features, latest, names
 from sigvirt.catalog.records import Definition, ImageVersion, Replica
@@ -402,6 +403,13 @@ def create(
     )
 
 
+class BootSlot(Protocol):
+    """What create_prepared holds from the domain's start until the guest is up."""
+
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+
+
 def create_prepared(
     ctx: Context,
     p: Prepared,
@@ -411,8 +419,19 @@ def create_prepared(
     scale_set: str = "",
     instance: int = -1,
     generation: int = 0,
+    boot_slot: BootSlot | None = None,
 ) -> Vm:
+    """Create and start the VM `p` describes; with `boot_slot`, everything is made first and
+    the slot is held from its start until it is up (admission.py: boots in flight per host)."""
     placement = placement or Placement()
+    slot_held = False
+
+    def take_slot() -> None:
+        nonlocal slot_held
+        if boot_slot is not None:
+            boot_slot.acquire()
+            slot_held = True
+
     where = location(p.region, p.zone)  # the zone's host in a zoned region
     hv = ctx.hv(where)
     mine = inventory.installation(ctx)
@@ -497,10 +516,13 @@ def create_prepared(
             accel=accel,
             wait=False,
             timeout=p.request.timeout,
+            before_start=take_slot,
         )
         if p.request.wait:
             g = _wait(hv, g, key, p.request.timeout, windows=p.definition.os_type == "Windows")
     finally:
+        if boot_slot is not None and slot_held:
+            boot_slot.release()
         placement.done(replica)
     vm = inventory.describe(hv, where, hv.domain(g.name))
     return replace(vm, boot_seconds=g.boot_seconds, warnings=warnings)
