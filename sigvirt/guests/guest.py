@@ -415,15 +415,18 @@ def firmware_refusal(console: str) -> str:
 
 
 def _booting(hv: Hypervisor, guest: Guest, dom: Domain) -> Callable[[], bool]:
-    """wait_ready's still_booting: the domain runs, and (every few seconds) its console shows
-    no firmware refusal; one fails the wait at once with the console tail (GuestFailed)."""
+    """wait_ready's still_booting: the domain runs, and, under Secure Boot, (every few
+    seconds) its console shows no firmware refusal; one fails the wait at once with the
+    console tail (GuestFailed). Without Secure Boot nothing refuses, and the reads (a libvirt
+    stream each) would only take CPU from the guests booting."""
     prov = guest.provenance
     last = [time.monotonic()]
+    watch = bool(prov.console and prov.security_type)
 
     def still_booting() -> bool:
         if not dom.is_active():
             return False
-        if prov.console and time.monotonic() - last[0] >= CONSOLE_CHECK_EVERY:
+        if watch and time.monotonic() - last[0] >= CONSOLE_CHECK_EVERY:
             last[0] = time.monotonic()
             tail = console_tail(hv, prov.overlay_pool, prov.console)
             refused = firmware_refusal(tail)
