@@ -4,10 +4,14 @@ sigvirt: `scalesets.create` on a throwaway gallery (regions.yaml with two pools 
 a definition, a version of the cached tiny image with 2 replicas, made through the CLI), tiny
 guests of 128 MiB / 1 vCPU under TCG, timed from the call to its return (every instance
 answered SSH), then the scale set is deleted. Each N runs once per admission policy
-(`--admission`, side by side in one run): `old` = 2 x cores boots in flight per host (sigvirt
-before admission.py), `new` = admission.limit(), a number = that many.
+(`--admission`, side by side in one run): `old` = sigvirt before admission.py (2 x cores
+boots in flight per host, each guest made in its slot, the SSH wait with 2 s banner
+timeouts), `new` = sigvirt now (admission.limit(), the next guests made ahead, banner
+probes), a number = that many in flight; suffixes take one part away: `+oldwait` (the old
+SSH wait), `+noahead` (made in the slot), or add `+pin` (an experiment: see Pinner).
 
-(a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time in the same run.
+(a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
+    the same run (the median of --t1-boots boots: one boot alone drifts ±10 %).
     Goal: sigvirt ≤ 1.1 x limit at N ≥ cores. For N < cores the formula asks for more
     parallelism than there are guests, so the table also shows max(N ÷ cores, 1) x T1.
 (b) N sequential `virt-install --import` runs of the same image with the same settings: the
@@ -23,11 +27,13 @@ before admission.py), `new` = admission.limit(), a number = that many.
 
 Per guest, at the moment its SSH answered (the concurrency tax): QEMU CPU seconds (CPU/g),
 the share of it in the vCPU thread (guest code and TCG translation; the rest is QEMU's main
-loop: slirp, timers, disk I/O), minor page faults and involuntary context switches.
+loop: slirp, timers, disk I/O), minor page faults and involuntary context switches. Per
+phase, whose CPU it was (CpuMeter.breakdown): every QEMU (also after its guest is up),
+libvirtd, virtlogd, sigvirt (this process) and the rest.
 
 Everything is destroyed and undefined at the end of each phase and again when the run ends.
 Run: /opt/sigvirt/venv/bin/python benchmarks/bench_scaleset.py [--sizes 1 4 8 16] [--runs 2]
-     [--admission old new 3] [--no-virt-install]
+     [--admission old new 3 new+noahead] [--no-virt-install] [--t1-boots 3]
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,7 +66,6 @@ from sigvirt.hosts.regions import load as load_regions
 RSS_PER_GUEST_MIB = 220  # tiny guest under TCG with a 48 MiB tb-cache (bench_density.py)
 CPU_GOAL = 1.1
 MEMORY = 128
-PROBE_BANNER, PROBE_EVERY = 0.5, 0.1  # probing_wait_ready: banner timeout, pause (s)
 
 
 @dataclass
@@ -75,17 +79,36 @@ class Phase:
     busy: float = 0.0  # cores busy on average during the phase (everyone's work)
     stats: list[guestlab.QemuStats] = field(default_factory=list)  # each guest's at SSH
     k: int = 0  # boots in flight per host (sigvirt)
+    who: dict[str, float] = field(default_factory=dict)  # CPU s by whom (CpuMeter.breakdown)
 
 
-def policy_k(mode: str, cores: int) -> int:
-    """Boots in flight a policy gives this host: old (before admission.py), new, or N; a
-    `+pin` or `+probe` suffix (experiments: Pinner, probing_wait_ready) doesn't change it."""
-    mode = mode.split("+")[0]
-    if mode == "old":
-        return 2 * cores
-    if mode == "new":
-        return admission.limit(cores, "tcg")
-    return int(mode)
+@dataclass(frozen=True)
+class Variant:
+    """One `--admission` policy: boots in flight per host (k), and what of sigvirt's current
+    boot path it leaves out to measure what that part buys."""
+
+    k: int
+    pin: bool = False  # experiment: Pinner
+    oldwait: bool = False  # legacy_wait_ready instead of ssh.wait_ready's banner probes
+    ahead: int = admission.PREPARED_AHEAD  # guests made ahead per slot (0: made in the slot)
+
+    @property
+    def tag(self) -> str:
+        return f"k{self.k}a{self.ahead}{'p' if self.pin else ''}{'w' if self.oldwait else ''}"
+
+
+def variant(mode: str, cores: int) -> Variant:
+    """`old` (sigvirt before admission.py: 2 x cores in flight, each made in its slot, seen by
+    the old wait), `new` (admission.limit, as sigvirt is), or a number; suffixes `+pin`,
+    `+oldwait`, `+noahead` take one part away or add the pinning experiment."""
+    base, *extras = mode.split("+")
+    if base == "old":
+        return Variant(2 * cores, oldwait=True, ahead=0)
+    k = admission.limit(cores, "tcg") if base == "new" else int(base)
+    return Variant(
+        k, pin="pin" in extras, oldwait="oldwait" in extras,
+        ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
+    )  # fmt: skip
 
 
 class Pinner(threading.Thread):
@@ -133,32 +156,17 @@ class Pinner(threading.Thread):
                     os.sched_setaffinity(tid, set(range(self.cores)))
 
 
-def _banner(ep: ssh.Endpoint, timeout: float) -> bool:
-    """sshd's banner arrived within `timeout` on a plain socket (slirp accepts the TCP
-    connection long before the guest's sshd can answer it)."""
-    try:
-        with socket.create_connection((ep.host, ep.port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(4) == b"SSH-"
-    except OSError:
-        return False
-
-
-def probing_wait_ready(
+def legacy_wait_ready(
     ep: ssh.Endpoint, timeout: float, still_booting: Callable[[], bool] = lambda: True
 ) -> float:
-    """Experiment (`--admission new+probe`): ssh.wait_ready with a 0.5 s banner probe on a plain
-    socket before each login, instead of logins whose 2 s banner timeout (then 0.3 s sleep)
-    quantizes when a guest is seen up to steps of ~2.3 s."""
+    """ssh.wait_ready as it was before its banner probes (`old`, `+oldwait`): logins with a
+    2 s banner timeout, then 0.3 s of sleep, so a guest was seen up to ~2.3 s late."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if not still_booting():
             raise TimeoutError("the guest stopped while booting")
-        if ep.jump is None and not _banner(ep, PROBE_BANNER):
-            time.sleep(PROBE_EVERY)
-            continue
         failed = (TimeoutError, paramiko.SSHException, OSError, EOFError)
-        with contextlib.suppress(*failed), ssh.connect(ep, timeout=10.0) as client:
+        with contextlib.suppress(*failed), ssh.connect(ep, timeout=2.0) as client:
             _i, out, _e = client.exec_command("true", timeout=10)
             if out.channel.recv_exit_status() == 0:
                 return time.monotonic() - start
@@ -167,12 +175,12 @@ def probing_wait_ready(
 
 
 @contextlib.contextmanager
-def measured(
-    k: int, stats: list[guestlab.QemuStats], pin: Pinner | None, *, probe: bool = False
-) -> Iterator[None]:
-    """For the block: admission gives every host `k`, and each instance's QEMU counters are
-    taken the moment its creation returns (it answered SSH). Benchmark-only patches."""
+def measured(v: Variant, stats: list[guestlab.QemuStats], pin: Pinner | None) -> Iterator[None]:
+    """For the block: admission gives every host `v.k` and makes `v.ahead` ahead, the wait is
+    `v`'s, and each instance's QEMU counters are taken the moment its creation returns (it
+    answered SSH). Benchmark-only patches."""
     limit, create, wait_ready = admission.limit, vms.create_prepared, ssh.wait_ready
+    ahead = admission.PREPARED_AHEAD
 
     def at_ssh(*args: Any, **kwargs: Any) -> Any:
         vm = create(*args, **kwargs)
@@ -183,26 +191,25 @@ def measured(
             pin.release(vm.name)
         return vm
 
-    admission.limit = lambda cores, accel: k
+    admission.limit = lambda cores, accel: v.k
+    admission.PREPARED_AHEAD = v.ahead
     vms.create_prepared = at_ssh
-    if probe:
-        ssh.wait_ready = probing_wait_ready
+    if v.oldwait:
+        ssh.wait_ready = legacy_wait_ready
     if pin is not None:
         pin.start()
     try:
         yield
     finally:
         admission.limit, vms.create_prepared, ssh.wait_ready = limit, create, wait_ready
+        admission.PREPARED_AHEAD = ahead
         if pin is not None:
             pin.halt.set()
             pin.join()
 
 
-def sigvirt_phase(
-    lab: guestlab.Lab, ctx: Context, n: int, run: int, k: int, *, pin: bool = False,
-    probe: bool = False,
-) -> Phase:  # fmt: skip
-    name = lab.name(f"ss{n}k{k}{'p' if pin else ''}{'b' if probe else ''}r{run}")
+def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant) -> Phase:
+    name = lab.name(f"ss{n}{v.tag}r{run}")
     req = VmRequest(
         name=name, image=f"{guestlab.GALLERY}/{guestlab.DEFINITION}", memory_mib=MEMORY,
         vcpus=1, admin_user="bench", ssh_key_value=str(lab.key) + ".pub", timeout=600,
@@ -212,11 +219,11 @@ def sigvirt_phase(
     meter = guestlab.CpuMeter()
     start = time.perf_counter()
     try:
-        pinner = Pinner(name, os.cpu_count() or 1) if pin else None
-        with measured(k, stats, pinner, probe=probe):
+        pinner = Pinner(name, os.cpu_count() or 1) if v.pin else None
+        with measured(v, stats, pinner):
             result = scalesets.create(ctx, name, n, req)
         wall = time.perf_counter() - start
-        busy = meter.busy_cores()
+        busy, who = meter.busy_cores(), meter.breakdown()
         if result.failed:
             raise RuntimeError(f"scale set {name}: {'; '.join(result.failed)}")
         names = [v.name for v in result.created]
@@ -225,7 +232,9 @@ def sigvirt_phase(
     finally:
         lab.sweep_domains()
     cpu = sum(x.cpu for x in stats)
-    return Phase(wall, boots, rss_mib=rss, cpu=cpu, load=load, busy=busy, stats=stats, k=k)
+    return Phase(
+        wall, boots, rss_mib=rss, cpu=cpu, load=load, busy=busy, stats=stats, k=v.k, who=who
+    )
 
 
 def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase:
@@ -278,7 +287,7 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
                 phase.cpu += got.cpu
             ports.release(port)
         phase.wall = sum(phase.per_guest)
-        phase.busy = meter.busy_cores()
+        phase.busy, phase.who = meter.busy_cores(), meter.breakdown()
         phase.rss_mib = sum(guestlab.qemu_rss_mib(names).values())
     finally:
         for name in names:
@@ -297,6 +306,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a quieter host")
     parser.add_argument("--no-virt-install", action="store_true")
+    parser.add_argument("--t1-boots", type=int, default=3, help="N=1 boots per run (median)")
     args = parser.parse_args()
     if 1 not in args.sizes:
         args.sizes.insert(0, 1)  # T1 comes from the N=1 scale set
@@ -312,7 +322,7 @@ def main() -> int:
         f"needed, {avail / 1024:.1f} GiB available: "
         + ("fits comfortably" if need < 0.5 * avail else "TIGHT")
     )
-    print("admission: " + ", ".join(f"{m} = {policy_k(m, cores)} in flight" for m in modes))
+    print("admission: " + ", ".join(f"{m} = {variant(m, cores)}" for m in modes))
 
     sig: dict[tuple[int, str], list[Phase]] = {}
     vi: dict[int, list[Phase]] = {n: [] for n in args.sizes}
@@ -325,12 +335,12 @@ def main() -> int:
         with Context.from_config(load_regions(regions)) as ctx:
             # The first boot of a run is slower (QEMU, firmware and the replica read from
             # disk: 7.2 s against 4.8 s after): one scale set of 1, not counted.
-            warm = sigvirt_phase(lab, ctx, 1, -1, 1)
+            warm = sigvirt_phase(lab, ctx, 1, -1, variant(modes[-1], cores))
             print(f"warm-up N=1 {warm.wall:.1f} s (not counted)", flush=True)
             for run in range(args.runs):
                 for n in args.sizes:
-                    # N=1 boots one guest whatever the policy: once, as T1 for all of them
-                    order = [*(modes[:1] if n == 1 else modes), "virt-install"]
+                    # N=1 too runs under each policy: its T1 is that policy's (its SSH wait)
+                    order = [*modes, "virt-install"]
                     if run % 2:
                         order.reverse()
                     for what in order:
@@ -342,16 +352,23 @@ def main() -> int:
                             vi[n].append(p)
                             label = what
                         else:
-                            k, pin, probe = policy_k(what, cores), "+pin" in what, "+probe" in what
-                            p = sigvirt_phase(lab, ctx, n, run, k, pin=pin, probe=probe)
-                            sig.setdefault((n, "*" if n == 1 else what), []).append(p)
+                            v = variant(what, cores)
+                            # T1 is the median of a few boots: one boot alone drifts ±10 %
+                            tries = [
+                                sigvirt_phase(lab, ctx, n, run * 10 + i, v)
+                                for i in range(args.t1_boots if n == 1 else 1)
+                            ]
+                            p = sorted(tries, key=lambda x: x.wall)[len(tries) // 2]
+                            sig.setdefault((n, what), []).append(p)
                             label = f"sigvirt {what}={p.k}"
                         per = ", ".join(f"{x:.1f}" for x in p.per_guest)
                         print(
                             f"run {run + 1} N={n:2} {label:12} {p.wall:7.1f} s  "
                             f"(load {p.load:.2f}; cores busy {p.busy:.2f}, ours "
                             f"{p.cpu / p.wall:.2f}; QEMU RSS {p.rss_mib:.0f} MiB, "
-                            f"CPU {p.cpu / n:.1f} s/guest; per guest: {per})",
+                            f"CPU {p.cpu / n:.1f} s/guest; per guest: {per}; CPU s by "
+                            + ", ".join(f"{k} {v:.1f}" for k, v in p.who.items())
+                            + ")",
                             flush=True,
                         )
         print(f"\nend: {guestlab.load()}")
@@ -380,8 +397,7 @@ def report(
 ) -> bool:  # fmt: skip
     """Print the table and the verdicts (of the first --admission policy given last: the one
     under test); True when every goal was met."""
-    t1 = [p.wall for p in sig[(1, "*")]]
-    runs = len(t1)
+    runs = len(sig[(1, modes[0])])
     print(
         f"\ntiny guests, {MEMORY} MiB, 1 vCPU, TCG, {cores} cores; {runs} runs; medians over "
         "runs of per-run ratios (each run against its own N=1 time)"
@@ -394,7 +410,8 @@ def report(
     )
     verdicts = []
     for n in sizes:
-        for mode in ["*"] if n == 1 else modes:
+        for mode in modes:
+            t1 = [p.wall for p in sig[(1, mode)]]
             phases = sig[(n, mode)]
             walls = [p.wall for p in phases]
             limit = [n * t / cores for t in t1]

@@ -115,11 +115,33 @@ def qemu_stats(name: str) -> QemuStats | None:
     return QemuStats(cpu, vcpu, int(stat[7]), int(stat[9]), switches[0], switches[1])
 
 
+def _process_ticks() -> dict[int, tuple[str, int]]:
+    """Every process's name and CPU ticks so far (user + system, its threads included)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                head, tail = (entry / "stat").read_text().rsplit(")", 1)
+                fields = tail.split()
+                out[int(entry.name)] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+    return out
+
+
+def _kind(pid: int, comm: str) -> str:
+    if pid == os.getpid():
+        return "sigvirt"  # this benchmark: sigvirt's library and its libvirt client
+    if comm.startswith("qemu-system"):
+        return "qemu"
+    return comm if comm in ("libvirtd", "virtlogd") else "other"
+
+
 class CpuMeter:
-    """How busy all cores were between start and stop (from /proc/stat; iowait counts idle)."""
+    """How busy all cores were between start and stop (from /proc/stat; iowait counts idle),
+    and whose work it was (`breakdown`)."""
 
     def __init__(self) -> None:
         self._start = self._read()
+        self._procs = _process_ticks()
 
     @staticmethod
     def _read() -> tuple[int, int]:
@@ -133,6 +155,23 @@ class CpuMeter:
         t0, i0 = self._start
         ticks = total - t0
         return (os.cpu_count() or 1) * (ticks - (idle - i0)) / ticks if ticks else 0.0
+
+    def breakdown(self) -> dict[str, float]:
+        """CPU seconds since the start by whom: qemu (every QEMU, also after its guest
+        answered), libvirtd, virtlogd, sigvirt (this process), other (the rest of the busy
+        time: processes that ended, e.g. qemu-img, sshd, the kernel's own threads)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total, idle = self._read()
+        t0, i0 = self._start
+        busy = (total - t0 - (idle - i0)) / tick  # /proc/stat counts each core's ticks
+        out = dict.fromkeys(("qemu", "libvirtd", "virtlogd", "sigvirt"), 0.0)
+        for pid, (comm, ticks) in _process_ticks().items():
+            before = self._procs.get(pid)
+            kind = _kind(pid, comm)
+            if kind != "other":
+                out[kind] += (ticks - (before[1] if before and before[0] == comm else 0)) / tick
+        out["other"] = max(0.0, busy - sum(out.values()))
+        return out
 
 
 def mem_available_mib() -> float:
