@@ -4,6 +4,7 @@ sshd is up (accept and hold, accept and close, answer)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.offline
 class Listener(threading.Thread):
     """A loopback listener that treats each accepted connection as `behave(n)` says (n counts
     connections from 0): "hold" (accept and say nothing, as slirp does while the guest doesn't
-    answer), "close", or "banner"."""
+    answer), "close" (a closed port), "banner", or "slow" (the banner 2.5 s later)."""
 
     def __init__(self, behave: Callable[[int], str]) -> None:
         super().__init__(daemon=True)
@@ -30,6 +31,7 @@ class Listener(threading.Thread):
         self.port = self.server.getsockname()[1]
         self.held: list[socket.socket] = []
         self.accepted = 0
+        self.slow = 0  # connections that reached the slow sshd
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -45,8 +47,19 @@ class Listener(threading.Thread):
                 self.held.append(conn)
             elif what == "hold":
                 self.held.append(conn)
+            elif what == "slow":  # OpenSSH under TCG: re-executes itself before its banner
+                self.held.append(conn)
+                self.slow += 1
+                timer = threading.Timer(2.5, self._banner, (conn,))
+                timer.daemon = True
+                timer.start()
             else:
                 conn.close()
+
+    @staticmethod
+    def _banner(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
 
     def stop(self) -> None:
         self.halt.set()
@@ -128,3 +141,15 @@ def test_no_socket_outlives_the_wait(listen: Callable[[Callable[[int], str]], Li
     assert lst.accepted >= 3
     lst.stop()  # its own ends of the held connections
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_slow_sshd_gets_one_patient_probe_not_a_spray(
+    listen: Callable[[Callable[[int], str]], Listener],
+) -> None:
+    # The guest answers TCP (its port closed: EOF) before sshd listens; then sshd takes 2.5 s
+    # to send its banner. The wait must hold a probe that long, and only one at a time.
+    up_at = time.monotonic() + 1.0
+    lst = listen(lambda n: "slow" if time.monotonic() >= up_at else "close")
+    assert ssh.await_banner("127.0.0.1", lst.port, 10.0)
+    assert time.monotonic() - up_at < 2.5 + ssh.PROBE_EVERY + 0.5
+    assert lst.slow == 1, f"{lst.slow} connections reached the slow sshd"

@@ -124,56 +124,81 @@ def run(ep: Endpoint, command: str, timeout: float = 60.0) -> Result:
     return Result(("ssh", ep.host, command), rc, out, err)
 
 
-# Noticing a guest's sshd: a fresh probe this often, each waiting this long for the banner (s).
-# QEMU's user networking accepts a forwarded connection before the guest listens and then
-# retries its SYN to the guest on TCP's backoff, so one long-held socket sees a guest late;
-# logins with a 2 s banner timeout then a pause (the old wait) saw guests up to ~2.3 s late,
-# which held a boot slot of admission.py idle (benchmarks/bench_scaleset.py).
+# Noticing a guest's sshd (await_banner). QEMU's user networking accepts a forwarded
+# connection at once and holds it while the guest can't be reached, retrying its SYN to the
+# guest on TCP's backoff, so one long-held socket sees a guest late; logins with a 2 s banner
+# timeout then a pause (the old wait) saw guests up to ~2.3 s late, which held a boot slot of
+# admission.py idle (benchmarks/bench_scaleset.py). Until the guest first answers TCP (a
+# probe ends in EOF: its port is closed), fresh probes start every PROBE_EVERY, each held
+# PROBE_LIFE, at most FAST_OPEN at once. One patient probe is always open besides, held up
+# to PATIENT_LIFE: OpenSSH re-executes itself for each connection before it sends its banner,
+# which under TCG takes seconds; once the guest answered TCP it is the only probe, so sshd is
+# never sprayed with connections (each one a re-exec in the guest).
 PROBE_EVERY = 0.2
 PROBE_LIFE = 1.0
+FAST_OPEN = 5
+PATIENT_LIFE = 15.0
 
 
-def _probe(family: int, sockaddr: Any, sel: selectors.BaseSelector, now: float) -> None:
+def _probe(
+    family: int, sockaddr: Any, sel: selectors.BaseSelector, until: float, patient: bool
+) -> None:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
     sock.connect_ex(sockaddr)  # in progress; a refusal shows as readable with an error
-    sel.register(sock, selectors.EVENT_READ, now + PROBE_LIFE)
+    sel.register(sock, selectors.EVENT_READ, (until, patient))
 
 
 def await_banner(
     host: str, port: int, timeout: float, still_booting: Callable[[], bool] = lambda: True
 ) -> bool:
     """True as soon as an SSH banner arrives at host:port; False after `timeout` or once
-    `still_booting` (asked about once a second) says no. Overlapping plain-socket probes,
-    PROBE_EVERY apart, each given PROBE_LIFE (see there)."""
+    `still_booting` (asked about once a second) says no. Plain-socket probes: see PROBE_EVERY."""
     family, _type, _proto, _name, sockaddr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM
     )[0]
     end = time.monotonic() + timeout
     next_probe = next_ask = 0.0
+    answered = False  # the guest answered TCP once: patient probes only from then on
     with selectors.DefaultSelector() as sel:
+
+        def drop(sock: Any) -> None:
+            sel.unregister(sock)
+            sock.close()
+
         try:
             while (now := time.monotonic()) < end:
                 if now >= next_ask:
                     if not still_booting():
                         return False
                     next_ask = now + 1.0
-                if now >= next_probe:
-                    _probe(family, sockaddr, sel, now)
+                probes = [key.data for key in sel.get_map().values()]
+                if not any(patient for _until, patient in probes):
+                    _probe(family, sockaddr, sel, now + PATIENT_LIFE, True)
+                if now >= next_probe and not answered and len(probes) < FAST_OPEN:
+                    _probe(family, sockaddr, sel, now + PROBE_LIFE, False)
                     next_probe = now + PROBE_EVERY
-                for key, _ in sel.select(max(0.0, min(next_probe, end) - time.monotonic())):
+                wake = min([end, next_ask, *(key.data[0] for key in sel.get_map().values())])
+                if not answered:
+                    wake = min(wake, next_probe)
+                for key, _ in sel.select(max(0.0, wake - time.monotonic())):
                     sock: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
                         if sock.recv(4) == b"SSH-":
                             return True
                     except OSError:
                         pass  # refused or reset: sshd isn't up yet
-                    sel.unregister(sock)
-                    sock.close()
+                    if not answered:  # the guest answers TCP: held probes may be in backoff
+                        answered = True
+                        for held in list(sel.get_map().values()):
+                            drop(held.fileobj)
+                        next_probe = time.monotonic() + PROBE_EVERY
+                        break
+                    drop(sock)
+                    time.sleep(PROBE_EVERY)  # a closed port: the next patient probe, later
                 for key in list(sel.get_map().values()):
-                    if key.data <= time.monotonic():  # PROBE_LIFE over: slirp still holds it
-                        sel.unregister(key.fileobj)
-                        key.fileobj.close()  # type: ignore[union-attr]
+                    if key.data[0] <= time.monotonic():
+                        drop(key.fileobj)
             return False
         finally:
             for key in list(sel.get_map().values()):
