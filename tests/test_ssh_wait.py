@@ -153,3 +153,15 @@ def test_a_slow_sshd_gets_one_patient_probe_not_a_spray(
     assert ssh.await_banner("127.0.0.1", lst.port, 10.0)
     assert time.monotonic() - up_at < 2.5 + ssh.PROBE_EVERY + 0.5
     assert lst.slow == 1, f"{lst.slow} connections reached the slow sshd"
+
+
+def test_waiting_on_a_guest_that_does_not_answer_costs_little_cpu(
+    listen: Callable[[Callable[[int], str]], Listener],
+) -> None:
+    # every probe held (a guest not reachable yet): the probe budget is full most of the time,
+    # and the wait must sleep then, not spin (the CPU is the booting guests')
+    lst = listen(lambda n: "hold")
+    cpu = time.process_time()
+    assert not ssh.await_banner("127.0.0.1", lst.port, 3.0)
+    assert time.process_time() - cpu < 0.3
+    assert lst.accepted >= 5

@@ -175,8 +175,9 @@ def await_banner(
                 probes = [key.data for key in sel.get_map().values()]
                 if not any(patient for _until, patient in probes):
                     _probe(family, sockaddr, sel, now + PATIENT_LIFE, True)
-                if now >= next_probe and not answered and len(probes) < FAST_OPEN:
-                    _probe(family, sockaddr, sel, now + PROBE_LIFE, False)
+                if now >= next_probe and not answered:
+                    if len(probes) < FAST_OPEN:  # else the next one when one has ended
+                        _probe(family, sockaddr, sel, now + PROBE_LIFE, False)
                     next_probe = now + PROBE_EVERY
                 wake = min([end, next_ask, *(key.data[0] for key in sel.get_map().values())])
                 if not answered:
