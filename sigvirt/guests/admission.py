@@ -94,7 +94,8 @@ class Boots:
     are made meanwhile (volumes, seed, domain) and wait for a slot, so a freed slot starts
     the next guest at once instead of idling while it is made (PREPARED_AHEAD). The others
     wait in submission order. Leaving the block waits for every boot submitted; leaving it
-    on an exception (Ctrl-C) first drops those not started yet."""
+    on an exception (Ctrl-C) first drops those not started yet, and those made but still
+    waiting for a slot undo what they made (Slot)."""
 
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._limits = {host: max(1, k) for host, k in limits.items()}
