@@ -2,8 +2,11 @@
 
 Under TCG a boot is CPU-bound: a tiny guest burns ~5 s of QEMU CPU from start to SSH, on one
 core. More boots at once than cores only stretch every boot (benchmarks/bench_scaleset.py, 2
-cores: 3 in flight took 1.23x N x T1 / cores at N = 4, 2 in flight 1.09x): the last guests
-then boot alone while a core idles. A slot only has to be kept busy: the guest waiting for
+cores, N = 4: 3 in flight took 1.23x N x T1 / cores, 4 took 1.31-1.45x, 2 took 1.06-1.18x):
+the last guests then boot alone while a core idles, and each boot costs more CPU (5.4-5.6 s
+per guest at 2 in flight, 5.9-6.6 s at 4). At N = 8 and 16 one per core is as fast as 4
+(26.5 s against 25.9, 50.7 against 50.6), and a third boot only while a full wave waits
+behind gained nothing (26.3 s, 52.7 s). A slot only has to be kept busy: the guest waiting for
 it is already made (volumes, seed, domain: PREPARED_AHEAD), and ssh.wait_ready notices sshd
 within ~0.2 s (it used to take up to 2.3 s, which is why cores + 1 were admitted then). So a
 host boots at most `limit()` guests at once and starts the next as soon as one answers SSH.
