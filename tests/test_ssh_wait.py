@@ -165,3 +165,20 @@ def test_waiting_on_a_guest_that_does_not_answer_costs_little_cpu(
     assert not ssh.await_banner("127.0.0.1", lst.port, 3.0)
     assert time.process_time() - cpu < 0.3
     assert lst.accepted >= 5
+
+
+def test_only_the_patient_probe_asks_while_the_guest_is_known_not_to_answer(
+    listen: Callable[[Callable[[int], str]], Listener],
+) -> None:
+    # Every probe given up is retried by slirp and reaches sshd later for nothing: for the
+    # first dense_after seconds (a scale set's later boots) one probe, then dense ones.
+    up_at = time.monotonic() + 1.6
+    lst = listen(lambda n: "banner" if time.monotonic() >= up_at else "hold")
+    sparse = 1.5
+    counted: list[int] = []
+    t0 = time.monotonic()
+    threading.Timer(sparse - 0.1, lambda: counted.append(lst.accepted)).start()
+    assert ssh.await_banner("127.0.0.1", lst.port, 10.0, dense_after=sparse)
+    assert counted == [1], f"{counted} connections during the sparse window"
+    late = time.monotonic() - max(up_at, t0 + sparse)
+    assert 0 <= late < ssh.PROBE_EVERY + 0.5, f"seen {late:.2f}s after sshd came up"
