@@ -140,3 +140,12 @@ def test_an_interrupt_stops_the_guests_made_and_waiting_for_a_slot() -> None:
     assert f0.result() == "first"  # the boot under way finished
     assert isinstance(f1.exception(), KeyboardInterrupt)  # made, never started
     assert t.made["a"] == 1 and t.started == []
+
+
+def test_a_slot_is_quiet_for_a_share_of_the_fastest_boot_seen() -> None:
+    slot = admission.Slot(2)
+    assert slot.quiet() == 0.0  # nothing seen: the first boots are probed from their start
+    for seconds in (6.0, 5.0, 7.5, 0.0):  # (0: a boot not timed, ignored)
+        slot.booted(seconds)
+    assert slot.quiet() == pytest.approx(admission.QUIET_SHARE * 5.0)
+    assert 0 < slot.quiet() < 5.0  # the next one may be a little faster: probed before

@@ -12,6 +12,11 @@ within ~0.2 s (it used to take up to 2.3 s, which is why cores + 1 were admitted
 host boots at most `limit()` guests at once and starts the next as soon as one answers SSH.
 Under KVM a boot waits on I/O more than on a core.
 
+A host's slot also learns how long its boots take (Slot.booted), and the next guests there
+are asked for SSH sparsely until QUIET_SHARE of the fastest (Slot.quiet): each probe given up
+while a guest can't be reached yet reaches its sshd seconds after it is up, for nothing
+(ssh.await_banner).
+
 Each host (a region, or each zone of a zoned region) has its own limit and its own workers:
 a busy zone never holds up another.
 """
@@ -40,6 +45,10 @@ TCG_EXTRA = 0  # boots beyond one per core under TCG (the knee measured in bench
 KVM_PER_CORE = 2
 # Guests made ahead per boot slot, waiting to start (Boots): one wave.
 PREPARED_AHEAD = 1
+# The share of the fastest boot seen on a host during which the next boots there are asked
+# for SSH sparsely (Slot.quiet, ssh.await_banner): the guests of one scale set are alike, and
+# a boot under contention varies by ~±10 %.
+QUIET_SHARE = 0.8
 
 
 class Slot:
@@ -51,6 +60,8 @@ class Slot:
     def __init__(self, k: int) -> None:
         self._free = threading.BoundedSemaphore(k)
         self.closed = threading.Event()
+        self._fastest: float | None = None
+        self._lock = threading.Lock()
 
     def acquire(self) -> None:
         while not self._free.acquire(timeout=0.2):
@@ -62,6 +73,18 @@ class Slot:
 
     def release(self) -> None:
         self._free.release()
+
+    def booted(self, seconds: float) -> None:
+        """A guest here answered `seconds` after its start."""
+        with self._lock:
+            if seconds > 0 and (self._fastest is None or seconds < self._fastest):
+                self._fastest = seconds
+
+    def quiet(self) -> float:
+        """Seconds after its start that the next guest here surely doesn't answer: a share of
+        the fastest boot seen (0 before any)."""
+        with self._lock:
+            return QUIET_SHARE * self._fastest if self._fastest is not None else 0.0
 
 
 def limit(cores: int, accel: Accel) -> int:

@@ -440,12 +440,13 @@ def _booting(hv: Hypervisor, guest: Guest, dom: Domain) -> Callable[[], bool]:
     return still_booting
 
 
-def wait_for_ssh(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
+def wait_for_ssh(hv: Hypervisor, guest: Guest, timeout: float, dense_after: float = 0.0) -> Guest:
+    """The guest once it runs a command over SSH (`dense_after`: ssh.await_banner)."""
     if guest.endpoint is None:
         raise GuestFailed(f"{guest.name}: no SSH endpoint known (bridged guest without address)")
     dom = hv.domain(guest.name)
     try:
-        seconds = ssh.wait_ready(guest.endpoint, timeout, _booting(hv, guest, dom))
+        seconds = ssh.wait_ready(guest.endpoint, timeout, _booting(hv, guest, dom), dense_after)
     except TimeoutError as err:
         raise GuestFailed(f"{guest.name}: {err}") from None
     return replace(guest, boot_seconds=seconds)

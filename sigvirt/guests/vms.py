@@ -404,10 +404,13 @@ def create(
 
 
 class BootSlot(Protocol):
-    """What create_prepared holds from the domain's start until the guest is up."""
+    """What create_prepared holds from the domain's start until the guest is up; it learns
+    how long boots take there (`booted`) and says how long the next can't answer (`quiet`)."""
 
     def acquire(self) -> None: ...
     def release(self) -> None: ...
+    def booted(self, seconds: float) -> None: ...
+    def quiet(self) -> float: ...
 
 
 def create_prepared(
@@ -519,7 +522,11 @@ def create_prepared(
             before_start=take_slot,
         )
         if p.request.wait:
-            g = _wait(hv, g, key, p.request.timeout, windows=p.definition.os_type == "Windows")
+            quiet = boot_slot.quiet() if boot_slot is not None else 0.0
+            g = _wait(hv, g, key, p.request.timeout, quiet,
+                      windows=p.definition.os_type == "Windows")  # fmt: skip
+            if boot_slot is not None and g.boot_seconds is not None:
+                boot_slot.booted(g.boot_seconds)
     finally:
         if boot_slot is not None and slot_held:
             boot_slot.release()
@@ -529,19 +536,21 @@ def create_prepared(
 
 
 def _wait(
-    hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float, *, windows: bool = False
-) -> guest.Guest:
+    hv: Hypervisor, g: guest.Guest, key: Path | None, timeout: float, quiet: float = 0.0, *,
+    windows: bool = False,
+) -> guest.Guest:  # fmt: skip
     """Until the guest is up as far as sigvirt can tell: it runs a command over SSH (a key
     sigvirt holds), its sshd answers (no key: a specialized image's credentials are the
-    image's own), or, for Windows, the domain runs (no SSH to ask)."""
+    image's own), or, for Windows, the domain runs (no SSH to ask). For the first `quiet`
+    seconds sshd is asked sparsely (ssh.await_banner's dense_after)."""
     try:
         if windows:
             return guest.wait_running(hv, g, timeout)
         if key is not None and g.endpoint is not None:
-            return guest.wait_for_ssh(hv, g, timeout)
+            return guest.wait_for_ssh(hv, g, timeout, quiet)
         # Only a public key was given: the best sign of life is sshd's banner.
         if g.endpoint is not None:
-            seconds = ssh.wait_banner(g.endpoint, timeout)
+            seconds = ssh.wait_banner(g.endpoint, timeout, quiet)
             return replace(g, boot_seconds=seconds)
         return g
     except BaseException as err:
