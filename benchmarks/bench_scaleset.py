@@ -7,8 +7,10 @@ answered SSH), then the scale set is deleted. Each N runs once per admission pol
 (`--admission`, side by side in one run): `old` = sigvirt before admission.py (2 x cores
 boots in flight per host, each guest made in its slot, the SSH wait with 2 s banner
 timeouts), `new` = sigvirt now (admission.limit(), the next guests made ahead, banner
-probes), a number = that many in flight; suffixes take one part away: `+oldwait` (the old
-SSH wait), `+noahead` (made in the slot), or add `+pin` (an experiment: see Pinner).
+probes, sparse until a share of the fastest boot seen), a number = that many in flight;
+suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in the slot),
+`+dense` (banner probes from each start: no Slot.quiet), or add `+pin` (an experiment: see
+Pinner).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
     the same run (the median of --t1-boots boots: one boot alone drifts ±10 %).
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import selectors
 import shutil
 import statistics
 import subprocess
@@ -80,6 +83,7 @@ class Phase:
     stats: list[guestlab.QemuStats] = field(default_factory=list)  # each guest's at SSH
     k: int = 0  # boots in flight per host (sigvirt)
     who: dict[str, float] = field(default_factory=dict)  # CPU s by whom (CpuMeter.breakdown)
+    probes: int = 0  # SSH banner probes opened (ssh.await_banner), all guests
 
 
 @dataclass(frozen=True)
@@ -91,23 +95,26 @@ class Variant:
     pin: bool = False  # experiment: Pinner
     oldwait: bool = False  # legacy_wait_ready instead of ssh.wait_ready's banner probes
     ahead: int = admission.PREPARED_AHEAD  # guests made ahead per slot (0: made in the slot)
+    quiet: bool = True  # sparse SSH probes until a share of the fastest boot (Slot.quiet)
 
     @property
     def tag(self) -> str:
-        return f"k{self.k}a{self.ahead}{'p' if self.pin else ''}{'w' if self.oldwait else ''}"
+        flags = ("p" if self.pin else "") + ("w" if self.oldwait else "")
+        return f"k{self.k}a{self.ahead}{flags}{'' if self.quiet else 'd'}"
 
 
 def variant(mode: str, cores: int) -> Variant:
     """`old` (sigvirt before admission.py: 2 x cores in flight, each made in its slot, seen by
     the old wait), `new` (admission.limit, as sigvirt is), or a number; suffixes `+pin`,
-    `+oldwait`, `+noahead` take one part away or add the pinning experiment."""
+    `+oldwait`, `+noahead`, `+dense` take one part away or add the pinning experiment."""
     base, *extras = mode.split("+")
     if base == "old":
-        return Variant(2 * cores, oldwait=True, ahead=0)
+        return Variant(2 * cores, oldwait=True, ahead=0, quiet=False)
     k = admission.limit(cores, "tcg") if base == "new" else int(base)
     return Variant(
         k, pin="pin" in extras, oldwait="oldwait" in extras,
         ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
+        quiet="dense" not in extras,
     )  # fmt: skip
 
 
@@ -157,8 +164,9 @@ class Pinner(threading.Thread):
 
 
 def legacy_wait_ready(
-    ep: ssh.Endpoint, timeout: float, still_booting: Callable[[], bool] = lambda: True
-) -> float:
+    ep: ssh.Endpoint, timeout: float, still_booting: Callable[[], bool] = lambda: True,
+    dense_after: float = 0.0,
+) -> float:  # fmt: skip
     """ssh.wait_ready as it was before its banner probes (`old`, `+oldwait`): logins with a
     2 s banner timeout, then 0.3 s of sleep, so a guest was seen up to ~2.3 s late."""
     start = time.monotonic()
@@ -175,12 +183,21 @@ def legacy_wait_ready(
 
 
 @contextlib.contextmanager
-def measured(v: Variant, stats: list[guestlab.QemuStats], pin: Pinner | None) -> Iterator[None]:
+def measured(
+    v: Variant, stats: list[guestlab.QemuStats], pin: Pinner | None, probes: list[int]
+) -> Iterator[None]:
     """For the block: admission gives every host `v.k` and makes `v.ahead` ahead, the wait is
-    `v`'s, and each instance's QEMU counters are taken the moment its creation returns (it
-    answered SSH). Benchmark-only patches."""
+    `v`'s, each instance's QEMU counters are taken the moment its creation returns (it
+    answered SSH), and the SSH probes opened are counted into `probes`. Benchmark-only
+    patches."""
     limit, create, wait_ready = admission.limit, vms.create_prepared, ssh.wait_ready
-    ahead = admission.PREPARED_AHEAD
+    ahead, share, probe = admission.PREPARED_AHEAD, admission.QUIET_SHARE, ssh._probe
+
+    def counted(
+        family: int, sockaddr: Any, sel: selectors.BaseSelector, until: float, patient: bool
+    ) -> None:
+        probes.append(1)  # (list.append: atomic across the boot threads)
+        probe(family, sockaddr, sel, until, patient)
 
     def at_ssh(*args: Any, **kwargs: Any) -> Any:
         vm = create(*args, **kwargs)
@@ -193,7 +210,9 @@ def measured(v: Variant, stats: list[guestlab.QemuStats], pin: Pinner | None) ->
 
     admission.limit = lambda cores, accel: v.k
     admission.PREPARED_AHEAD = v.ahead
+    admission.QUIET_SHARE = share if v.quiet else 0.0
     vms.create_prepared = at_ssh
+    ssh._probe = counted
     if v.oldwait:
         ssh.wait_ready = legacy_wait_ready
     if pin is not None:
@@ -202,7 +221,8 @@ def measured(v: Variant, stats: list[guestlab.QemuStats], pin: Pinner | None) ->
         yield
     finally:
         admission.limit, vms.create_prepared, ssh.wait_ready = limit, create, wait_ready
-        admission.PREPARED_AHEAD = ahead
+        admission.PREPARED_AHEAD, admission.QUIET_SHARE = ahead, share
+        ssh._probe = probe
         if pin is not None:
             pin.halt.set()
             pin.join()
@@ -216,11 +236,12 @@ def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant)
     )  # fmt: skip
     load = os.getloadavg()[0]
     stats: list[guestlab.QemuStats] = []
+    probes: list[int] = []
     meter = guestlab.CpuMeter()
     start = time.perf_counter()
     try:
         pinner = Pinner(name, os.cpu_count() or 1) if v.pin else None
-        with measured(v, stats, pinner):
+        with measured(v, stats, pinner, probes):
             result = scalesets.create(ctx, name, n, req)
         wall = time.perf_counter() - start
         busy, who = meter.busy_cores(), meter.breakdown()
@@ -233,8 +254,9 @@ def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant)
         lab.sweep_domains()
     cpu = sum(x.cpu for x in stats)
     return Phase(
-        wall, boots, rss_mib=rss, cpu=cpu, load=load, busy=busy, stats=stats, k=v.k, who=who
-    )
+        wall, boots, rss_mib=rss, cpu=cpu, load=load, busy=busy, stats=stats, k=v.k, who=who,
+        probes=len(probes),
+    )  # fmt: skip
 
 
 def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase:
@@ -366,7 +388,9 @@ def main() -> int:
                             f"run {run + 1} N={n:2} {label:12} {p.wall:7.1f} s  "
                             f"(load {p.load:.2f}; cores busy {p.busy:.2f}, ours "
                             f"{p.cpu / p.wall:.2f}; QEMU RSS {p.rss_mib:.0f} MiB, "
-                            f"CPU {p.cpu / n:.1f} s/guest; per guest: {per}; CPU s by "
+                            f"CPU {p.cpu / n:.1f} s/guest, after SSH "
+                            f"{p.who.get('qemu', 0.0) - p.cpu:.1f} s in all; SSH probes "
+                            f"{p.probes / n:.1f}/guest; per guest: {per}; CPU s by "
                             + ", ".join(f"{k} {v:.1f}" for k, v in p.who.items())
                             + ")",
                             flush=True,
@@ -406,7 +430,7 @@ def report(
         f"{'N':>3} {'policy':>7} {'k':>3} {'sigvirt s':>10} {'N·T1/cores':>11} {'ratio':>6} "
         f"{'floor':>6} {'speedup':>8} {'CPU/g':>6} {'vCPU':>5} {'minflt':>7} {'majflt':>6} "
         f"{'invol':>7} "
-        f"{'RSS MiB':>8}"
+        f"{'RSS MiB':>8} {'probes':>6}"
     )
     verdicts = []
     for n in sizes:
@@ -427,6 +451,7 @@ def report(
                 f"{statistics.median(limit):11.1f} {ratio:6.2f} {fratio:6.2f} "
                 + (f"{speed:8.2f}" if speed is not None else f"{'':>8}")
                 + f" {_per_guest(phases)} {max(p.rss_mib for p in phases):8.0f}"
+                + f" {statistics.median(p.probes / n for p in phases):6.1f}"
             )
             if n >= cores and mode == modes[-1]:
                 verdicts.append(("cpu", n, ratio <= CPU_GOAL))
@@ -447,7 +472,8 @@ def report(
         f"{cores * 0.9:.1f}; k = boots in flight; per guest when it answered SSH: CPU/g = QEMU"
         " CPU s, vCPU = share of it in the vCPU thread, minflt/majflt = minor/major page faults, "
         "invol = "
-        "involuntary context switches (all QEMU threads)"
+        "involuntary context switches (all QEMU threads); probes = SSH banner probes opened "
+        "per guest (each one given up before the guest was reachable reaches its sshd later)"
     )
     for kind, n, ok in verdicts:
         goal = f"ratio ≤ {CPU_GOAL}" if kind == "cpu" else f"speedup ≥ {cores * 0.9:.1f}"
