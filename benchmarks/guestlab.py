@@ -5,7 +5,8 @@ directory /var/tmp/sigvirt-bench-<id> (0755, so QEMU can traverse it), one dir p
 tiny image placed there as a base (0640 + ACL for QEMU, like a replica), an ed25519 key pair,
 and, for scale sets, a throwaway gallery (regions.yaml, definition, version with 2 replicas)
 made through the CLI. Every domain, pool and volume carries the run's prefix and is destroyed
-when the Lab closes, whatever happened.
+when the Lab closes, whatever happened: Ctrl-C, and SIGTERM too (`timeout`, `kill`), which
+`lab()` turns into an exception while it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import statistics
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -297,7 +300,27 @@ class Lab:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds the benchmark as Ctrl-C does (sigvirt undoes what it was
+    making), so its Lab cleans up."""
+
+
 @contextlib.contextmanager
 def lab(tag: str) -> Iterator[Lab]:
-    with Lab(tag) as it:
-        yield it
+    """A Lab for the block; SIGTERM raises Terminated in the main thread meanwhile (its
+    default would end the process with the run's domains, pools and files left behind)."""
+
+    def terminated(signum: int, frame: object) -> None:
+        # once: `timeout` signals both the process and its group, and a second one would
+        # break into the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"signal {signum}")
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        with Lab(tag) as it:
+            yield it
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
