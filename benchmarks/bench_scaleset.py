@@ -13,7 +13,10 @@ suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in 
 Pinner).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
-    the same run (the median of --t1-boots boots: one boot alone drifts ±10 %).
+    the same run (the median of --t1-boots boots: one boot alone drifts ±10 %). The host's
+    speed drifts too, ±15 % within minutes, so each N > 1 phase is bracketed: one more N=1
+    boot under its policy right after it, and its T1 is the mean of the N=1 times just before
+    and just after it (the `T1 drift` column: after ÷ before).
     Goal: sigvirt ≤ 1.1 x limit at N ≥ cores. For N < cores the formula asks for more
     parallelism than there are guests, so the table also shows max(N ÷ cores, 1) x T1.
 (b) N sequential `virt-install --import` runs of the same image with the same settings: the
@@ -84,6 +87,7 @@ class Phase:
     k: int = 0  # boots in flight per host (sigvirt)
     who: dict[str, float] = field(default_factory=dict)  # CPU s by whom (CpuMeter.breakdown)
     probes: int = 0  # SSH banner probes opened (ssh.await_banner), all guests
+    t1: tuple[float, float] = (0.0, 0.0)  # N > 1: the N=1 times just before and after it
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,7 @@ def main() -> int:
 
     sig: dict[tuple[int, str], list[Phase]] = {}
     vi: dict[int, list[Phase]] = {n: [] for n in args.sizes}
+    t1_now: dict[str, float] = {}  # per policy: its latest N=1 time
     with guestlab.lab("ss") as lab:
         regions = lab.gallery()
         vi_base = lab.root / "virt-install-base.qcow2"
@@ -381,6 +386,10 @@ def main() -> int:
                                 for i in range(args.t1_boots if n == 1 else 1)
                             ]
                             p = sorted(tries, key=lambda x: x.wall)[len(tries) // 2]
+                            if n > 1:  # bracket it: the host's speed drifts within minutes
+                                after = sigvirt_phase(lab, ctx, 1, run * 10 + 9, v).wall
+                                p.t1 = (t1_now[what], after)
+                            t1_now[what] = p.wall if n == 1 else p.t1[1]
                             sig.setdefault((n, what), []).append(p)
                             label = f"sigvirt {what}={p.k}"
                         per = ", ".join(f"{x:.1f}" for x in p.per_guest)
@@ -390,7 +399,9 @@ def main() -> int:
                             f"{p.cpu / p.wall:.2f}; QEMU RSS {p.rss_mib:.0f} MiB, "
                             f"CPU {p.cpu / n:.1f} s/guest, after SSH "
                             f"{p.who.get('qemu', 0.0) - p.cpu:.1f} s in all; SSH probes "
-                            f"{p.probes / n:.1f}/guest; per guest: {per}; CPU s by "
+                            f"{p.probes / n:.1f}/guest; per guest: {per}; "
+                            + (f"T1 before/after {p.t1[0]:.1f}/{p.t1[1]:.1f} s; " if n > 1 else "")
+                            + "CPU s by "
                             + ", ".join(f"{k} {v:.1f}" for k, v in p.who.items())
                             + ")",
                             flush=True,
@@ -424,19 +435,23 @@ def report(
     runs = len(sig[(1, modes[0])])
     print(
         f"\ntiny guests, {MEMORY} MiB, 1 vCPU, TCG, {cores} cores; {runs} runs; medians over "
-        "runs of per-run ratios (each run against its own N=1 time)"
+        "runs of per-run ratios (each N against the N=1 times just before and after it)"
     )
     print(
         f"{'N':>3} {'policy':>7} {'k':>3} {'sigvirt s':>10} {'N·T1/cores':>11} {'ratio':>6} "
         f"{'floor':>6} {'speedup':>8} {'CPU/g':>6} {'vCPU':>5} {'minflt':>7} {'majflt':>6} "
         f"{'invol':>7} "
-        f"{'RSS MiB':>8} {'probes':>6}"
+        f"{'RSS MiB':>8} {'probes':>6} {'T1 drift':>6}"
     )
     verdicts = []
     for n in sizes:
         for mode in modes:
-            t1 = [p.wall for p in sig[(1, mode)]]
             phases = sig[(n, mode)]
+            t1 = [
+                statistics.mean(p.t1) if n > 1 else one.wall
+                for p, one in zip(phases, sig[(1, mode)], strict=True)
+            ]
+            drift = statistics.median(p.t1[1] / p.t1[0] for p in phases) if n > 1 else 1.0
             walls = [p.wall for p in phases]
             limit = [n * t / cores for t in t1]
             floor = [max(n / cores, 1) * t for t in t1]
@@ -452,6 +467,7 @@ def report(
                 + (f"{speed:8.2f}" if speed is not None else f"{'':>8}")
                 + f" {_per_guest(phases)} {max(p.rss_mib for p in phases):8.0f}"
                 + f" {statistics.median(p.probes / n for p in phases):6.1f}"
+                + f" {drift:6.2f}"
             )
             if n >= cores and mode == modes[-1]:
                 verdicts.append(("cpu", n, ratio <= CPU_GOAL))
@@ -473,7 +489,8 @@ def report(
         " CPU s, vCPU = share of it in the vCPU thread, minflt/majflt = minor/major page faults, "
         "invol = "
         "involuntary context switches (all QEMU threads); probes = SSH banner probes opened "
-        "per guest (each one given up before the guest was reachable reaches its sshd later)"
+        "per guest (each one given up before the guest was reachable reaches its sshd later); "
+        "T1 drift = the N=1 time just after the phase ÷ the one just before (1.00: no drift)"
     )
     for kind, n, ok in verdicts:
         goal = f"ratio ≤ {CPU_GOAL}" if kind == "cpu" else f"speedup ≥ {cores * 0.9:.1f}"
