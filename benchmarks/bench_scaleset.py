@@ -387,7 +387,7 @@ def main() -> int:
                             ]
                             p = sorted(tries, key=lambda x: x.wall)[len(tries) // 2]
                             if n > 1:  # bracket it: the host's speed drifts within minutes
-                                after = sigvirt_phase(lab, ctx, 1, run * 10 + 9, v).wall
+                                after = sigvirt_phase(lab, ctx, 1, run * 1000 + 500 + n, v).wall
                                 p.t1 = (t1_now[what], after)
                             t1_now[what] = p.wall if n == 1 else p.t1[1]
                             sig.setdefault((n, what), []).append(p)
