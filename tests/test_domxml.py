@@ -12,6 +12,7 @@ import pytest
 
 from sigvirt.guests import domxml
 from sigvirt.guests.domxml import Backing, DomainSpec, Network, Provenance
+from sigvirt.guests.guest import vnc_display
 from sigvirt.guests.osdisk import BadStep, Intent, OsDisk, Step
 from sigvirt.hosts import xmlbuild
 
@@ -103,6 +104,12 @@ CASES = {
     ),
     # issue 18: a region with memory: {merge: true} (no <nosharepages/>)
     "domain-tcg-memory-merge": _spec(memory_mib=128, memory_merge=True),
+    # issue 18: io_uring for every disk (hosts/diskio.py); a redefinition keeps its UUID
+    "domain-tcg-io-uring": _spec(
+        disk_io="io_uring",
+        data_disks=(Path("/var/lib/sigvirt/pools/local-a/web-0.data0.qcow2"),),
+        uuid="6a1e0b6c-3f8e-4c55-9d0e-2b7f4f1a9c01",
+    ),
 }
 WINDOWS_CASES = {
     "domain-windows-gen2": _spec(
@@ -400,10 +407,10 @@ def test_windows_boots_stock_devices_without_seed_or_virtio() -> None:
 
 def test_vnc_display_is_read_from_the_running_domain() -> None:
     defined = domxml.windows_domain_xml(_spec())
-    assert domxml.vnc_display(defined) is None  # autoport: no port until it runs
+    assert vnc_display(defined) is None  # autoport: no port until it runs
     live = defined.replace('port="-1"', 'port="5901"')
-    assert domxml.vnc_display(live) == "127.0.0.1:5901"
-    assert domxml.vnc_display(domxml.domain_xml(_spec())) is None  # Linux: no VNC
+    assert vnc_display(live) == "127.0.0.1:5901"
+    assert vnc_display(domxml.domain_xml(_spec())) is None  # Linux: no VNC
 
 
 @pytest.mark.parametrize("controller", ["scsi", "nvme"])

@@ -8,8 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sigvirt.catalog import azureid
 from sigvirt.cli import main
 from sigvirt.context import Context
 from sigvirt.errors import Conflict
-from sigvirt.guests import guest, inventory
+from sigvirt.guests import guest, inventory, vms
 from sigvirt.hosts import ssh as sshlib
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
@@ -146,6 +147,9 @@ def test_scale_set_spreads_over_replicas_and_scales(
         h = host(r, lab.key)
         assert h.check_output("hostname") == r["name"] == r["osProfile"]["computerName"]
         assert r["securityProfile"] is None
+        # every disk on io_uring unless this kernel refuses it to QEMU (hosts/diskio.py)
+        refused = IO_URING_KNOB.exists() and IO_URING_KNOB.read_text().strip() != "0"
+        assert disk_engines(system_hv, r["name"]) == {None if refused else "io_uring"}
 
     cli_json(capsys, "vmss", "scale", "-n", name, "--new-capacity", "6")
     rows = cli_json(capsys, "vmss", "list-instances", "-n", name)
@@ -241,6 +245,67 @@ def check_scale_set_verbs(
     assert isinstance(restarted, list) and restarted[0]["sigvirt"]["state"] == "running"
     code, _out, err = cli(capsys, "vmss", "deallocate", "-n", name, "--instance-ids", "7")
     assert code == 4 and err.strip() == f"sigvirt: error: instance 7 of scale set {name} not found"
+
+
+IO_URING_KNOB = Path("/proc/sys/kernel/io_uring_disabled")
+
+
+def disk_engines(hv: Hypervisor, name: str) -> set[str | None]:
+    """The I/O engine of each of a live domain's file disks, as libvirt started it."""
+    root = ET.fromstring(hv.domain(name).xml())
+    return {d.get("io") for d in root.findall("./devices/disk[@type='file']/driver")}
+
+
+@pytest.fixture
+def refuse_io_uring() -> Iterator[Callable[[], None]]:
+    """Sets kernel.io_uring_disabled to 1 when called: io_uring refused to unprivileged
+    processes (QEMU under qemu:///system; not this test, root). Back to 0 however it ends."""
+    if not IO_URING_KNOB.exists() or IO_URING_KNOB.read_text().strip() != "0":
+        pytest.skip("needs kernel.io_uring_disabled (Linux 6.6+), at 0")
+
+    def refuse() -> None:
+        IO_URING_KNOB.write_text("1")
+
+    try:
+        yield refuse
+    finally:
+        IO_URING_KNOB.write_text("0")
+
+
+def test_guests_on_a_host_whose_kernel_refuses_io_uring_still_boot(
+    lab: Lab,
+    capsys: pytest.CaptureFixture[str],
+    system_hv: Hypervisor,
+    monkeypatch: pytest.MonkeyPatch,
+    refuse_io_uring: Callable[[], None],
+) -> None:
+    """sigvirt gives guests' disks io_uring (hosts/diskio.py). When the kernel refuses it to
+    QEMU after the host handle chose it, the start fails on it, and the guest is defined again
+    with the thread pool and boots; a command that starts after the refusal reads it from the
+    kernel and never tries."""
+    use(monkeypatch, lab)
+    pub = str(lab.key.private) + ".pub"
+    first, second = unique("iou-a"), unique("iou-b")
+    with Context.from_config(load(lab.root / "regions.yaml")) as ctx:
+        hv = ctx.hv("local")
+        assert hv.disk_io.engine == "io_uring"
+        refuse_io_uring()
+        made = vms.create(ctx, vms.VmRequest(name=first, image=f"{G}/{D}", memory_mib=128,
+                                             ssh_key_value=pub, admin_user="labuser"))  # fmt: skip
+        assert hv.disk_io.engine == ""
+    log = Path(f"/var/log/libvirt/qemu/{first}.log").read_text()
+    assert "Unable to use io_uring" in log  # it did try, and QEMU refused
+    assert disk_engines(system_hv, first) == {None}
+    assert testinfra.get_host(f"paramiko://labuser@{made.address}",
+                              ssh_identity_file=str(lab.key.private)).check_output("hostname") == first  # fmt: skip
+
+    code, _out, err = cli(capsys, "vm", "create", "-n", second, "--image", f"{G}/{D}",
+                          "--size", "Lab_Tiny", "--ssh-key-value", pub)  # fmt: skip
+    assert code == 0, err
+    assert "io_uring" not in Path(f"/var/log/libvirt/qemu/{second}.log").read_text()
+    assert disk_engines(system_hv, second) == {None}
+    for name in (first, second):
+        assert main(["vm", "delete", "-n", name]) == 0
 
 
 def test_vm_as_az_shows_it(

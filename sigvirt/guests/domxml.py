@@ -203,6 +203,8 @@ class DomainSpec:
     net_queues: int = 0  # > 1: virtio-net multiqueue (network/bridge; slirp has one queue)
     trusted_launch: bool = False  # Secure Boot (MS keys enrolled, SMM) and a vTPM 2.0; UEFI
     memory_merge: bool = False  # KSM may merge its RAM (guests/memory.py)
+    disk_io: str = ""  # QEMU's I/O engine for its disks (hosts/diskio.py); "": libvirt's
+    uuid: str = ""  # a redefinition keeps the domain's (libvirt refuses a new one)
 
 
 def mac_for(name: str) -> str:
@@ -261,6 +263,8 @@ def _head(spec: DomainSpec) -> tuple[ET.Element, ET.Element]:
     """<domain> up to its <features> (acpi, apic): name, provenance, size, firmware."""
     dom = ET.Element("domain", type="kvm" if spec.accel == "kvm" else "qemu")
     sub(dom, "name", spec.name)
+    if spec.uuid:
+        sub(dom, "uuid", spec.uuid)
     if spec.provenance is not None:
         sub(dom, "metadata").append(spec.provenance.to_xml())
     sub(dom, "memory", str(spec.memory_mib), unit="MiB")
@@ -328,7 +332,7 @@ def domain_xml(spec: DomainSpec) -> str:
     if spec.seed is not None:
         # virtio, not an IDE/SATA CD-ROM: every cloud kernel has virtio_blk, not all have ahci.
         seed = sub(dev, "disk", type="file", device="disk")
-        sub(seed, "driver", name="qemu", type="raw")
+        _driver(seed, spec, "raw")
         sub(seed, "source", file=str(spec.seed))
         sub(seed, "target", dev="vdb", bus="virtio")
         sub(seed, "readonly")
@@ -364,7 +368,7 @@ def _data_disks(dev: ET.Element, spec: DomainSpec, bus: str) -> None:
         raise InternalError(f"{spec.name}: more than {MAX_DATA_DISKS} data disks got this far")
     for lun, path in enumerate(spec.data_disks):
         data = sub(dev, "disk", type="file", device="disk")
-        sub(data, "driver", name="qemu", type="qcow2", discard="unmap")
+        _driver(data, spec, "qcow2", discard="unmap")
         sub(data, "source", file=str(path))
         sub(data, "backingStore")  # an empty disk of its own: nothing for libvirt to probe
         sub(data, "serial", f"sigvirt-lun{lun}")  # a name that holds in every guest layout
@@ -500,13 +504,9 @@ def windows_domain_xml(spec: DomainSpec) -> str:
     return _finish(dom, dev, spec, "e1000e")
 
 
-def vnc_display(domain: str) -> str | None:
-    """`ADDRESS:PORT` of a running domain's VNC console (libvirt fills the port in at start);
-    None when it has none."""
-    graphics = ET.fromstring(domain).find("./devices/graphics[@type='vnc']")
-    if graphics is None or graphics.get("port", "-1") in ("-1", ""):
-        return None
-    return f"{graphics.get('listen') or '127.0.0.1'}:{graphics.get('port')}"
+def _driver(disk: ET.Element, spec: DomainSpec, fmt: str, **extra: str) -> None:
+    io = {"io": spec.disk_io} if spec.disk_io else {}
+    sub(disk, "driver", name="qemu", type=fmt, **extra, **io)
 
 
 def _os_disk(dev: ET.Element, spec: DomainSpec, default_bus: str) -> None:
@@ -514,7 +514,7 @@ def _os_disk(dev: ET.Element, spec: DomainSpec, default_bus: str) -> None:
     vda; Windows: SATA sda), virtio-scsi sda on its own controller, or NVMe (defined as
     virtio-blk vda, see _nvme_override)."""
     disk = sub(dev, "disk", type="file", device="disk")
-    sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
+    _driver(disk, spec, "qcow2", discard="unmap")
     sub(disk, "source", file=str(spec.disk))
     _disk_backing(disk, spec.backing)
     if spec.disk_controller == "scsi":

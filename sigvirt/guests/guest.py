@@ -11,6 +11,7 @@ import functools
 import re
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -255,9 +256,10 @@ def create(
     )
     port = 0
     avoid: set[int] = set()
+    dom_uuid = ""  # once defined: defined again (another port, no io_uring) it keeps its UUID
 
     def define() -> Domain:
-        nonlocal port
+        nonlocal port, dom_uuid
         if spec.network.kind == "user-forward":
             if port:
                 ports.release(port)
@@ -281,10 +283,19 @@ def create(
             net_queues=spec.net_queues,
             trusted_launch=spec.trusted_launch,
             memory_merge=spec.memory_merge,
+            disk_io=hv.disk_io.engine,
+            uuid=dom_uuid,
         )
         if spec.architecture == "Arm64":
             dom_spec = domxml.aarch64_spec(dom_spec)
-        return hv.define(domain_xml_for(dom_spec, spec.os_type))
+        try:
+            defined = hv.define(domain_xml_for(dom_spec, spec.os_type))
+        except HostError as err:
+            if not (dom_spec.disk_io and hv.disk_io.refused(err.message)):
+                raise
+            return define()  # with QEMU's thread pool for its disks
+        dom_uuid = defined.uuid()
+        return defined
 
     undo: list[Callable[[], object]] = []
     try:
@@ -329,9 +340,11 @@ def create(
                 # Another process took the port between our check and QEMU's bind: next one.
                 dom = define()
             except HostError as err:
-                raise GuestFailed(
-                    f"{spec.name}: libvirt could not start it: {err.message}"
-                ) from None
+                if not hv.disk_io.refused(err.message):
+                    raise GuestFailed(
+                        f"{spec.name}: libvirt could not start it: {err.message}"
+                    ) from None
+                dom = define()  # this host's QEMU can't use io_uring: the thread pool
         else:
             raise GuestFailed(f"{spec.name}: no loopback port could be bound after 5 attempts")
         faults.point("vm.started")
@@ -382,10 +395,19 @@ def wait_running(hv: Hypervisor, guest: Guest, timeout: float) -> Guest:
         time.sleep(0.2)
 
 
+def vnc_display(domain: str) -> str | None:
+    """`ADDRESS:PORT` of a running domain's VNC console (libvirt fills the port in at start);
+    None when it has none."""
+    graphics = ET.fromstring(domain).find("./devices/graphics[@type='vnc']")
+    if graphics is None or graphics.get("port", "-1") in ("-1", ""):
+        return None
+    return f"{graphics.get('listen') or '127.0.0.1'}:{graphics.get('port')}"
+
+
 def console_way(hv: Hypervisor, name: str) -> str:
     """How a person reaches a running guest's screen: its VNC display (on the host's
     loopback, as every forward here), else its serial console."""
-    display = domxml.vnc_display(hv.domain(name).xml())
+    display = vnc_display(hv.domain(name).xml())
     if display is None:
         return f"serial console: virsh -c {hv.uri} console {name}"
     way = f"VNC on {display} (virsh -c {hv.uri} domdisplay {name})"

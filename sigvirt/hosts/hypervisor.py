@@ -21,6 +21,7 @@ import libvirt
 from sigvirt.errors import HostError, NotFound, RegionUnavailable
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.channels import Channel, Channels
+from sigvirt.hosts.diskio import DiskIo
 from sigvirt.hosts.hostrecords import DomainInfo, HostFacts, PoolInfo, VolumeFacts
 from sigvirt.hosts.libvirterrors import GONE, translate
 from sigvirt.hosts.regions import Accel
@@ -56,6 +57,7 @@ class Hypervisor:
         self.parsed = LibvirtUri.parse(uri)
         self._lock = threading.Lock()
         self.channels = Channels(uri, conn)  # every stream on a connection of its own
+        self.disk_io = DiskIo(self.parsed.is_local)  # QEMU's engine for guest disks here
 
     # -- connection -------------------------------------------------------------------------
     @classmethod
