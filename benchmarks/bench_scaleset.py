@@ -6,11 +6,12 @@ guests of 128 MiB / 1 vCPU under TCG, timed from the call to its return (every i
 answered SSH), then the scale set is deleted. Each N runs once per admission policy
 (`--admission`, side by side in one run): `old` = sigvirt before admission.py (2 x cores
 boots in flight per host, each guest made in its slot, the SSH wait with 2 s banner
-timeouts), `new` = sigvirt now (admission.limit(), the next guests made ahead, banner
-probes, sparse until a share of the fastest boot seen), a number = that many in flight;
+timeouts, QEMU's thread pool for disk I/O), `new` = sigvirt now (admission.limit(), the next
+guests made ahead, banner probes, sparse until a share of the fastest boot seen, io_uring),
+a number = that many in flight;
 suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in the slot),
-`+dense` (banner probes from each start: no Slot.quiet), or add `+pin` (an experiment: see
-Pinner).
+`+dense` (banner probes from each start: no Slot.quiet), `+threads` (QEMU's thread pool for
+guest disks, not io_uring: hosts/diskio.py), or add `+pin` (an experiment: see Pinner).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
     the same run (the median of --t1-boots boots: one boot alone drifts ±10 %). The host's
@@ -25,7 +26,8 @@ Pinner).
     128 MiB, 1 vCPU, --virt-type qemu, q35, tb-cache 48 MiB (as sigvirt gives it), a NoCloud
     seed made by sigvirt.seed.seed_iso as a second read-only virtio disk, the same slirp user
     network with a loopback hostfwd (--network none + --qemu-commandline), serial to a file, virtio
-    rng, guest-agent channel, no balloon; then sigvirt's own SSH wait (ssh.wait_ready).
+    rng, guest-agent channel, no balloon, sigvirt's disk I/O engine (io_uring where the host
+    allows it); then sigvirt's own SSH wait (ssh.wait_ready).
     Each guest's define→SSH (overlay + seed + virt-install + SSH wait) is timed; they run one
     after another (earlier ones keep running) and the times are summed.
     Goal: sigvirt faster by at least cores x 0.9 (1.8 on 2 cores).
@@ -65,7 +67,7 @@ from sigvirt.context import Context
 from sigvirt.guests import admission, guest, scalesets, vms
 from sigvirt.guests.seed import SeedSpec, seed_iso
 from sigvirt.guests.vms import VmRequest
-from sigvirt.hosts import ssh
+from sigvirt.hosts import diskio, ssh
 from sigvirt.hosts.ports import PortAllocator
 from sigvirt.hosts.regions import load as load_regions
 
@@ -100,25 +102,28 @@ class Variant:
     oldwait: bool = False  # legacy_wait_ready instead of ssh.wait_ready's banner probes
     ahead: int = admission.PREPARED_AHEAD  # guests made ahead per slot (0: made in the slot)
     quiet: bool = True  # sparse SSH probes until a share of the fastest boot (Slot.quiet)
+    threads: bool = False  # QEMU's thread pool for guest disks, not io_uring (hosts/diskio.py)
 
     @property
     def tag(self) -> str:
         flags = ("p" if self.pin else "") + ("w" if self.oldwait else "")
+        flags += "t" if self.threads else ""
         return f"k{self.k}a{self.ahead}{flags}{'' if self.quiet else 'd'}"
 
 
 def variant(mode: str, cores: int) -> Variant:
     """`old` (sigvirt before admission.py: 2 x cores in flight, each made in its slot, seen by
-    the old wait), `new` (admission.limit, as sigvirt is), or a number; suffixes `+pin`,
-    `+oldwait`, `+noahead`, `+dense` take one part away or add the pinning experiment."""
+    the old wait, the thread pool), `new` (admission.limit, as sigvirt is), or a number;
+    suffixes `+pin`, `+oldwait`, `+noahead`, `+dense`, `+threads` take one part away or add
+    the pinning experiment."""
     base, *extras = mode.split("+")
     if base == "old":
-        return Variant(2 * cores, oldwait=True, ahead=0, quiet=False)
+        return Variant(2 * cores, oldwait=True, ahead=0, quiet=False, threads=True)
     k = admission.limit(cores, "tcg") if base == "new" else int(base)
     return Variant(
         k, pin="pin" in extras, oldwait="oldwait" in extras,
         ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
-        quiet="dense" not in extras,
+        quiet="dense" not in extras, threads="threads" in extras,
     )  # fmt: skip
 
 
@@ -196,6 +201,7 @@ def measured(
     patches."""
     limit, create, wait_ready = admission.limit, vms.create_prepared, ssh.wait_ready
     ahead, share, probe = admission.PREPARED_AHEAD, admission.QUIET_SHARE, ssh._probe
+    engine = diskio.DiskIo.engine
 
     def counted(
         family: int, sockaddr: Any, sel: selectors.BaseSelector, until: float, patient: bool
@@ -219,6 +225,8 @@ def measured(
     ssh._probe = counted
     if v.oldwait:
         ssh.wait_ready = legacy_wait_ready
+    if v.threads:
+        diskio.DiskIo.engine = property(lambda self: "")  # type: ignore[assignment,method-assign]
     if pin is not None:
         pin.start()
     try:
@@ -227,6 +235,7 @@ def measured(
         admission.limit, vms.create_prepared, ssh.wait_ready = limit, create, wait_ready
         admission.PREPARED_AHEAD, admission.QUIET_SHARE = ahead, share
         ssh._probe = probe
+        diskio.DiskIo.engine = engine  # type: ignore[method-assign]
         if pin is not None:
             pin.halt.set()
             pin.join()
@@ -272,6 +281,7 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
     phase = Phase(0.0, load=os.getloadavg()[0])
     meter = guestlab.CpuMeter()
     names = []
+    io = f",io={hv.disk_io.engine}" if hv.disk_io.engine else ""  # sigvirt's engine
     try:
         for i in range(n):
             name = lab.name(f"vi{n}r{run}-{i}")
@@ -291,8 +301,8 @@ def virt_install_phase(lab: guestlab.Lab, base: Path, n: int, run: int) -> Phase
                 "virt-install", "--connect", guestlab.URI, "--name", name, "--import",
                 "--virt-type", "qemu", "--memory", str(MEMORY), "--vcpus", "1",
                 "--osinfo", "detect=on,require=off", "--machine", "q35",
-                "--disk", f"path={overlay},format=qcow2,bus=virtio",
-                "--disk", f"path={seed},format=raw,bus=virtio,readonly=on",
+                "--disk", f"path={overlay},format=qcow2,bus=virtio{io}",
+                "--disk", f"path={seed},format=raw,bus=virtio,readonly=on{io}",
                 "--network", "none", f"--qemu-commandline=-netdev {netdev} -device {device}",
                 "--serial", f"file,path={console}", "--rng", "/dev/urandom",
                 "--channel", "unix,target.type=virtio,name=org.qemu.guest_agent.0",
@@ -400,7 +410,7 @@ def main() -> int:
                             f"CPU {p.cpu / n:.1f} s/guest, after SSH "
                             f"{p.who.get('qemu', 0.0) - p.cpu:.1f} s in all; SSH probes "
                             f"{p.probes / n:.1f}/guest; per guest: {per}; "
-                            + (f"T1 before/after {p.t1[0]:.1f}/{p.t1[1]:.1f} s; " if n > 1 else "")
+                            + (f"T1 before/after {p.t1[0]:.1f}/{p.t1[1]:.1f} s; " * any(p.t1))
                             + "CPU s by "
                             + ", ".join(f"{k} {v:.1f}" for k, v in p.who.items())
                             + ")",
