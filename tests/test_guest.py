@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import socket
 import stat
 from pathlib import Path
 
@@ -99,6 +101,48 @@ def test_linked_clone_boots_with_seeded_hostname_and_key(
     assert stat.S_IMODE(after_stat.st_mode) == stat.S_IMODE(base_stat.st_mode) == 0o640
     assert acl(tiny_base) == base_acl
     assert "user:libvirt-qemu:r--" in base_acl
+
+
+def test_a_port_taken_between_the_check_and_the_start_moves_the_guest_to_another(
+    system_hv: Hypervisor, lab_pool: LabPool, tiny_base: Path, ssh_key: SshKey
+) -> None:
+    """Another process binds the guest's loopback port after sigvirt chose it and before QEMU
+    starts: the start fails on the port, and the same domain (its UUID kept: libvirt refuses a
+    new one under the same name) is defined again on another port, and boots."""
+    name = unique("portrace")
+    spec = GuestSpec(
+        name=name,
+        pool=lab_pool.name,
+        base=tiny_base,
+        admin_user="labuser",
+        ssh_public_keys=(ssh_key.public,),
+        memory_mib=128,
+    )
+    squatter = socket.socket()
+    taken: list[tuple[int, str]] = []
+
+    def take_the_port() -> None:
+        dom = system_hv.domain(name)
+        found = re.search(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-", dom.xml())
+        assert found is not None
+        squatter.bind(("127.0.0.1", int(found.group(1))))
+        squatter.listen()
+        taken.append((int(found.group(1)), dom.uuid()))
+
+    try:
+        g = guest.create(
+            system_hv, spec, ssh_key.private, ports=PortAllocator(), timeout=120,
+            before_start=take_the_port,
+        )  # fmt: skip
+        assert g.endpoint is not None and taken
+        port, uuid = taken[0]
+        assert g.endpoint.port != port
+        assert system_hv.domain(name).uuid() == uuid
+        assert host_for(g).check_output("hostname") == name
+    finally:
+        squatter.close()
+        guest.delete(system_hv, name)
+    assert _leftovers(system_hv, lab_pool.name, name) == []
 
 
 def test_guest_that_never_answers_fails_with_console_and_leaves_nothing(

@@ -4,8 +4,8 @@ With QEMU's default thread pool every guest disk request hops from the vCPU thre
 worker and back through the main loop; io_uring submits it from the vCPU thread and
 completes it in the main loop, with no worker in between. Under TCG on a host whose cores all
 run vCPUs, each of those wake-ups preempts some guest's vCPU, and a boot makes a few hundred
-requests (a tiny guest alone: half the involuntary context switches; bench_scaleset `+threads`
-against sigvirt's default). A QEMU built without io_uring, or a kernel that refuses it to
+requests (a tiny guest alone: a third of the involuntary context switches; bench_scaleset
+`+threads` against sigvirt's default). A QEMU built without io_uring, or a kernel that refuses it to
 QEMU (kernel.io_uring_disabled, a seccomp filter), fails the domain's define or start; the
 caller then asks `refused(message)` and defines the guest again with the thread pool, and so
 does every later guest on that host handle.
