@@ -55,6 +55,14 @@ def tiny_base(system_hv: Hypervisor, lab_pool: LabPool, tiny_image: Path) -> Pat
     return place_base(system_hv, lab_pool, tiny_image, unique("tiny-base.qcow2"))
 
 
+def tiny_spec(name: str, lab_pool: LabPool, tiny_base: Path, key: str) -> GuestSpec:
+    """A 128 MiB guest of the tiny base whose admin, labuser, is seeded with `key`."""
+    return GuestSpec(
+        name=name, pool=lab_pool.name, base=tiny_base, admin_user="labuser",
+        ssh_public_keys=(key,), memory_mib=128,
+    )  # fmt: skip
+
+
 def test_linked_clone_boots_with_seeded_hostname_and_key(
     system_hv: Hypervisor, lab_pool: LabPool, tiny_base: Path, ssh_key: SshKey
 ) -> None:
@@ -62,14 +70,7 @@ def test_linked_clone_boots_with_seeded_hostname_and_key(
     base_stat = tiny_base.stat()
     base_acl = acl(tiny_base)
     name = unique("clone")
-    spec = GuestSpec(
-        name=name,
-        pool=lab_pool.name,
-        base=tiny_base,
-        admin_user="labuser",
-        ssh_public_keys=(ssh_key.public,),
-        memory_mib=128,
-    )
+    spec = tiny_spec(name, lab_pool, tiny_base, ssh_key.public)
     try:
         g = guest.create(system_hv, spec, ssh_key.private, ports=PortAllocator(), timeout=120)
         host = host_for(g)
@@ -110,14 +111,7 @@ def test_a_port_taken_between_the_check_and_the_start_moves_the_guest_to_another
     starts: the start fails on the port, and the same domain (its UUID kept: libvirt refuses a
     new one under the same name) is defined again on another port, and boots."""
     name = unique("portrace")
-    spec = GuestSpec(
-        name=name,
-        pool=lab_pool.name,
-        base=tiny_base,
-        admin_user="labuser",
-        ssh_public_keys=(ssh_key.public,),
-        memory_mib=128,
-    )
+    spec = tiny_spec(name, lab_pool, tiny_base, ssh_key.public)
     squatter = socket.socket()
     taken: list[tuple[int, str]] = []
 
@@ -151,14 +145,7 @@ def test_guest_that_never_answers_fails_with_console_and_leaves_nothing(
     # The guest boots, but the seed carries a key we don't hold: SSH never lets us in.
     name = unique("nokey")
     other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJxq3Q9v2mC8pF0eX3YkWm1y1C1sQ5lqG6iZ0Xj5bH8P x"
-    spec = GuestSpec(
-        name=name,
-        pool=lab_pool.name,
-        base=tiny_base,
-        admin_user="labuser",
-        ssh_public_keys=(other,),
-        memory_mib=128,
-    )
+    spec = tiny_spec(name, lab_pool, tiny_base, other)
     with pytest.raises(GuestFailed) as failed:
         guest.create(system_hv, spec, ssh_key.private, ports=PortAllocator(), timeout=25)
     assert "no SSH answer within 25s" in failed.value.message
