@@ -11,7 +11,8 @@ guests made ahead, banner probes, sparse until a share of the fastest boot seen,
 a number = that many in flight;
 suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in the slot),
 `+dense` (banner probes from each start: no Slot.quiet), `+threads` (QEMU's thread pool for
-guest disks, not io_uring: hosts/diskio.py), or add `+pin` (an experiment: see Pinner).
+guest disks, not io_uring: hosts/diskio.py), or add `+pin` or `+batch`, `+fifo`, `+nice`
+(experiments: see Pinner).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
     the same run (the median of --t1-boots boots: one boot alone drifts ±10 %). The host's
@@ -103,11 +104,12 @@ class Variant:
     ahead: int = admission.PREPARED_AHEAD  # guests made ahead per slot (0: made in the slot)
     quiet: bool = True  # sparse SSH probes until a share of the fastest boot (Slot.quiet)
     threads: bool = False  # QEMU's thread pool for guest disks, not io_uring (hosts/diskio.py)
+    sched: str = ""  # experiment: batch, fifo or nice for QEMU's other threads (Pinner)
 
     @property
     def tag(self) -> str:
         flags = ("p" if self.pin else "") + ("w" if self.oldwait else "")
-        flags += "t" if self.threads else ""
+        flags += ("t" if self.threads else "") + self.sched
         return f"k{self.k}a{self.ahead}{flags}{'' if self.quiet else 'd'}"
 
 
@@ -124,17 +126,25 @@ def variant(mode: str, cores: int) -> Variant:
         k, pin="pin" in extras, oldwait="oldwait" in extras,
         ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
         quiet="dense" not in extras, threads="threads" in extras,
+        sched=next((e for e in extras if e in SCHEDS), ""),
     )  # fmt: skip
+
+
+SCHEDS = ("batch", "fifo", "nice")  # the `+` suffixes of Pinner's scheduling experiments
 
 
 class Pinner(threading.Thread):
     """Experiment (`--admission new+pin`): each booting guest's vCPU thread pinned to the core
     with the fewest booting guests pinned, as libvirt's virDomainPinVcpu would, and unpinned
-    when it answers SSH. Done here with sched_setaffinity on QEMU's "CPU n/TCG" threads."""
+    when it answers SSH. Done here with sched_setaffinity on QEMU's "CPU n/TCG" threads.
+    With `sched` (`+batch`, `+fifo`, `+nice`) it pins nothing and instead gives each QEMU's
+    threads other than its vCPUs (the main loop above all) SCHED_BATCH (their wake-ups no
+    longer preempt a running vCPU), SCHED_FIFO 1 (they always do), or nice -10, as libvirt's
+    <emulatorsched> would (nice: no libvirt equivalent)."""
 
-    def __init__(self, prefix: str, cores: int) -> None:
+    def __init__(self, prefix: str, cores: int, sched: str = "") -> None:
         super().__init__(daemon=True)
-        self.prefix, self.cores = prefix, cores
+        self.prefix, self.cores, self.sched = prefix, cores, sched
         self.on_core = [0] * cores
         self.pinned: dict[str, tuple[int, list[int]]] = {}  # domain → core, vCPU threads
         self.lock = threading.Lock()
@@ -150,15 +160,30 @@ class Pinner(threading.Thread):
     def _pin(self, name: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
-            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()
-                    if (t / "comm").read_text().startswith("CPU ")]  # fmt: skip
+            tasks = {
+                int(t.name): (t / "comm").read_text() for t in Path(f"/proc/{pid}/task").iterdir()
+            }
+            tids = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
             if not tids:
                 return  # not yet created: next round
+            if self.sched:
+                for tid in set(tasks) - set(tids):
+                    self._schedule(tid)
+                self.pinned[name] = (-1, [])
+                return
             core = min(range(self.cores), key=self.on_core.__getitem__)
             for tid in tids:
                 os.sched_setaffinity(tid, {core})
             self.on_core[core] += 1
             self.pinned[name] = (core, tids)
+
+    def _schedule(self, tid: int) -> None:
+        if self.sched == "nice":
+            os.setpriority(os.PRIO_PROCESS, tid, -10)
+        else:
+            fifo = self.sched == "fifo"
+            policy = os.SCHED_FIFO if fifo else os.SCHED_BATCH
+            os.sched_setscheduler(tid, policy, os.sched_param(1 if fifo else 0))
 
     def release(self, name: str) -> None:
         with self.lock:
@@ -253,7 +278,7 @@ def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant)
     meter = guestlab.CpuMeter()
     start = time.perf_counter()
     try:
-        pinner = Pinner(name, os.cpu_count() or 1) if v.pin else None
+        pinner = Pinner(name, os.cpu_count() or 1, v.sched) if v.pin or v.sched else None
         with measured(v, stats, pinner, probes):
             result = scalesets.create(ctx, name, n, req)
         wall = time.perf_counter() - start
