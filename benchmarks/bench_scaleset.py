@@ -11,8 +11,8 @@ guests made ahead, banner probes, sparse until a share of the fastest boot seen,
 a number = that many in flight;
 suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in the slot),
 `+dense` (banner probes from each start: no Slot.quiet), `+threads` (QEMU's thread pool for
-guest disks, not io_uring: hosts/diskio.py), or add `+pin` or `+batch`, `+fifo`, `+nice`
-(experiments: see Pinner).
+guest disks, not io_uring: hosts/diskio.py), or add `+pin`, `+pinall`, `+batch`, `+fifo`
+or `+nice` (experiments: see Pinner).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
     the same run (the median of --t1-boots boots: one boot alone drifts ±10 %). The host's
@@ -99,7 +99,7 @@ class Variant:
     boot path it leaves out to measure what that part buys."""
 
     k: int
-    pin: bool = False  # experiment: Pinner
+    pin: str = ""  # experiment: Pinner ("vcpu": the vCPU threads, "all": every QEMU thread)
     oldwait: bool = False  # legacy_wait_ready instead of ssh.wait_ready's banner probes
     ahead: int = admission.PREPARED_AHEAD  # guests made ahead per slot (0: made in the slot)
     quiet: bool = True  # sparse SSH probes until a share of the fastest boot (Slot.quiet)
@@ -108,7 +108,7 @@ class Variant:
 
     @property
     def tag(self) -> str:
-        flags = ("p" if self.pin else "") + ("w" if self.oldwait else "")
+        flags = {"": "", "vcpu": "p", "all": "P"}[self.pin] + ("w" if self.oldwait else "")
         flags += ("t" if self.threads else "") + self.sched
         return f"k{self.k}a{self.ahead}{flags}{'' if self.quiet else 'd'}"
 
@@ -123,7 +123,8 @@ def variant(mode: str, cores: int) -> Variant:
         return Variant(2 * cores, oldwait=True, ahead=0, quiet=False, threads=True)
     k = admission.limit(cores, "tcg") if base == "new" else int(base)
     return Variant(
-        k, pin="pin" in extras, oldwait="oldwait" in extras,
+        k, pin="vcpu" if "pin" in extras else "all" if "pinall" in extras else "",
+        oldwait="oldwait" in extras,
         ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
         quiet="dense" not in extras, threads="threads" in extras,
         sched=next((e for e in extras if e in SCHEDS), ""),
@@ -136,15 +137,17 @@ SCHEDS = ("batch", "fifo", "nice")  # the `+` suffixes of Pinner's scheduling ex
 class Pinner(threading.Thread):
     """Experiment (`--admission new+pin`): each booting guest's vCPU thread pinned to the core
     with the fewest booting guests pinned, as libvirt's virDomainPinVcpu would, and unpinned
-    when it answers SSH. Done here with sched_setaffinity on QEMU's "CPU n/TCG" threads.
+    when it answers SSH. Done here with sched_setaffinity on QEMU's "CPU n/TCG" threads;
+    `+pinall` pins every thread of the guest's QEMU there (its main loop beside its vCPU), as
+    libvirt's <vcpupin> with <emulatorpin> would.
     With `sched` (`+batch`, `+fifo`, `+nice`) it pins nothing and instead gives each QEMU's
     threads other than its vCPUs (the main loop above all) SCHED_BATCH (their wake-ups no
     longer preempt a running vCPU), SCHED_FIFO 1 (they always do), or nice -10, as libvirt's
     <emulatorsched> would (nice: no libvirt equivalent)."""
 
-    def __init__(self, prefix: str, cores: int, sched: str = "") -> None:
+    def __init__(self, prefix: str, cores: int, sched: str = "", every: bool = False) -> None:
         super().__init__(daemon=True)
-        self.prefix, self.cores, self.sched = prefix, cores, sched
+        self.prefix, self.cores, self.sched, self.every = prefix, cores, sched, every
         self.on_core = [0] * cores
         self.pinned: dict[str, tuple[int, list[int]]] = {}  # domain → core, vCPU threads
         self.lock = threading.Lock()
@@ -166,6 +169,8 @@ class Pinner(threading.Thread):
             tids = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
             if not tids:
                 return  # not yet created: next round
+            if self.every:
+                tids = list(tasks)
             if self.sched:
                 for tid in set(tasks) - set(tids):
                     self._schedule(tid)
@@ -278,7 +283,9 @@ def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant)
     meter = guestlab.CpuMeter()
     start = time.perf_counter()
     try:
-        pinner = Pinner(name, os.cpu_count() or 1, v.sched) if v.pin or v.sched else None
+        pinner = (
+            Pinner(name, os.cpu_count() or 1, v.sched, v.pin == "all") if v.pin or v.sched else None
+        )
         with measured(v, stats, pinner, probes):
             result = scalesets.create(ctx, name, n, req)
         wall = time.perf_counter() - start
