@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from sigvirt.guests.guest import without_io_uring
 from sigvirt.hosts.diskio import DiskIo
 
 pytestmark = pytest.mark.offline
+
+XML = Path(__file__).parent / "data" / "xml"
 
 LIBVIRT_REFUSAL = "unsupported configuration: io uring is not supported by this QEMU binary"
 QEMU_REFUSAL = (
@@ -59,3 +62,12 @@ def test_other_failures_are_not_taken_for_a_refusal(tmp_path: Path) -> None:
     ):
         assert not io.refused(message)
     assert io.engine == "io_uring"
+
+
+def test_a_domain_moves_off_io_uring_with_nothing_else_changed() -> None:
+    """A guest made on io_uring, started on a host that now refuses it (guest.start_domain):
+    every disk's driver loses io="io_uring" and nothing else changes."""
+    on = (XML / "domain-tcg-io-uring.xml").read_text()
+    assert on.count('io="io_uring"') == 3  # the OS disk, the seed, a data disk
+    assert without_io_uring(on) == on.replace(' io="io_uring"', "")
+    assert without_io_uring(on.replace(' io="io_uring"', "")) is None  # nothing to move

@@ -22,7 +22,7 @@ from sigvirt.catalog import azureid
 from sigvirt.cli import main
 from sigvirt.context import Context
 from sigvirt.errors import Conflict
-from sigvirt.guests import guest, inventory, vms
+from sigvirt.guests import guest, inventory, lifecycle, vms
 from sigvirt.hosts import ssh as sshlib
 from sigvirt.hosts import xmlbuild
 from sigvirt.hosts.hypervisor import Hypervisor
@@ -250,9 +250,9 @@ def check_scale_set_verbs(
 IO_URING_KNOB = Path("/proc/sys/kernel/io_uring_disabled")
 
 
-def disk_engines(hv: Hypervisor, name: str) -> set[str | None]:
-    """The I/O engine of each of a live domain's file disks, as libvirt started it."""
-    root = ET.fromstring(hv.domain(name).xml())
+def disk_engines(hv: Hypervisor, name: str, *, inactive: bool = False) -> set[str | None]:
+    """The I/O engine of each of a domain's file disks, as libvirt started it (or will)."""
+    root = ET.fromstring(hv.domain(name).xml(inactive=inactive))
     return {d.get("io") for d in root.findall("./devices/disk[@type='file']/driver")}
 
 
@@ -282,30 +282,54 @@ def test_guests_on_a_host_whose_kernel_refuses_io_uring_still_boot(
     """sigvirt gives guests' disks io_uring (hosts/diskio.py). When the kernel refuses it to
     QEMU after the host handle chose it, the start fails on it, and the guest is defined again
     with the thread pool and boots; a command that starts after the refusal reads it from the
-    kernel and never tries."""
+    kernel and never tries. Guests made on io_uring before the refusal still start
+    (guest.start_domain): moved to the thread pool after a failed start by a handle that chose
+    io_uring, before it by one that knows."""
     use(monkeypatch, lab)
     pub = str(lab.key.private) + ".pub"
     first, second = unique("iou-a"), unique("iou-b")
-    with Context.from_config(load(lab.root / "regions.yaml")) as ctx:
-        hv = ctx.hv("local")
-        assert hv.disk_io.engine == "io_uring"
-        refuse_io_uring()
-        made = vms.create(ctx, vms.VmRequest(name=first, image=f"{G}/{D}", memory_mib=128,
-                                             ssh_key_value=pub, admin_user="labuser"))  # fmt: skip
-        assert hv.disk_io.engine == ""
-    log = Path(f"/var/log/libvirt/qemu/{first}.log").read_text()
-    assert "Unable to use io_uring" in log  # it did try, and QEMU refused
-    assert disk_engines(system_hv, first) == {None}
-    assert testinfra.get_host(f"paramiko://labuser@{made.address}",
-                              ssh_identity_file=str(lab.key.private)).check_output("hostname") == first  # fmt: skip
+    earlier, later = unique("iou-c"), unique("iou-d")  # made on io_uring, powered off
+    regions = load(lab.root / "regions.yaml")
+    try:
+        with Context.from_config(regions) as ctx, Context.from_config(regions) as other:
+            hv = ctx.hv("local")
+            assert hv.disk_io.engine == "io_uring"
+            for name in (earlier, later):
+                vms.create(ctx, vms.VmRequest(name=name, image=f"{G}/{D}", memory_mib=128,
+                                              ssh_key_value=pub, admin_user="labuser",
+                                              wait=False))  # fmt: skip
+                lifecycle.power(ctx, [name], "deallocate", force=True)  # no wait for its boot
+                assert disk_engines(system_hv, name, inactive=True) == {"io_uring"}
+            assert other.hv("local").disk_io.engine == "io_uring"
+            refuse_io_uring()
+            made = vms.create(ctx, vms.VmRequest(name=first, image=f"{G}/{D}", memory_mib=128,
+                                                 ssh_key_value=pub, admin_user="labuser"))  # fmt: skip
+            assert hv.disk_io.engine == ""
+            lifecycle.start(other, earlier)  # a handle that still takes io_uring for allowed
+            assert other.hv("local").disk_io.engine == ""
+        log = Path(f"/var/log/libvirt/qemu/{first}.log").read_text()
+        assert "Unable to use io_uring" in log  # it did try, and QEMU refused
+        assert disk_engines(system_hv, first) == {None}
+        assert testinfra.get_host(f"paramiko://labuser@{made.address}",
+                                  ssh_identity_file=str(lab.key.private)).check_output("hostname") == first  # fmt: skip
+        assert "Unable to use io_uring" in Path(f"/var/log/libvirt/qemu/{earlier}.log").read_text()
+        assert system_hv.domain(earlier).is_active()
+        assert disk_engines(system_hv, earlier) == {None}
 
-    code, _out, err = cli(capsys, "vm", "create", "-n", second, "--image", f"{G}/{D}",
-                          "--size", "Lab_Tiny", "--ssh-key-value", pub)  # fmt: skip
-    assert code == 0, err
-    assert "io_uring" not in Path(f"/var/log/libvirt/qemu/{second}.log").read_text()
-    assert disk_engines(system_hv, second) == {None}
-    for name in (first, second):
-        assert main(["vm", "delete", "-n", name]) == 0
+        code, _out, err = cli(capsys, "vm", "create", "-n", second, "--image", f"{G}/{D}",
+                              "--size", "Lab_Tiny", "--ssh-key-value", pub)  # fmt: skip
+        assert code == 0, err
+        assert "io_uring" not in Path(f"/var/log/libvirt/qemu/{second}.log").read_text()
+        assert disk_engines(system_hv, second) == {None}
+        code, _out, err = cli(capsys, "vm", "start", "-n", later)  # knows: moved, then started
+        assert code == 0, err
+        assert (
+            "Unable to use io_uring" not in Path(f"/var/log/libvirt/qemu/{later}.log").read_text()
+        )
+        assert disk_engines(system_hv, later) == {None}
+    finally:
+        for name in (first, second, earlier, later):
+            main(["vm", "delete", "-n", name])
 
 
 def test_vm_as_az_shows_it(

@@ -162,6 +162,36 @@ def interrupted(dom: Domain) -> bool:
     )
 
 
+def start_domain(hv: Hypervisor, dom: Domain) -> None:
+    """Start a defined guest. One made while its host allowed io_uring, on a host that now
+    refuses it (hosts/diskio.py), is defined again with its disks on the thread pool first
+    when the host handle already knows, else after the start fails on it; then started."""
+    if not hv.disk_io.engine:
+        dom = _off_io_uring(hv, dom)
+    try:
+        dom.start()
+    except HostError as err:
+        moved = _off_io_uring(hv, dom) if hv.disk_io.refused(err.message) else dom
+        if moved is dom:
+            raise
+        moved.start()
+
+
+def _off_io_uring(hv: Hypervisor, dom: Domain) -> Domain:
+    text = without_io_uring(dom.xml(inactive=True, secure=True))
+    return dom if text is None else hv.define(text)
+
+
+def without_io_uring(domain: str) -> str | None:
+    """A domain's XML (as libvirt gives it) with each disk on QEMU's thread pool instead of
+    io_uring, everything else as it was; None when no disk was on io_uring."""
+    root = ET.fromstring(domain)
+    drivers = [d for d in root.findall("./devices/disk/driver") if d.get("io") == "io_uring"]
+    for driver in drivers:
+        del driver.attrib["io"]
+    return xmlbuild.render(root) if drivers else None
+
+
 class OtherInstallation(Conflict):
     """The name is taken by a domain another sigvirt installation (gallery root) made."""
 

@@ -62,13 +62,13 @@ def power_domain(
         )
     if action == "start":
         if not dom.is_active():
-            dom.start()
+            guest.start_domain(hv, dom)
     elif action == "restart":
         if dom.is_active() and not force:
             dom.reboot()
         else:  # az's --force redeploys an unresponsive VM: here, power it off and on
             dom.destroy()
-            dom.start()
+            guest.start_domain(hv, dom)
     elif dom.is_active():
         if not force:
             with contextlib.suppress(HostError):  # a guest without ACPI: powered off below

@@ -8,7 +8,9 @@ requests (a tiny guest alone: a third of the involuntary context switches; bench
 `+threads` against sigvirt's default). A QEMU built without io_uring, or a kernel that refuses it to
 QEMU (kernel.io_uring_disabled, a seccomp filter), fails the domain's define or start; the
 caller then asks `refused(message)` and defines the guest again with the thread pool, and so
-does every later guest on that host handle.
+does every later guest on that host handle. A guest made while its host allowed io_uring is
+moved to the thread pool the same way when it is started on a host that no longer does
+(guest.start_domain).
 """
 
 from __future__ import annotations

@@ -372,7 +372,7 @@ def _stop(at: _At) -> None:
 
 def _start(at: _At) -> None:
     try:
-        at.dom.start()
+        guest.start_domain(at.hv, at.dom)
     except HostError as err:
         raise GuestFailed(f"{at.dom.name}: libvirt could not start it: {err.message}") from None
 
