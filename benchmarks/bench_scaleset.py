@@ -166,16 +166,15 @@ class Pinner(threading.Thread):
             tasks = {
                 int(t.name): (t / "comm").read_text() for t in Path(f"/proc/{pid}/task").iterdir()
             }
-            tids = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
-            if not tids:
+            vcpus = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
+            if not vcpus:
                 return  # not yet created: next round
-            if self.every:
-                tids = list(tasks)
             if self.sched:
-                for tid in set(tasks) - set(tids):
+                for tid in set(tasks) - set(vcpus):
                     self._schedule(tid)
                 self.pinned[name] = (-1, [])
                 return
+            tids = list(tasks) if self.every else vcpus
             core = min(range(self.cores), key=self.on_core.__getitem__)
             for tid in tids:
                 os.sched_setaffinity(tid, {core})
