@@ -11,8 +11,9 @@ guests made ahead, banner probes, sparse until a share of the fastest boot seen,
 a number = that many in flight;
 suffixes take one part away: `+oldwait` (the old SSH wait), `+noahead` (made in the slot),
 `+dense` (banner probes from each start: no Slot.quiet), `+threads` (QEMU's thread pool for
-guest disks, not io_uring: hosts/diskio.py), or add `+pin`, `+pinall`, `+batch`, `+fifo`
-or `+nice` (experiments: see Pinner).
+guest disks, not io_uring: hosts/diskio.py), or add `+pin`, `+pinall`, `+batch`, `+fifo`,
+`+nice` or `+slice[MS]` (experiments: see Pinner), or `+cold` (every file of the run, the
+replicas above all, evicted from the page cache before each phase: evict_lab_files).
 
 (a) CPU-bound limit: N x T1 ÷ cores, T1 = the N=1 scale set's time under the same policy in
     the same run (the median of --t1-boots boots: one boot alone drifts ±10 %). The host's
@@ -48,10 +49,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import selectors
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -105,11 +108,12 @@ class Variant:
     quiet: bool = True  # sparse SSH probes until a share of the fastest boot (Slot.quiet)
     threads: bool = False  # QEMU's thread pool for guest disks, not io_uring (hosts/diskio.py)
     sched: str = ""  # experiment: batch, fifo or nice for QEMU's other threads (Pinner)
+    cold: bool = False  # the replicas evicted from the page cache before each phase
 
     @property
     def tag(self) -> str:
         flags = {"": "", "vcpu": "p", "all": "P"}[self.pin] + ("w" if self.oldwait else "")
-        flags += ("t" if self.threads else "") + self.sched
+        flags += ("t" if self.threads else "") + self.sched + ("c" if self.cold else "")
         return f"k{self.k}a{self.ahead}{flags}{'' if self.quiet else 'd'}"
 
 
@@ -126,12 +130,24 @@ def variant(mode: str, cores: int) -> Variant:
         k, pin="vcpu" if "pin" in extras else "all" if "pinall" in extras else "",
         oldwait="oldwait" in extras,
         ahead=0 if "noahead" in extras else admission.PREPARED_AHEAD,
-        quiet="dense" not in extras, threads="threads" in extras,
-        sched=next((e for e in extras if e in SCHEDS), ""),
+        quiet="dense" not in extras, threads="threads" in extras, cold="cold" in extras,
+        sched=next((e for e in extras if e.rstrip("0123456789") in SCHEDS), ""),
     )  # fmt: skip
 
 
-SCHEDS = ("batch", "fifo", "nice")  # the `+` suffixes of Pinner's scheduling experiments
+SCHEDS = ("batch", "fifo", "nice", "slice")  # the `+` suffixes of Pinner's scheduling experiments
+
+
+def set_slice(tid: int, ns: int) -> None:
+    """sched_setattr(2) with sched_runtime = ns on a SCHED_OTHER thread: its EEVDF slice
+    (Linux >= 6.12, 0.1-100 ms). Python's os has no sched_setattr, so through libc."""
+    attr = struct.pack("IIQiIQQQII", 56, 0, 0, 0, 0, ns, 0, 0, 0, 0)  # struct sched_attr
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr, 56), 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+SYS_SCHED_SETATTR = 314  # x86_64
 
 
 class Pinner(threading.Thread):
@@ -143,7 +159,10 @@ class Pinner(threading.Thread):
     With `sched` (`+batch`, `+fifo`, `+nice`) it pins nothing and instead gives each QEMU's
     threads other than its vCPUs (the main loop above all) SCHED_BATCH (their wake-ups no
     longer preempt a running vCPU), SCHED_FIFO 1 (they always do), or nice -10, as libvirt's
-    <emulatorsched> would (nice: no libvirt equivalent)."""
+    <emulatorsched> would (nice: no libvirt equivalent). `+slice[MS]` gives the vCPU threads
+    instead a custom EEVDF slice of MS ms (20 if none; set_slice), so two booting vCPUs
+    sharing a core take turns in longer runs (the default slice is 1.4 ms on 2 cores) while
+    the main loops keep the default, shorter one and still preempt them at once."""
 
     def __init__(self, prefix: str, cores: int, sched: str = "", every: bool = False) -> None:
         super().__init__(daemon=True)
@@ -169,7 +188,10 @@ class Pinner(threading.Thread):
             vcpus = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
             if not vcpus:
                 return  # not yet created: next round
-            if self.sched:
+            if self.sched.startswith("slice"):
+                for tid in vcpus:
+                    set_slice(tid, int(self.sched[5:] or 20) * 1_000_000)
+            elif self.sched:
                 for tid in set(tasks) - set(vcpus):
                     self._schedule(tid)
                 self.pinned[name] = (-1, [])
@@ -199,6 +221,22 @@ class Pinner(threading.Thread):
             for tid in tids:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(tid, set(range(self.cores)))
+
+
+def evict_lab_files(lab: guestlab.Lab) -> int:
+    """`+cold`: the page cache can't be dropped here (/proc/sys/vm/drop_caches is read-only),
+    but a file's own clean pages can: fdatasync, then POSIX_FADV_DONTNEED on every file of
+    the run (replicas, base, galleries), as a replica written days ago would be. Bytes."""
+    size = 0
+    for path in (p for p in lab.root.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return size
 
 
 def legacy_wait_ready(
@@ -276,6 +314,8 @@ def sigvirt_phase(lab: guestlab.Lab, ctx: Context, n: int, run: int, v: Variant)
         name=name, image=f"{guestlab.GALLERY}/{guestlab.DEFINITION}", memory_mib=MEMORY,
         vcpus=1, admin_user="bench", ssh_key_value=str(lab.key) + ".pub", timeout=600,
     )  # fmt: skip
+    if v.cold:
+        evict_lab_files(lab)
     load = os.getloadavg()[0]
     stats: list[guestlab.QemuStats] = []
     probes: list[int] = []
