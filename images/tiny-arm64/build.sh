@@ -14,8 +14,9 @@
 # host's amd64 busybox-static, fetched the same way. The UKI is assembled by pe-add-sections.py
 # because the host's x86-64 binutils has no aarch64 PE target.
 #
-# Shared prelude and disk helpers: images/lib/common.sh; guest files: images/tiny/files/ (the
-# recipe BUILDS_ON tiny in sigvirt/hosts/recipes.py, so they are part of the cache key).
+# Shared prelude and disk helpers: images/lib/common.sh; the root file system and the guest files:
+# images/tiny/rootfs.sh and images/tiny/files/ (the recipe BUILDS_ON tiny in
+# sigvirt/hosts/recipes.py, so they are part of the cache key).
 # shellcheck disable=SC2086,SC2015
 # (word lists such as $pkgs, $modules are split on purpose; `A && B || { log ...; exit 1; }`
 # is an assertion)
@@ -23,6 +24,8 @@ here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 files=$here/../tiny/files
 # shellcheck source-path=SCRIPTDIR source=../lib/common.sh
 . "$here/../lib/common.sh"
+# shellcheck source=../tiny/rootfs.sh
+. "$here/../tiny/rootfs.sh"
 build_begin tiny-arm64 "$@"
 require_tools apt-cache apt-config debugfs cpio gzip readelf python3
 
@@ -144,70 +147,12 @@ cp "$kmods/modules.builtin" "$ird/lib/modules/$kver/"
 find "$ird" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible -R 0:0 | gzip -9 -n) > "$stage/initrd.gz"
 
-# ---- root filesystem ------------------------------------------------------------------------------
-triplet=aarch64-linux-gnu
+# ---- root filesystem (../tiny/rootfs.sh) -------------------------------------------------------------
+# tiny_rootfs's CHECK: these binaries do not run here (no run check as in images/tiny), so check
+# that they are aarch64 instead
+is_aarch64() { readelf -h "$1/usr/sbin/dropbear" | grep -q 'AArch64' || { log "dropbear is not an AArch64 binary"; exit 1; }; }
 r=$stage/rootfs
-mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,etc/dropbear,etc/acpi/PWRF,dev,proc,sys,run,tmp,root,home,mnt} \
-         "$r"/{var/log,var/lib,var/tmp,usr/share/udhcpc,usr/lib/tiny-cloud-init,usr/lib/openssh,lib/$triplet}
-chmod 1777 "$r/tmp" "$r/var/tmp"; chmod 0700 "$r/root"
-cp "$bb" "$r/bin/busybox"
-for a in $("$hostbb" --list-full); do     # the same busybox version, so the same applets
-  [ "$a" = bin/busybox ] && continue
-  [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
-done
-cp "$x/usr/sbin/dropbear" "$r/usr/sbin/dropbear"
-cp "$x/usr/bin/dropbearkey" "$r/usr/bin/dropbearkey"
-cp "$x/usr/lib/openssh/sftp-server" "$r/usr/lib/openssh/sftp-server"
-ln -s openssh/sftp-server "$r/usr/lib/sftp-server"        # where Debian's dropbear looks for it
-# shared library closure (readelf NEEDED reads foreign ELF files), copied as real files
-libdirs="$x/lib/$triplet $x/usr/lib/$triplet"
-declare -A seen=()
-queue=("$r/usr/sbin/dropbear" "$r/usr/bin/dropbearkey" "$r/usr/lib/openssh/sftp-server")
-while [ ${#queue[@]} -gt 0 ]; do
-  f=${queue[0]}; queue=("${queue[@]:1}")
-  for need in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-    [ -n "${seen[$need]:-}" ] && continue
-    seen[$need]=1
-    src=
-    for d in $libdirs; do [ -e "$d/$need" ] && { src=$d/$need; break; }; done
-    [ -n "$src" ] || { log "library $need (needed by ${f##*/}) not found"; exit 1; }
-    cp -L "$src" "$r/lib/$triplet/$need"
-    queue+=("$r/lib/$triplet/$need")
-  done
-done
-ldso=$(readelf -l "$r/usr/sbin/dropbear" | sed -n 's/.*interpreter: \(.*\)]/\1/p')   # /lib/ld-linux-aarch64.so.1
-[ -n "$ldso" ] || { log "dropbear has no ELF interpreter"; exit 1; }
-mkdir -p "$r$(dirname "$ldso")"
-cp -L "$x/lib/$triplet/${ldso##*/}" "$r/lib/$triplet/${ldso##*/}"
-[ "$ldso" = "/lib/$triplet/${ldso##*/}" ] || ln -sf "/lib/$triplet/${ldso##*/}" "$r$ldso"
-# no run check as in images/tiny (these binaries do not run here): check they are aarch64 instead
-readelf -h "$r/usr/sbin/dropbear" | grep -q 'AArch64' || { log "dropbear is not an AArch64 binary"; exit 1; }
-
-install -m 0755 "$files/rcS" "$r/etc/init.d/rcS"
-install -m 0755 "$files/rcK" "$r/etc/init.d/rcK"
-install -m 0644 "$here/inittab" "$r/etc/inittab"
-install -m 0755 "$files/udhcpc.script" "$r/usr/share/udhcpc/default.script"
-install -m 0755 "$files/tiny-cloud-init" "$r/usr/sbin/tiny-cloud-init"
-install -m 0644 "$files/yaml.awk" "$files/plan.awk" "$r/usr/lib/tiny-cloud-init/"
-install -m 0755 "$files/poweroff.acpi" "$r/etc/acpi/PWRF/00000080"
-echo tiny > "$r/etc/hostname"
-printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$r/etc/hosts"
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
-printf 'root:x:0:\nadm:x:4:\ntty:x:5:\nwheel:x:10:\nusers:x:100:\nnogroup:x:65534:\n' > "$r/etc/group"
-printf 'root:*:20089:0:99999:7:::\nnobody:*:20089:0:99999:7:::\n' > "$r/etc/shadow"
-chmod 0640 "$r/etc/shadow"
-printf '/bin/sh\n/bin/ash\n' > "$r/etc/shells"
-printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' > "$r/etc/nsswitch.conf"
-printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nPS1='"'"'\\u@\\h:\\w\\$ '"'"'\n' > "$r/etc/profile"
-: > "$r/etc/resolv.conf"
-printf 'NAME="sigvirt tiny"\nID=sigvirt-tiny\nVERSION_ID=1\nPRETTY_NAME="sigvirt tiny arm64 (busybox, dropbear, Debian kernel %s)"\n' "$kver" > "$r/etc/os-release"
-find "$r" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-root_ext4 "$r" "$stage/root.img" 464 tinyroot "$ROOT_UUID" "$HASH_SEED"
-# mke2fs copies each file's ctime, which touch cannot set: fix it up with debugfs
-(cd "$r" && find . -mindepth 1) | sed 's|^\.||' |
-  awk -v t="$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime @%s\n", $0, t }' > "$stage/ctime.debugfs"
-debugfs -w -f "$stage/ctime.debugfs" "$stage/root.img" >/dev/null 2>"$stage/debugfs.err"
-if grep -v '^debugfs [0-9]' "$stage/debugfs.err" >&2; then log "debugfs failed"; exit 1; fi
+tiny_rootfs "$r" aarch64-linux-gnu "$hostbb" "$here/inittab" "sigvirt tiny arm64" is_aarch64
 
 # ---- boot partition (UKI only) and disk -----------------------------------------------------------
 b=$stage/boot; mkdir -p "$b"

@@ -12,13 +12,16 @@
 # Guest packages are fetched with `apt-get download` into WORKDIR (kept if given, and reused on
 # the next run; else a temp dir that is removed). Host tools: see images/README.md.
 #
-# Shared prelude, boot partition and disk assembly: images/lib/common.sh.
+# Shared prelude, boot partition and disk assembly: images/lib/common.sh; the root file system
+# (shared with tiny-arm64): rootfs.sh.
 # shellcheck disable=SC2086,SC2015
 # (word lists such as $pkgs, $modules are split on purpose; `A && B || { log ...; exit 1; }`
 # is an assertion)
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 # shellcheck source-path=SCRIPTDIR source=../lib/common.sh
 . "$here/../lib/common.sh"
+# shellcheck source-path=SCRIPTDIR source=rootfs.sh
+. "$here/rootfs.sh"
 build_begin tiny "$@"
 require_tools apt-cache debugfs cpio gzip readelf
 
@@ -79,68 +82,14 @@ printf '%s\n' $modules > "$ird/etc/modules"
 find "$ird" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible -R 0:0 | gzip -9 -n) > "$stage/initrd.gz"
 
-# ---- root filesystem ------------------------------------------------------------------------------
+# ---- root filesystem (rootfs.sh) ------------------------------------------------------------------
+# tiny_rootfs's CHECK: the copied dropbear runs with the copied libraries
+runs_here() {
+  env -u LD_PRELOAD "$3" --library-path "$2" "$1/usr/bin/dropbearkey" -h 2>&1 | grep -q 'Usage' ||
+    { log "copied dropbearkey does not run"; exit 1; }
+}
 r=$stage/rootfs
-mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc/init.d,etc/dropbear,etc/acpi/PWRF,dev,proc,sys,run,tmp,root,home,mnt} \
-         "$r"/{var/log,var/lib,var/tmp,usr/share/udhcpc,usr/lib/tiny-cloud-init,usr/lib/openssh,lib/x86_64-linux-gnu,lib64}
-chmod 1777 "$r/tmp" "$r/var/tmp"; chmod 0700 "$r/root"
-cp "$bb" "$r/bin/busybox"
-for a in $("$bb" --list-full); do
-  [ "$a" = bin/busybox ] && continue
-  [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
-done
-cp "$x/usr/sbin/dropbear" "$r/usr/sbin/dropbear"
-cp "$x/usr/bin/dropbearkey" "$r/usr/bin/dropbearkey"
-cp "$x/usr/lib/openssh/sftp-server" "$r/usr/lib/openssh/sftp-server"
-ln -s openssh/sftp-server "$r/usr/lib/sftp-server"        # where Debian's dropbear looks for it
-# shared library closure (readelf NEEDED), copied as real files
-libdirs="$x/lib/x86_64-linux-gnu $x/usr/lib/x86_64-linux-gnu"
-declare -A seen=()
-queue=("$r/usr/sbin/dropbear" "$r/usr/bin/dropbearkey" "$r/usr/lib/openssh/sftp-server")
-while [ ${#queue[@]} -gt 0 ]; do
-  f=${queue[0]}; queue=("${queue[@]:1}")
-  for need in $(readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-    [ -n "${seen[$need]:-}" ] && continue
-    seen[$need]=1
-    src=
-    for d in $libdirs; do [ -e "$d/$need" ] && { src=$d/$need; break; }; done
-    [ -n "$src" ] || { log "library $need (needed by ${f##*/}) not found"; exit 1; }
-    cp -L "$src" "$r/lib/x86_64-linux-gnu/$need"
-    queue+=("$r/lib/x86_64-linux-gnu/$need")
-  done
-done
-ldso=$(readelf -l "$r/usr/sbin/dropbear" | sed -n 's/.*interpreter: \(.*\)]/\1/p')   # /lib64/ld-linux-x86-64.so.2
-cp -L "$x/lib/x86_64-linux-gnu/${ldso##*/}" "$r/lib/x86_64-linux-gnu/${ldso##*/}"
-ln -sf "/lib/x86_64-linux-gnu/${ldso##*/}" "$r$ldso"
-# sanity check: the copied dropbear runs with the copied libraries
-env -u LD_PRELOAD "$r/lib/x86_64-linux-gnu/${ldso##*/}" --library-path "$r/lib/x86_64-linux-gnu" \
-  "$r/usr/bin/dropbearkey" -h 2>&1 | grep -q 'Usage' || { log "copied dropbearkey does not run"; exit 1; }
-
-install -m 0755 "$here/files/rcS" "$r/etc/init.d/rcS"
-install -m 0755 "$here/files/rcK" "$r/etc/init.d/rcK"
-install -m 0644 "$here/files/inittab" "$r/etc/inittab"
-install -m 0755 "$here/files/udhcpc.script" "$r/usr/share/udhcpc/default.script"
-install -m 0755 "$here/files/tiny-cloud-init" "$r/usr/sbin/tiny-cloud-init"
-install -m 0644 "$here/files/yaml.awk" "$here/files/plan.awk" "$r/usr/lib/tiny-cloud-init/"
-install -m 0755 "$here/files/poweroff.acpi" "$r/etc/acpi/PWRF/00000080"
-echo tiny > "$r/etc/hostname"
-printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$r/etc/hosts"
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
-printf 'root:x:0:\nadm:x:4:\ntty:x:5:\nwheel:x:10:\nusers:x:100:\nnogroup:x:65534:\n' > "$r/etc/group"
-printf 'root:*:20089:0:99999:7:::\nnobody:*:20089:0:99999:7:::\n' > "$r/etc/shadow"
-chmod 0640 "$r/etc/shadow"
-printf '/bin/sh\n/bin/ash\n' > "$r/etc/shells"
-printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' > "$r/etc/nsswitch.conf"
-printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nPS1='"'"'\\u@\\h:\\w\\$ '"'"'\n' > "$r/etc/profile"
-: > "$r/etc/resolv.conf"
-printf 'NAME="sigvirt tiny"\nID=sigvirt-tiny\nVERSION_ID=1\nPRETTY_NAME="sigvirt tiny (busybox, dropbear, Debian kernel %s)"\n' "$kver" > "$r/etc/os-release"
-find "$r" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-root_ext4 "$r" "$stage/root.img" 464 tinyroot "$ROOT_UUID" "$HASH_SEED"
-# mke2fs copies each file's ctime, which touch cannot set: fix it up with debugfs
-(cd "$r" && find . -mindepth 1) | sed 's|^\.||' |
-  awk -v t="$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime @%s\n", $0, t }' > "$stage/ctime.debugfs"
-debugfs -w -f "$stage/ctime.debugfs" "$stage/root.img" >/dev/null 2>"$stage/debugfs.err"
-if grep -v '^debugfs [0-9]' "$stage/debugfs.err" >&2; then log "debugfs failed"; exit 1; fi
+tiny_rootfs "$r" x86_64-linux-gnu "$bb" "$here/files/inittab" "sigvirt tiny" runs_here
 
 # ---- boot partition and disk -------------------------------------------------------------------------
 # 1 MiB gap | p1 48 MiB FAT16, bootable | p2 464 MiB Linux
