@@ -138,6 +138,9 @@ def variant(mode: str, cores: int) -> Variant:
 SCHEDS = ("batch", "fifo", "nice", "slice")  # the `+` suffixes of Pinner's scheduling experiments
 
 
+SYS_SCHED_SETATTR = 314  # x86_64
+
+
 def set_slice(tid: int, ns: int) -> None:
     """sched_setattr(2) with sched_runtime = ns on a SCHED_OTHER thread: its EEVDF slice
     (Linux >= 6.12, 0.1-100 ms). Python's os has no sched_setattr, so through libc."""
@@ -145,9 +148,6 @@ def set_slice(tid: int, ns: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr, 56), 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-
-
-SYS_SCHED_SETATTR = 314  # x86_64
 
 
 class Pinner(threading.Thread):
@@ -188,11 +188,9 @@ class Pinner(threading.Thread):
             vcpus = [tid for tid, comm in tasks.items() if comm.startswith("CPU ")]
             if not vcpus:
                 return  # not yet created: next round
-            if self.sched.startswith("slice"):
-                for tid in vcpus:
-                    set_slice(tid, int(self.sched[5:] or 20) * 1_000_000)
-            elif self.sched:
-                for tid in set(tasks) - set(vcpus):
+            if self.sched:
+                slicing = self.sched.startswith("slice")
+                for tid in vcpus if slicing else set(tasks) - set(vcpus):
                     self._schedule(tid)
                 self.pinned[name] = (-1, [])
                 return
@@ -204,7 +202,9 @@ class Pinner(threading.Thread):
             self.pinned[name] = (core, tids)
 
     def _schedule(self, tid: int) -> None:
-        if self.sched == "nice":
+        if self.sched.startswith("slice"):
+            set_slice(tid, int(self.sched[5:] or 20) * 1_000_000)
+        elif self.sched == "nice":
             os.setpriority(os.PRIO_PROCESS, tid, -10)
         else:
             fifo = self.sched == "fifo"
@@ -223,20 +223,17 @@ class Pinner(threading.Thread):
                     os.sched_setaffinity(tid, set(range(self.cores)))
 
 
-def evict_lab_files(lab: guestlab.Lab) -> int:
+def evict_lab_files(lab: guestlab.Lab) -> None:
     """`+cold`: the page cache can't be dropped here (/proc/sys/vm/drop_caches is read-only),
     but a file's own clean pages can: fdatasync, then POSIX_FADV_DONTNEED on every file of
-    the run (replicas, base, galleries), as a replica written days ago would be. Bytes."""
-    size = 0
+    the run (replicas, base, galleries), as a replica written days ago would be."""
     for path in (p for p in lab.root.rglob("*") if p.is_file()):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            size += os.fstat(fd).st_size
         finally:
             os.close(fd)
-    return size
 
 
 def legacy_wait_ready(
