@@ -139,14 +139,14 @@ SCHEDS = ("batch", "fifo", "nice", "slice")  # the `+` suffixes of Pinner's sche
 
 
 SYS_SCHED_SETATTR = 314  # x86_64
+LIBC = ctypes.CDLL(None, use_errno=True)  # Python's os has no sched_setattr
 
 
 def set_slice(tid: int, ns: int) -> None:
     """sched_setattr(2) with sched_runtime = ns on a SCHED_OTHER thread: its EEVDF slice
-    (Linux >= 6.12, 0.1-100 ms). Python's os has no sched_setattr, so through libc."""
+    (Linux >= 6.12, 0.1-100 ms), through libc."""
     attr = struct.pack("IIQiIQQQII", 56, 0, 0, 0, 0, ns, 0, 0, 0, 0)  # struct sched_attr
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr, 56), 0) != 0:
+    if LIBC.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr, 56), 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
 
 
@@ -167,6 +167,8 @@ class Pinner(threading.Thread):
     def __init__(self, prefix: str, cores: int, sched: str = "", every: bool = False) -> None:
         super().__init__(daemon=True)
         self.prefix, self.cores, self.sched, self.every = prefix, cores, sched, every
+        # `+slice[MS]`: the vCPU threads' slice in ns; 0 for the other experiments
+        self.slice_ns = int(sched[5:] or 20) * 1_000_000 if sched.startswith("slice") else 0
         self.on_core = [0] * cores
         self.pinned: dict[str, tuple[int, list[int]]] = {}  # domain → core, vCPU threads
         self.lock = threading.Lock()
@@ -189,8 +191,7 @@ class Pinner(threading.Thread):
             if not vcpus:
                 return  # not yet created: next round
             if self.sched:
-                slicing = self.sched.startswith("slice")
-                for tid in vcpus if slicing else set(tasks) - set(vcpus):
+                for tid in vcpus if self.slice_ns else set(tasks) - set(vcpus):
                     self._schedule(tid)
                 self.pinned[name] = (-1, [])
                 return
@@ -202,8 +203,8 @@ class Pinner(threading.Thread):
             self.pinned[name] = (core, tids)
 
     def _schedule(self, tid: int) -> None:
-        if self.sched.startswith("slice"):
-            set_slice(tid, int(self.sched[5:] or 20) * 1_000_000)
+        if self.slice_ns:
+            set_slice(tid, self.slice_ns)
         elif self.sched == "nice":
             os.setpriority(os.PRIO_PROCESS, tid, -10)
         else:
