@@ -21,7 +21,6 @@
 # (word lists such as $pkgs, $modules are split on purpose; `A && B || { log ...; exit 1; }`
 # is an assertion)
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
-files=$here/../tiny/files
 # shellcheck source-path=SCRIPTDIR source=../lib/common.sh
 . "$here/../lib/common.sh"
 # shellcheck source=../tiny/rootfs.sh
@@ -116,7 +115,7 @@ modules="virtio_pci virtio_mmio virtio_blk virtio_scsi sd_mod virtio_net virtio-
 ird=$stage/initrd; mkdir -p "$ird/bin" "$ird/etc" "$ird/lib/modules/$kver"
 cp "$bb" "$ird/bin/busybox"
 ln -s busybox "$ird/bin/sh"
-install -m 0755 "$files/init" "$ird/init"
+install -m 0755 "$tiny_files/init" "$ird/init"
 # modules.builtin is not among the extracted patterns: get it from the package
 dpkg-deb --fsys-tarfile "$kdeb" | tar -x -C "$x" "./lib/modules/$kver/modules.builtin"
 declare -A kmpath=() kmdone=() builtin=()
