@@ -136,11 +136,13 @@ def run(ep: Endpoint, command: str, timeout: float = 60.0) -> Result:
 # never sprayed with connections (each one a re-exec in the guest).
 #
 # Each probe given up before the guest was reachable is not gone: slirp goes on retrying its
-# SYN and, once the guest is up, connects it to sshd seconds later with nobody at the host
-# end, so sshd forks (OpenSSH: re-executes) for nothing. A tiny guest got ~20 of these in the
-# ~6 s after it answered: 0.35-0.45 s of its QEMU's CPU, against 0.07-0.1 s with the patient
-# probe alone. So a caller that knows the guest can't answer for a while (`dense_after`:
-# scale-set boots after the first, admission.Slot) has only the patient probe until then.
+# SYN (the first retry ~5.5-6 s after the probe opened, measured) and, once the guest is up,
+# connects it to sshd with nobody at the host end, so sshd forks (OpenSSH: re-executes) for
+# nothing. That retry is also why one held probe sees a guest up to ~6 s late. A tiny guest
+# got ~20 of these in the ~6 s after it answered: 0.35-0.45 s of its QEMU's CPU, against
+# 0.07-0.1 s with the patient probe alone. So a caller that knows the guest can't answer for
+# a while (`dense_after`: scale-set boots after the first, admission.Slot) has only the
+# patient probe until then.
 PROBE_EVERY = 0.2
 PROBE_LIFE = 1.0
 FAST_OPEN = 5
